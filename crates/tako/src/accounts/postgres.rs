@@ -1,0 +1,157 @@
+//! PostgreSQL, for production; works on the table the original Tako created.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::NaiveDateTime;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{
+    LeaderboardEntry, Nickname, StampCount, StoreError, Timestamp, User, UserChanges, UserId,
+    UserStore,
+};
+
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+const USER_COLUMNS: &str = "id, nickname, stamps_collected, inserted_at, updated_at";
+
+impl PostgresStore {
+    pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        Ok(PostgresStore { pool })
+    }
+}
+
+fn timestamp(at: NaiveDateTime) -> Timestamp {
+    Timestamp::from_datetime(at.and_utc())
+}
+
+fn naive(at: Timestamp) -> NaiveDateTime {
+    at.as_datetime().naive_utc()
+}
+
+fn user_from_row(row: &PgRow) -> Result<User, sqlx::Error> {
+    Ok(User {
+        id: UserId::from(row.try_get::<Uuid, _>("id")?),
+        nickname: row.try_get::<Option<String>, _>("nickname")?.map(Nickname::from_stored),
+        stamps_collected: StampCount::from_stored(row.try_get("stamps_collected")?),
+        inserted_at: timestamp(row.try_get("inserted_at")?),
+        updated_at: timestamp(row.try_get("updated_at")?),
+    })
+}
+
+#[async_trait]
+impl UserStore for PostgresStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("migrations/postgres").run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create(&self, user: &User) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO users (id, nickname, stamps_collected, inserted_at, updated_at, stamps_changed_at)
+             VALUES ($1, $2, $3, $4, $5, $4)",
+        )
+        .bind(user.id.as_uuid())
+        .bind(user.nickname.as_ref().map(Nickname::as_str))
+        .bind(user.stamps_collected.get())
+        .bind(naive(user.inserted_at))
+        .bind(naive(user.updated_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    async fn update(&self, id: UserId, changes: &UserChanges) -> Result<Option<User>, StoreError> {
+        // One statement, so the row lock covers the read of the fields we keep: a concurrent
+        // update of another field is never overwritten with a stale value.
+        let row = sqlx::query(&format!(
+            "UPDATE users SET
+                nickname = CASE WHEN $2 THEN $3 ELSE nickname END,
+                stamps_changed_at = CASE WHEN $4 AND stamps_collected IS DISTINCT FROM $5 THEN $6 ELSE stamps_changed_at END,
+                stamps_collected = CASE WHEN $4 THEN $5 ELSE stamps_collected END,
+                updated_at = GREATEST($6, updated_at + interval '1 microsecond')
+             WHERE id = $1
+             RETURNING {USER_COLUMNS}"
+        ))
+        .bind(id.as_uuid())
+        .bind(changes.nickname.is_some())
+        .bind(changes.nickname.as_ref().and_then(|n| n.as_ref().map(Nickname::as_str)))
+        .bind(changes.stamps_collected.is_some())
+        .bind(changes.stamps_collected.map(|s| s.get()))
+        .bind(naive(Timestamp::now()))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    async fn list(&self, limit: u32, offset: u64) -> Result<(Vec<User>, u64), StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users ORDER BY inserted_at, id LIMIT $1 OFFSET $2"
+        ))
+        .bind(i64::from(limit))
+        .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let users = rows.iter().map(user_from_row).collect::<Result<_, _>>()?;
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&self.pool).await?;
+        Ok((users, total as u64))
+    }
+
+    async fn leaderboard(&self, limit: u32) -> Result<Vec<LeaderboardEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT nickname, stamps_collected FROM users
+             WHERE nickname IS NOT NULL
+             ORDER BY stamps_collected DESC NULLS LAST, stamps_changed_at ASC NULLS LAST, id
+             LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .zip(1..)
+            .map(|(row, rank)| {
+                Ok(LeaderboardEntry {
+                    nickname: Nickname::from_stored(row.try_get("nickname")?),
+                    stamps_collected: StampCount::from_stored(row.try_get("stamps_collected")?),
+                    rank,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    async fn existing(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError> {
+        let uuids: Vec<Uuid> = ids.iter().map(UserId::as_uuid).collect();
+        let found: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM users WHERE id = ANY($1)")
+            .bind(&uuids)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(found.into_iter().map(UserId::from).collect())
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+}

@@ -1,0 +1,166 @@
+//! The embedded default: one SQLite file, created on first start, in WAL mode.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::{
+    LeaderboardEntry, Nickname, StampCount, StoreError, Timestamp, User, UserChanges, UserId,
+    UserStore,
+};
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+const USER_COLUMNS: &str = "id, nickname, stamps_collected, inserted_at, updated_at";
+
+impl SqliteStore {
+    pub async fn connect(url: &str) -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+fn user_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<User, sqlx::Error> {
+    let id: String = row.try_get("id")?;
+    let id = id.parse().map_err(|e: uuid::Error| sqlx::Error::Decode(Box::new(e)))?;
+    Ok(User {
+        id,
+        nickname: row.try_get::<Option<String>, _>("nickname")?.map(Nickname::from_stored),
+        stamps_collected: StampCount::from_stored(row.try_get("stamps_collected")?),
+        inserted_at: Timestamp::from_micros(row.try_get("inserted_at")?),
+        updated_at: Timestamp::from_micros(row.try_get("updated_at")?),
+    })
+}
+
+#[async_trait]
+impl UserStore for SqliteStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create(&self, user: &User) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO users (id, nickname, stamps_collected, inserted_at, updated_at, stamps_changed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?4)",
+        )
+        .bind(user.id.to_string())
+        .bind(user.nickname.as_ref().map(Nickname::as_str))
+        .bind(user.stamps_collected.get())
+        .bind(user.inserted_at.as_micros())
+        .bind(user.updated_at.as_micros())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    async fn update(&self, id: UserId, changes: &UserChanges) -> Result<Option<User>, StoreError> {
+        // One statement: SQLite serializes writers, so fields not named here keep whatever a
+        // concurrent update wrote, and updated_at strictly increases.
+        let now = Timestamp::now().as_micros();
+        let row = sqlx::query(&format!(
+            "UPDATE users SET
+                nickname = CASE WHEN ?2 THEN ?3 ELSE nickname END,
+                stamps_changed_at = CASE WHEN ?4 AND stamps_collected IS NOT ?5 THEN ?6 ELSE stamps_changed_at END,
+                stamps_collected = CASE WHEN ?4 THEN ?5 ELSE stamps_collected END,
+                updated_at = max(?6, updated_at + 1)
+             WHERE id = ?1
+             RETURNING {USER_COLUMNS}"
+        ))
+        .bind(id.to_string())
+        .bind(changes.nickname.is_some())
+        .bind(changes.nickname.as_ref().and_then(|n| n.as_ref().map(Nickname::as_str)))
+        .bind(changes.stamps_collected.is_some())
+        .bind(changes.stamps_collected.map(|s| s.get()))
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    async fn list(&self, limit: u32, offset: u64) -> Result<(Vec<User>, u64), StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users ORDER BY inserted_at, id LIMIT ?1 OFFSET ?2"
+        ))
+        .bind(i64::from(limit))
+        .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let users = rows.iter().map(user_from_row).collect::<Result<_, _>>()?;
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&self.pool).await?;
+        Ok((users, total as u64))
+    }
+
+    async fn leaderboard(&self, limit: u32) -> Result<Vec<LeaderboardEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT nickname, stamps_collected FROM users
+             WHERE nickname IS NOT NULL
+             ORDER BY stamps_collected DESC, stamps_changed_at ASC, id
+             LIMIT ?1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .zip(1..)
+            .map(|(row, rank)| {
+                Ok(LeaderboardEntry {
+                    nickname: Nickname::from_stored(row.try_get("nickname")?),
+                    stamps_collected: StampCount::from_stored(row.try_get("stamps_collected")?),
+                    rank,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    async fn existing(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        // SQLite binds at most 32766 parameters; batches stay far below that.
+        for chunk in ids.chunks(500) {
+            let placeholders = vec!["?"; chunk.len()].join(",");
+            let sql = format!("SELECT id FROM users WHERE id IN ({placeholders})");
+            let mut query = sqlx::query_scalar::<_, String>(&sql);
+            for id in chunk {
+                query = query.bind(id.to_string());
+            }
+            for id in query.fetch_all(&self.pool).await? {
+                if let Ok(id) = id.parse() {
+                    found.push(id);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}

@@ -1,0 +1,69 @@
+//! The HTTP API, assembled in one place: which route, which layer, which state.
+
+pub mod auth;
+pub mod error;
+mod health;
+pub mod jsonapi;
+mod leaderboard;
+pub mod openapi;
+mod users;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::accounts::UserStore;
+use auth::Tokens;
+use error::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn UserStore>,
+    pub tokens: Arc<Tokens>,
+}
+
+/// The HTTP routes of Tako (sockets are nested in by `startup`).
+pub fn router(state: AppState, cors_origins: &[String]) -> Router {
+    let jsonapi = Router::new()
+        .route(users::BASE, get(users::list).post(users::create))
+        .route(&format!("{}/", users::BASE), get(users::list).post(users::create))
+        .route(&format!("{}/{{id}}", users::BASE), get(users::show).patch(users::update))
+        .route("/api/json/leaderboard", get(leaderboard::leaderboard))
+        .route("/api/json/open_api", get(openapi::open_api))
+        .route_layer(from_fn(jsonapi::negotiate))
+        .route_layer(from_fn_with_state(state.tokens.clone(), auth::authenticate));
+
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .merge(jsonapi)
+        .fallback(|| async { ApiError::not_found() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed().into_response() })
+        .layer(DefaultBodyLimit::max(jsonapi::MAX_BODY_BYTES))
+        .layer(cors(cors_origins))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// As the original: any origin unless `TAKO_CORS_ORIGINS` names some.
+fn cors(origins: &[String]) -> CorsLayer {
+    let allow_origin = if origins.is_empty() {
+        AllowOrigin::from(Any)
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o.trim()).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT, HeaderName::from_static("x-phoenix-authtoken")])
+        .expose_headers([header::LOCATION])
+        .max_age(Duration::from_secs(3600))
+}

@@ -1,0 +1,354 @@
+//! The JSON:API `user` resource under `/api/json/accounts/users`.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use super::auth::{require_admin, Role};
+use super::error::{ApiError, ErrorDocument};
+use super::jsonapi::{JsonApi, JsonApiVersion, ResourceObject};
+use super::AppState;
+use crate::accounts::{Nickname, StampCount, Timestamp, User, UserChanges, UserId};
+
+pub const BASE: &str = "/api/json/accounts/users";
+const TYPE: &str = "user";
+
+fn self_link(id: UserId) -> String {
+    format!("{BASE}/{id}")
+}
+
+/// A user as the client reads it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserAttributes {
+    #[schema(example = "Cruel_KFP")]
+    pub nickname: Option<String>,
+    #[schema(minimum = 0, example = 7)]
+    pub stamps_collected: i64,
+    #[schema(example = "2024-06-01T10:20:30.123456Z")]
+    pub inserted_at: String,
+    #[schema(example = "2024-06-01T10:20:30.123456Z")]
+    pub updated_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SelfLinks {
+    #[serde(rename = "self")]
+    pub self_: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserResource {
+    /// The user's UUID: its login secret.
+    #[schema(format = "uuid")]
+    pub id: String,
+    #[schema(example = "user")]
+    #[serde(rename = "type")]
+    pub type_: &'static str,
+    pub attributes: UserAttributes,
+    #[schema(value_type = Object)]
+    pub relationships: Map<String, Value>,
+    pub links: SelfLinks,
+    #[schema(value_type = Object)]
+    pub meta: Map<String, Value>,
+}
+
+/// A single-resource document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserDocument {
+    pub data: UserResource,
+    pub jsonapi: JsonApiVersion,
+    pub links: SelfLinks,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PageLinks {
+    #[serde(rename = "self")]
+    pub self_: String,
+    pub first: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prev: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PageMeta {
+    pub total: u64,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListMeta {
+    pub page: PageMeta,
+}
+
+/// A page of users, in registration order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserListDocument {
+    pub data: Vec<UserResource>,
+    pub jsonapi: JsonApiVersion,
+    pub links: PageLinks,
+    pub meta: ListMeta,
+}
+
+/// Writable attributes; unknown ones are refused.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // describes the request body for the OpenAPI document
+pub struct UserWriteAttributes {
+    /// Trimmed; blank clears it; otherwise 3 to 20 characters, no control characters, no profanity.
+    #[schema(max_length = 20, example = "Cruel_KFP")]
+    nickname: Option<String>,
+    #[schema(minimum = 0, example = 7)]
+    stamps_collected: Option<i64>,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct UserWriteResource {
+    #[schema(example = "user")]
+    #[schema(rename = "type")]
+    type_: String,
+    /// Only on update, and then it must be the id in the path. The server generates ids.
+    #[schema(format = "uuid")]
+    id: Option<String>,
+    attributes: Option<UserWriteAttributes>,
+}
+
+/// `{"data":{"type":"user","attributes":{…}}}`
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct UserWriteDocument {
+    data: UserWriteResource,
+}
+
+fn resource(user: &User) -> UserResource {
+    UserResource {
+        id: user.id.to_string(),
+        type_: TYPE,
+        attributes: UserAttributes {
+            nickname: user.nickname.as_ref().map(|n| n.as_str().to_owned()),
+            stamps_collected: user.stamps_collected.get(),
+            inserted_at: user.inserted_at.to_iso8601(),
+            updated_at: user.updated_at.to_iso8601(),
+        },
+        relationships: Map::new(),
+        links: SelfLinks { self_: self_link(user.id) },
+        meta: Map::new(),
+    }
+}
+
+fn document(user: &User) -> UserDocument {
+    UserDocument {
+        data: resource(user),
+        jsonapi: JsonApiVersion::default(),
+        links: SelfLinks { self_: self_link(user.id) },
+    }
+}
+
+/// Reads the writable attributes, collecting every problem into one 400 document.
+fn changes(attributes: Map<String, Value>) -> Result<UserChanges, ApiError> {
+    let mut changes = UserChanges::default();
+    let mut errors = Vec::new();
+    for (name, value) in attributes {
+        match (name.as_str(), value) {
+            ("nickname", Value::Null) => changes.nickname = Some(None),
+            ("nickname", Value::String(s)) => match Nickname::parse(&s) {
+                Ok(nick) => changes.nickname = Some(nick),
+                Err(e) => errors.push(ApiError::invalid_attribute("nickname", e.to_string())),
+            },
+            ("nickname", _) => errors.push(ApiError::invalid_attribute("nickname", "Nickname must be a string or null")),
+            ("stamps_collected", value) => match value.as_i64().and_then(StampCount::new) {
+                Some(count) => changes.stamps_collected = Some(count),
+                None => errors.push(ApiError::invalid_attribute(
+                    "stamps_collected",
+                    "stamps_collected must be an integer greater than or equal to 0",
+                )),
+            },
+            (other, _) => errors.push(ApiError::invalid_attribute(
+                other,
+                format!("`{other}` is not a writable attribute of user (nickname, stamps_collected)"),
+            )),
+        }
+    }
+    if errors.is_empty() {
+        Ok(changes)
+    } else {
+        Err(ApiError::many(StatusCode::BAD_REQUEST, errors))
+    }
+}
+
+fn parse_id(id: &str) -> Result<UserId, ApiError> {
+    id.parse().map_err(|_| ApiError::not_found())
+}
+
+/// Register a user; the server generates its UUID.
+#[utoipa::path(
+    post, path = "/api/json/accounts/users", tag = "users",
+    request_body(content = UserWriteDocument, content_type = "application/vnd.api+json"),
+    responses(
+        (status = 201, description = "Registered", body = UserDocument, content_type = "application/vnd.api+json",
+            headers(("location" = String, description = "The new user's address"))),
+        (status = 400, description = "Malformed body or invalid attribute", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 401, description = "Missing or wrong token", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 403, description = "A client-generated id was sent", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 406, description = "Accept allows no JSON", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 409, description = "Wrong resource type", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 413, description = "Body over 64 KiB", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 415, description = "Unsupported Content-Type", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 503, description = "Database unavailable", body = ErrorDocument, content_type = "application/vnd.api+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create(State(state): State<AppState>, body: ResourceObject) -> Result<Response, ApiError> {
+    body.expect_type(TYPE)?;
+    if body.id().is_some() {
+        return Err(ApiError::forbidden("The server generates user ids; do not send one").at_pointer("/data/id"));
+    }
+    let changes = changes(body.attributes()?)?;
+    let now = Timestamp::now();
+    let user = User {
+        id: UserId::generate(),
+        nickname: changes.nickname.flatten(),
+        stamps_collected: changes.stamps_collected.unwrap_or_default(),
+        inserted_at: now,
+        updated_at: now,
+    };
+    state.store.create(&user).await?;
+    let mut response = JsonApi(StatusCode::CREATED, document(&user)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&self_link(user.id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// Read one user.
+#[utoipa::path(
+    get, path = "/api/json/accounts/users/{id}", tag = "users",
+    params(("id" = String, Path, description = "The user's UUID")),
+    responses(
+        (status = 200, description = "The user", body = UserDocument, content_type = "application/vnd.api+json"),
+        (status = 401, description = "Missing or wrong token", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 404, description = "No such user (or not a UUID)", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 406, description = "Accept allows no JSON", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 503, description = "Database unavailable", body = ErrorDocument, content_type = "application/vnd.api+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<JsonApi<UserDocument>, ApiError> {
+    let id = parse_id(&id)?;
+    let user = state.store.get(id).await?.ok_or_else(ApiError::not_found)?;
+    Ok(JsonApi(StatusCode::OK, document(&user)))
+}
+
+/// Update a user's nickname and/or stamps_collected; other fields keep their values.
+#[utoipa::path(
+    patch, path = "/api/json/accounts/users/{id}", tag = "users",
+    params(("id" = String, Path, description = "The user's UUID")),
+    request_body(content = UserWriteDocument, content_type = "application/vnd.api+json"),
+    responses(
+        (status = 200, description = "Updated", body = UserDocument, content_type = "application/vnd.api+json"),
+        (status = 400, description = "Malformed body or invalid attribute", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 401, description = "Missing or wrong token", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 404, description = "No such user (or not a UUID)", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 406, description = "Accept allows no JSON", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 409, description = "Wrong resource type, or an id other than the path's", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 413, description = "Body over 64 KiB", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 415, description = "Unsupported Content-Type", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 503, description = "Database unavailable", body = ErrorDocument, content_type = "application/vnd.api+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: ResourceObject,
+) -> Result<JsonApi<UserDocument>, ApiError> {
+    let id = parse_id(&id)?;
+    body.expect_type(TYPE)?;
+    match body.id() {
+        None => {}
+        Some(Value::String(given)) if given.parse::<UserId>().is_ok_and(|g| g == id) => {}
+        Some(_) => return Err(ApiError::conflict("`data.id` does not match the id in the path").at_pointer("/data/id")),
+    }
+    let changes = changes(body.attributes()?)?;
+    let user = if changes.is_empty() {
+        state.store.get(id).await?
+    } else {
+        state.store.update(id, &changes).await?
+    };
+    let user = user.ok_or_else(ApiError::not_found)?;
+    Ok(JsonApi(StatusCode::OK, document(&user)))
+}
+
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+
+fn page_link(limit: u32, offset: u64) -> String {
+    format!("{BASE}?page%5Blimit%5D={limit}&page%5Boffset%5D={offset}")
+}
+
+/// List users, for operators only: user ids are login secrets and the client token is public.
+#[utoipa::path(
+    get, path = "/api/json/accounts/users", tag = "users",
+    params(
+        ("page[limit]" = Option<u32>, Query, description = "1 to 1000, default 100", minimum = 1, maximum = 1000),
+        ("page[offset]" = Option<u64>, Query, description = "Users to skip, default 0", minimum = 0),
+    ),
+    responses(
+        (status = 200, description = "A page of users", body = UserListDocument, content_type = "application/vnd.api+json"),
+        (status = 400, description = "Invalid page parameter", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 401, description = "Missing or wrong token", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 403, description = "Not the admin token", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 406, description = "Accept allows no JSON", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 503, description = "Database unavailable", body = ErrorDocument, content_type = "application/vnd.api+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(role): Extension<Role>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Result<JsonApi<UserListDocument>, ApiError> {
+    require_admin(role)?;
+    let Query(query) = query.map_err(|e| ApiError::invalid_query("page", e.body_text()))?;
+    let limit = match query.get("page[limit]") {
+        None => DEFAULT_PAGE,
+        Some(raw) => raw
+            .parse()
+            .ok()
+            .filter(|l| (1..=MAX_PAGE).contains(l))
+            .ok_or_else(|| ApiError::invalid_query("page[limit]", format!("page[limit] must be an integer from 1 to {MAX_PAGE}")))?,
+    };
+    let offset = match query.get("page[offset]") {
+        None => 0,
+        Some(raw) => raw
+            .parse()
+            .ok()
+            .filter(|o| *o <= i64::MAX as u64)
+            .ok_or_else(|| ApiError::invalid_query("page[offset]", "page[offset] must be a non-negative integer"))?,
+    };
+    let (users, total) = state.store.list(limit, offset).await?;
+    let next = offset.saturating_add(u64::from(limit));
+    let links = PageLinks {
+        self_: page_link(limit, offset),
+        first: page_link(limit, 0),
+        prev: (offset > 0).then(|| page_link(limit, offset.saturating_sub(u64::from(limit)))),
+        next: (next < total).then(|| page_link(limit, next)),
+    };
+    Ok(JsonApi(
+        StatusCode::OK,
+        UserListDocument {
+            data: users.iter().map(resource).collect(),
+            jsonapi: JsonApiVersion::default(),
+            links,
+            meta: ListMeta { page: PageMeta { total, limit, offset } },
+        },
+    ))
+}

@@ -1,0 +1,130 @@
+//! Every setting, read once at start from environment variables (flags mirror them) and
+//! validated before anything listens.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://tako.db";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Environment {
+    Dev,
+    Prod,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct Config {
+    /// TCP port to listen on.
+    #[arg(long, env = "PORT", default_value_t = 4000)]
+    pub port: u16,
+
+    /// Address to bind.
+    #[arg(long, env = "TAKO_BIND", default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+
+    /// `sqlite://path` (created on first start) or `postgres://…`; `sqlite://tako.db` when unset.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// The client token HoloQuest ships in its web app (public: a client key, not a secret).
+    #[arg(long, env = "HOLOQUEST_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// The operators' secret: listing users and, later, messaging.
+    #[arg(long, env = "TAKO_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// `dev` accepts unauthenticated requests when no token is set; `prod` refuses to start.
+    #[arg(long = "env", env = "TAKO_ENV", value_enum, default_value_t = Environment::Dev)]
+    pub environment: Environment,
+
+    /// Cluster bus (`redis://…`); without it, one node with an in-process bus.
+    #[arg(long, env = "TAKO_PUBSUB_URL")]
+    pub pubsub_url: Option<String>,
+
+    /// Comma-separated origins allowed by CORS; any origin when unset.
+    #[arg(long, env = "TAKO_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Seconds a socket may stay silent before it is closed.
+    #[arg(long, env = "TAKO_HEARTBEAT_TIMEOUT", default_value_t = 60)]
+    pub heartbeat_timeout_secs: u64,
+
+    /// Channels one socket may join at once.
+    #[arg(long, env = "TAKO_MAX_CHANNELS", default_value_t = 100)]
+    pub max_channels: usize,
+
+    /// Largest inbound socket frame, in bytes (bigger closes the socket with 1009).
+    #[arg(long, env = "TAKO_MAX_FRAME_BYTES", default_value_t = 1024 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Seconds given to open sockets to close on shutdown.
+    #[arg(long, env = "TAKO_SHUTDOWN_TIMEOUT", default_value_t = 10)]
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("TAKO_ENV=prod requires {0}")]
+    MissingInProd(&'static str),
+    #[error("HOLOQUEST_API_TOKEN and TAKO_ADMIN_TOKEN must differ: the client token is public")]
+    SameTokens,
+}
+
+impl Config {
+    /// Empty strings count as unset, so `HOLOQUEST_API_TOKEN=` means "no token".
+    pub fn normalize(mut self) -> Result<Config, ConfigError> {
+        self.api_token = self.api_token.filter(|t| !t.is_empty());
+        self.admin_token = self.admin_token.filter(|t| !t.is_empty());
+        self.pubsub_url = self.pubsub_url.filter(|t| !t.is_empty());
+        self.database_url = self.database_url.filter(|t| !t.is_empty());
+        self.cors_origins.retain(|o| !o.trim().is_empty());
+        if self.environment == Environment::Prod {
+            if self.api_token.is_none() {
+                return Err(ConfigError::MissingInProd("HOLOQUEST_API_TOKEN"));
+            }
+            if self.admin_token.is_none() {
+                return Err(ConfigError::MissingInProd("TAKO_ADMIN_TOKEN"));
+            }
+            if self.database_url.is_none() {
+                return Err(ConfigError::MissingInProd("DATABASE_URL"));
+            }
+        }
+        if self.api_token.is_some() && self.api_token == self.admin_token {
+            return Err(ConfigError::SameTokens);
+        }
+        Ok(self)
+    }
+
+    pub fn database_url(&self) -> &str {
+        self.database_url.as_deref().unwrap_or(DEFAULT_DATABASE_URL)
+    }
+
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_timeout_secs.max(1))
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// A configuration for tests and embedding: dev mode, no tokens, the given database.
+    pub fn for_database(database_url: impl Into<String>) -> Config {
+        Config {
+            port: 0,
+            bind: IpAddr::from([127, 0, 0, 1]),
+            database_url: Some(database_url.into()),
+            api_token: None,
+            admin_token: None,
+            environment: Environment::Dev,
+            pubsub_url: None,
+            cors_origins: Vec::new(),
+            heartbeat_timeout_secs: 60,
+            max_channels: 100,
+            max_frame_bytes: 1024 * 1024,
+            shutdown_timeout_secs: 10,
+        }
+    }
+}

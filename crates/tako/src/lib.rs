@@ -1,0 +1,7 @@
+//! Tako: the realtime backend of the HoloQuest stamp rally.
+
+pub mod accounts;
+pub mod api;
+pub mod config;
+pub mod startup;
+pub mod telemetry;
