@@ -1,1 +1,32 @@
-pub fn placeholder() {}
+//! A Phoenix-Channels-compatible server engine for axum.
+//!
+//! Speaks the wire protocol of the `phoenix` JavaScript client (v1 and v2 serializers, v2 binary
+//! frames) and knows nothing of the application: an application implements [`SocketHandler`]
+//! (authenticate, route topics) and [`Channel`]s, mounts [`Endpoint::routes`], and delivers
+//! server-side messages through the [`Hub`].
+//!
+//! Layout: `serializer` (bytes ⇄ messages), `session` (the per-socket protocol state machine,
+//! transport-agnostic), `transport` (WebSocket), `outbox` (bounded per-socket queue), `hub`
+//! (indexes and fan-out), `bus` (the seam to other nodes), `endpoint` (routes and shutdown).
+
+mod bus;
+mod channel;
+mod config;
+mod endpoint;
+mod hub;
+mod outbox;
+mod serializer;
+mod session;
+mod socket;
+mod transport;
+
+pub use bus::{Bus, BusMessage, LocalBus, SocketRef};
+pub use channel::{Channel, ChannelContext, HandleIn, Payload};
+pub use config::EndpointConfig;
+pub use endpoint::Endpoint;
+pub use hub::{Hub, TopicMatch};
+pub use serde_json::Value;
+pub use socket::{ConnectInfo, Connection, Refusal, SocketHandler};
+
+/// Re-exported so implementors need not depend on `async-trait` themselves.
+pub use async_trait::async_trait;

@@ -1,0 +1,48 @@
+//! The seam between this node and the rest of a cluster.
+//!
+//! Every delivery the [`Hub`] is asked for (broadcast, user message, disconnect) becomes a
+//! [`BusMessage`] — plain data, so it can cross a network — handed to a [`Bus`]. The bus decides
+//! where it goes; whatever reaches this node is applied with [`Hub::deliver`]. [`LocalBus`]
+//! delivers straight into this node's hub. A Redis (or NATS...) bus would deliver locally,
+//! publish to the other nodes, and call `hub.deliver` for what they publish, without any change
+//! to channels or transports.
+
+use crate::channel::Payload;
+use crate::hub::{Hub, TopicMatch};
+
+/// Names one socket across a cluster: the node that holds it and its number on that node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SocketRef {
+    pub node: u64,
+    pub socket: u64,
+}
+
+/// A delivery request, as plain data.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BusMessage {
+    /// To every subscriber of `topic`, except the `except` socket if any.
+    Broadcast { topic: String, event: String, payload: Payload, except: Option<SocketRef> },
+    /// To every subscriber of every topic matching `topics`.
+    BroadcastMatching { topics: TopicMatch, event: String, payload: Payload },
+    /// To the sockets of `user` on their joined topics matching `topics`.
+    User { user: String, topics: TopicMatch, event: String, payload: Payload },
+    /// Close every socket whose id is `socket_id`.
+    Disconnect { socket_id: String },
+}
+
+/// Carries [`BusMessage`]s to every node, this one included.
+pub trait Bus: Send + Sync + 'static {
+    /// Deliver `msg` everywhere it belongs. Returns what this node's delivery counted
+    /// (subscriptions written to, or sockets closed); other nodes' counts are not known.
+    fn publish(&self, hub: &Hub, msg: BusMessage) -> usize;
+}
+
+/// A single-node bus: delivers into this node's hub, synchronously.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LocalBus;
+
+impl Bus for LocalBus {
+    fn publish(&self, hub: &Hub, msg: BusMessage) -> usize {
+        hub.deliver(msg)
+    }
+}

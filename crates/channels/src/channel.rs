@@ -1,0 +1,158 @@
+//! What an application writes: a [`Channel`] (join, handle_in, terminate), and the
+//! [`ChannelContext`] it is handed to talk back to the client and to the topic.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::bus::{BusMessage, SocketRef};
+use crate::hub::{Hub, SocketShared};
+
+/// A message body: JSON, or raw bytes (v2 binary frames only).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    Json(Value),
+    Binary(Bytes),
+}
+
+impl From<Value> for Payload {
+    fn from(value: Value) -> Self {
+        Payload::Json(value)
+    }
+}
+
+impl From<Bytes> for Payload {
+    fn from(data: Bytes) -> Self {
+        Payload::Binary(data)
+    }
+}
+
+/// What a channel answers to a client event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HandleIn {
+    /// `Ok` replies with status "ok", `Err` with status "error".
+    Reply(Result<Payload, Payload>),
+    NoReply,
+    /// The channel fails: the client gets `phx_error` (and rejoins), the channel is removed.
+    Stop { reason: String },
+}
+
+/// One topic's behaviour for one socket. A single instance may serve many sockets, so it
+/// keeps per-socket state in the socket's assigns or in its own maps keyed by topic.
+#[async_trait]
+pub trait Channel<A: Send + Sync + 'static>: Send + Sync + 'static {
+    /// `Ok(response)` joins and replies `{"status":"ok","response":response}`;
+    /// `Err(response)` replies status "error" and the socket stays unjoined.
+    async fn join(&self, topic: &str, payload: Payload, ctx: &ChannelContext<A>) -> Result<Value, Value>;
+
+    async fn handle_in(&self, event: &str, payload: Payload, ctx: &ChannelContext<A>) -> HandleIn;
+
+    /// Called after a leave, a close of the socket, a failed channel or a replaced join.
+    async fn terminate(&self, _ctx: &ChannelContext<A>) {}
+}
+
+/// Handed to channel callbacks: this socket's subscription to one topic. Cheap to clone, so a
+/// channel may keep it to push later; pushes after the channel closed are dropped.
+pub struct ChannelContext<A> {
+    inner: Arc<ContextInner<A>>,
+}
+
+impl<A> Clone for ChannelContext<A> {
+    fn clone(&self) -> Self {
+        ChannelContext { inner: self.inner.clone() }
+    }
+}
+
+struct ContextInner<A> {
+    topic: String,
+    join_ref: Option<String>,
+    assigns: Arc<A>,
+    socket: Arc<SocketShared>,
+    hub: Hub,
+    open: AtomicBool,
+}
+
+impl<A> ChannelContext<A> {
+    pub(crate) fn new(
+        topic: String,
+        join_ref: Option<String>,
+        assigns: Arc<A>,
+        socket: Arc<SocketShared>,
+        hub: Hub,
+    ) -> Self {
+        ChannelContext {
+            inner: Arc::new(ContextInner { topic, join_ref, assigns, socket, hub, open: AtomicBool::new(true) }),
+        }
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.inner.topic
+    }
+
+    pub fn assigns(&self) -> &A {
+        &self.inner.assigns
+    }
+
+    pub fn socket_id(&self) -> Option<&str> {
+        self.inner.socket.socket_id.as_deref()
+    }
+
+    pub fn user(&self) -> Option<&str> {
+        self.inner.socket.user.as_deref()
+    }
+
+    /// The join_ref of the join this context belongs to.
+    pub fn join_ref(&self) -> Option<&str> {
+        self.inner.join_ref.as_deref()
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// To this socket only; carries the join_ref and a null ref.
+    pub fn push(&self, event: &str, payload: Payload) {
+        if !self.is_open() {
+            tracing::debug!(topic = %self.inner.topic, event, "push on a closed channel dropped");
+            return;
+        }
+        let socket = &self.inner.socket;
+        match socket.serializer.encode_push(self.join_ref(), &self.inner.topic, event, &payload) {
+            Some(frame) => {
+                socket.send(frame);
+            }
+            None => tracing::warn!(
+                topic = %self.inner.topic,
+                event,
+                "push not expressible for this client (binary payload on vsn 1, or header over 255 bytes); dropped"
+            ),
+        }
+    }
+
+    /// To every subscriber of the topic, this socket included.
+    pub fn broadcast(&self, event: &str, payload: Payload) {
+        self.inner.hub.broadcast(&self.inner.topic, event, payload);
+    }
+
+    /// To every subscriber of the topic except this socket.
+    pub fn broadcast_from(&self, event: &str, payload: Payload) {
+        let hub = &self.inner.hub;
+        hub.publish(BusMessage::Broadcast {
+            topic: self.inner.topic.clone(),
+            event: event.to_owned(),
+            payload,
+            except: Some(SocketRef { node: hub.node_id(), socket: self.inner.socket.conn }),
+        });
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.inner.open.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn close(&self) {
+        self.inner.open.store(false, Ordering::Release);
+    }
+}

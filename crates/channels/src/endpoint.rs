@@ -1,0 +1,109 @@
+//! An endpoint: one [`SocketHandler`], its hub, its routes and its shutdown.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use tokio::sync::Notify;
+
+use crate::bus::{Bus, LocalBus};
+use crate::config::EndpointConfig;
+use crate::hub::Hub;
+use crate::outbox::Close;
+use crate::socket::SocketHandler;
+use crate::transport;
+
+pub struct Endpoint<H: SocketHandler> {
+    pub(crate) handler: Arc<H>,
+    pub(crate) config: EndpointConfig,
+    pub(crate) hub: Hub,
+    pub(crate) lifecycle: Arc<Lifecycle>,
+}
+
+/// Whether the endpoint accepts sockets, and how many socket tasks are alive.
+#[derive(Default)]
+pub(crate) struct Lifecycle {
+    shutting_down: AtomicBool,
+    live: AtomicUsize,
+    idle: Notify,
+}
+
+impl Lifecycle {
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Counts a socket task as alive until the guard drops.
+    pub(crate) fn track(self: &Arc<Self>) -> LiveGuard {
+        self.live.fetch_add(1, Ordering::SeqCst);
+        LiveGuard { lifecycle: self.clone() }
+    }
+}
+
+pub(crate) struct LiveGuard {
+    lifecycle: Arc<Lifecycle>,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        if self.lifecycle.live.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.lifecycle.idle.notify_waiters();
+        }
+    }
+}
+
+impl<H: SocketHandler> Endpoint<H> {
+    /// A single-node endpoint (in-process bus).
+    pub fn new(handler: H, config: EndpointConfig) -> Arc<Self> {
+        Self::with_bus(handler, config, Arc::new(LocalBus))
+    }
+
+    /// An endpoint whose deliveries travel through `bus` (e.g. to other nodes).
+    pub fn with_bus(handler: H, config: EndpointConfig, bus: Arc<dyn Bus>) -> Arc<Self> {
+        Arc::new(Endpoint {
+            handler: Arc::new(handler),
+            config,
+            hub: Hub::new(bus),
+            lifecycle: Arc::default(),
+        })
+    }
+
+    pub fn hub(&self) -> Hub {
+        self.hub.clone()
+    }
+
+    pub fn config(&self) -> &EndpointConfig {
+        &self.config
+    }
+
+    /// Routes to nest under the mount: `app.nest("/socket", endpoint.routes())` serves
+    /// `GET /socket/websocket`.
+    pub fn routes(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/websocket", get(transport::websocket::upgrade::<H>))
+            .with_state(self.clone())
+    }
+
+    /// Close every socket with 1001 "going away", refuse new ones (503), and wait for the
+    /// socket tasks to end, at most `shutdown_timeout`.
+    pub async fn shutdown(&self) {
+        self.lifecycle.shutting_down.store(true, Ordering::SeqCst);
+        let asked = self.hub.close_all(Close::GOING_AWAY);
+        tracing::info!(sockets = asked, "shutting down: closing sockets");
+        let deadline = tokio::time::Instant::now() + self.config.shutdown_timeout;
+        loop {
+            let idle = self.lifecycle.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            let live = self.lifecycle.live.load(Ordering::SeqCst);
+            if live == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                tracing::warn!(sockets = live, "shutdown timeout passed with sockets still open");
+                break;
+            }
+        }
+    }
+}

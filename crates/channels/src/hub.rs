@@ -1,0 +1,358 @@
+//! This node's sockets, indexed by topic, by user and by socket id, and the fan-out of
+//! deliveries to them.
+//!
+//! Fan-out takes a snapshot of the matching sockets under a read lock, releases it, then encodes
+//! the message once per serializer (lazily) and pushes the shared bytes into each socket's
+//! bounded queue. Nothing blocks on a slow client and no lock is held while pushing.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::bus::{Bus, BusMessage, SocketRef};
+use crate::channel::Payload;
+use crate::outbox::{Close, Outbox, Pushed};
+use crate::serializer::{Frame, Serializer};
+
+/// Which topics a delivery is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicMatch {
+    Exact(String),
+    Prefix(String),
+    Any,
+}
+
+impl TopicMatch {
+    pub fn matches(&self, topic: &str) -> bool {
+        match self {
+            TopicMatch::Exact(t) => t == topic,
+            TopicMatch::Prefix(p) => topic.starts_with(p.as_str()),
+            TopicMatch::Any => true,
+        }
+    }
+}
+
+/// The part of a socket that the hub and channel contexts share with the socket's task.
+pub(crate) struct SocketShared {
+    /// Number of this socket on this node.
+    pub conn: u64,
+    pub serializer: Serializer,
+    pub socket_id: Option<Arc<str>>,
+    pub user: Option<Arc<str>>,
+    pub outbox: Outbox,
+    /// Topics this socket is subscribed to (for user deliveries).
+    topics: Mutex<Vec<Arc<str>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl SocketShared {
+    /// Queue a frame; a full queue closes the socket as a slow consumer.
+    pub(crate) fn send(&self, frame: Frame) -> bool {
+        match self.outbox.push(frame) {
+            Pushed::Queued => true,
+            Pushed::Overflow => {
+                self.metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(conn = self.conn, "outbound queue full: disconnecting slow consumer");
+                false
+            }
+            Pushed::Closed => false,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Metrics {
+    slow_consumers: AtomicU64,
+}
+
+type Sockets = HashMap<u64, Arc<SocketShared>>;
+
+/// Cheap to clone; the server-side delivery API.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    node: u64,
+    bus: Arc<dyn Bus>,
+    next_conn: AtomicU64,
+    metrics: Arc<Metrics>,
+    sockets: RwLock<Sockets>,
+    topics: RwLock<HashMap<Arc<str>, Sockets>>,
+    users: RwLock<HashMap<Arc<str>, Sockets>>,
+    ids: RwLock<HashMap<Arc<str>, Sockets>>,
+}
+
+/// A message encoded at most once per serializer, whatever the number of subscribers.
+struct Outgoing<'a> {
+    topic: &'a str,
+    event: &'a str,
+    payload: &'a Payload,
+    encoded: [OnceLock<Option<Frame>>; 2],
+}
+
+impl<'a> Outgoing<'a> {
+    fn new(topic: &'a str, event: &'a str, payload: &'a Payload) -> Self {
+        Outgoing { topic, event, payload, encoded: Default::default() }
+    }
+
+    fn frame(&self, serializer: Serializer) -> Option<&Frame> {
+        self.encoded[serializer.index()]
+            .get_or_init(|| {
+                let frame = serializer.encode_broadcast(self.topic, self.event, self.payload);
+                if frame.is_none() {
+                    tracing::warn!(
+                        topic = self.topic,
+                        event = self.event,
+                        ?serializer,
+                        "broadcast not expressible for these clients (binary on vsn 1, or header over 255 bytes); dropped for them"
+                    );
+                }
+                frame
+            })
+            .as_ref()
+    }
+
+    fn send_to(&self, socket: &SocketShared) -> bool {
+        match self.frame(socket.serializer) {
+            Some(frame) => socket.send(frame.clone()),
+            None => false,
+        }
+    }
+}
+
+impl Hub {
+    /// A hub whose deliveries go through `bus`.
+    pub fn new(bus: Arc<dyn Bus>) -> Hub {
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        Hub {
+            inner: Arc::new(HubInner {
+                node: hasher.finish(),
+                bus,
+                next_conn: AtomicU64::new(1),
+                metrics: Arc::default(),
+                sockets: RwLock::default(),
+                topics: RwLock::default(),
+                users: RwLock::default(),
+                ids: RwLock::default(),
+            }),
+        }
+    }
+
+    /// A random number naming this node on the bus.
+    pub fn node_id(&self) -> u64 {
+        self.inner.node
+    }
+
+    /// To every subscriber of `topic`.
+    pub fn broadcast(&self, topic: &str, event: &str, payload: Payload) {
+        self.publish(BusMessage::Broadcast {
+            topic: topic.to_owned(),
+            event: event.to_owned(),
+            payload,
+            except: None,
+        });
+    }
+
+    /// To every subscriber of every topic matching `topics` (e.g. a server-wide ping).
+    pub fn broadcast_matching(&self, topics: TopicMatch, event: &str, payload: Payload) {
+        self.publish(BusMessage::BroadcastMatching { topics, event: event.to_owned(), payload });
+    }
+
+    /// Push to every socket of `user` that has joined a topic matching `topics`, as a
+    /// broadcast on each such topic. Returns how many local channel subscriptions got it.
+    pub fn send_to_user(&self, user: &str, topics: TopicMatch, event: &str, payload: Payload) -> usize {
+        self.publish(BusMessage::User { user: user.to_owned(), topics, event: event.to_owned(), payload })
+    }
+
+    /// Close (normally, code 1000) every socket whose id is `socket_id`; returns how many.
+    pub fn disconnect(&self, socket_id: &str) -> usize {
+        self.publish(BusMessage::Disconnect { socket_id: socket_id.to_owned() })
+    }
+
+    /// Hand a delivery to the bus.
+    pub fn publish(&self, msg: BusMessage) -> usize {
+        self.inner.bus.publish(self, msg)
+    }
+
+    /// Apply a delivery to this node's sockets (called by the bus). Returns the number of
+    /// subscriptions written to, or of sockets closed for a disconnect.
+    pub fn deliver(&self, msg: BusMessage) -> usize {
+        match msg {
+            BusMessage::Broadcast { topic, event, payload, except } => {
+                let except = except.filter(|r| r.node == self.inner.node).map(|r: SocketRef| r.socket);
+                let subscribers = self.snapshot_topic(&topic);
+                let out = Outgoing::new(&topic, &event, &payload);
+                subscribers
+                    .iter()
+                    .filter(|s| Some(s.conn) != except)
+                    .filter(|s| out.send_to(s))
+                    .count()
+            }
+            BusMessage::BroadcastMatching { topics, event, payload } => {
+                let groups: Vec<(Arc<str>, Vec<Arc<SocketShared>>)> = {
+                    let index = self.inner.topics.read();
+                    match &topics {
+                        TopicMatch::Exact(t) => index
+                            .get_key_value(t.as_str())
+                            .map(|(k, v)| (k.clone(), v.values().cloned().collect()))
+                            .into_iter()
+                            .collect(),
+                        _ => index
+                            .iter()
+                            .filter(|(k, _)| topics.matches(k))
+                            .map(|(k, v)| (k.clone(), v.values().cloned().collect()))
+                            .collect(),
+                    }
+                };
+                let mut count = 0;
+                for (topic, subscribers) in groups {
+                    let out = Outgoing::new(&topic, &event, &payload);
+                    count += subscribers.iter().filter(|s| out.send_to(s)).count();
+                }
+                count
+            }
+            BusMessage::User { user, topics, event, payload } => {
+                let sockets: Vec<Arc<SocketShared>> = match self.inner.users.read().get(user.as_str()) {
+                    Some(sockets) => sockets.values().cloned().collect(),
+                    None => return 0,
+                };
+                // A user has few sockets: group their matching topics so each is encoded once.
+                let mut by_topic: Vec<(Arc<str>, Vec<&Arc<SocketShared>>)> = Vec::new();
+                for socket in &sockets {
+                    for topic in socket.topics.lock().iter().filter(|t| topics.matches(t)) {
+                        match by_topic.iter_mut().find(|(t, _)| t == topic) {
+                            Some((_, list)) => list.push(socket),
+                            None => by_topic.push((topic.clone(), vec![socket])),
+                        }
+                    }
+                }
+                let mut count = 0;
+                for (topic, list) in by_topic {
+                    let out = Outgoing::new(&topic, &event, &payload);
+                    count += list.iter().filter(|s| out.send_to(s)).count();
+                }
+                count
+            }
+            BusMessage::Disconnect { socket_id } => {
+                let sockets: Vec<Arc<SocketShared>> = match self.inner.ids.read().get(socket_id.as_str()) {
+                    Some(sockets) => sockets.values().cloned().collect(),
+                    None => return 0,
+                };
+                sockets.iter().filter(|s| s.outbox.close(Close::DISCONNECTED)).count()
+            }
+        }
+    }
+
+    /// Sockets connected to this node.
+    pub fn socket_count(&self) -> usize {
+        self.inner.sockets.read().len()
+    }
+
+    /// Local subscriptions to `topic`.
+    pub fn subscriber_count(&self, topic: &str) -> usize {
+        self.inner.topics.read().get(topic).map_or(0, HashMap::len)
+    }
+
+    /// Sockets disconnected because their outbound queue overflowed, since start.
+    pub fn slow_consumer_disconnects(&self) -> u64 {
+        self.inner.metrics.slow_consumers.load(Ordering::Relaxed)
+    }
+
+    fn snapshot_topic(&self, topic: &str) -> Vec<Arc<SocketShared>> {
+        match self.inner.topics.read().get(topic) {
+            Some(sockets) => sockets.values().cloned().collect(),
+            None => Vec::new(),
+        }
+    }
+
+    pub(crate) fn register(
+        &self,
+        serializer: Serializer,
+        socket_id: Option<String>,
+        user: Option<String>,
+        queue: usize,
+    ) -> Arc<SocketShared> {
+        let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        let socket = Arc::new(SocketShared {
+            conn,
+            serializer,
+            socket_id: socket_id.map(Arc::from),
+            user: user.map(Arc::from),
+            outbox: Outbox::new(queue),
+            topics: Mutex::new(Vec::new()),
+            metrics: self.inner.metrics.clone(),
+        });
+        self.inner.sockets.write().insert(conn, socket.clone());
+        if let Some(user) = &socket.user {
+            insert(&self.inner.users, user, &socket);
+        }
+        if let Some(id) = &socket.socket_id {
+            insert(&self.inner.ids, id, &socket);
+        }
+        socket
+    }
+
+    pub(crate) fn unregister(&self, socket: &SocketShared) {
+        let topics = std::mem::take(&mut *socket.topics.lock());
+        for topic in topics {
+            remove(&self.inner.topics, &topic, socket.conn);
+        }
+        if let Some(user) = &socket.user {
+            remove(&self.inner.users, user, socket.conn);
+        }
+        if let Some(id) = &socket.socket_id {
+            remove(&self.inner.ids, id, socket.conn);
+        }
+        self.inner.sockets.write().remove(&socket.conn);
+    }
+
+    pub(crate) fn subscribe(&self, socket: &Arc<SocketShared>, topic: &str) {
+        let key = {
+            let mut index = self.inner.topics.write();
+            // Share one allocation of the topic name between the index and every socket.
+            let key = match index.get_key_value(topic) {
+                Some((key, _)) => key.clone(),
+                None => Arc::from(topic),
+            };
+            index.entry(key.clone()).or_default().insert(socket.conn, socket.clone());
+            key
+        };
+        let mut topics = socket.topics.lock();
+        if !topics.iter().any(|t| **t == *topic) {
+            topics.push(key);
+        }
+    }
+
+    pub(crate) fn unsubscribe(&self, socket: &SocketShared, topic: &str) {
+        socket.topics.lock().retain(|t| **t != *topic);
+        remove(&self.inner.topics, topic, socket.conn);
+    }
+
+    /// Ask every socket to close; returns how many were asked.
+    pub(crate) fn close_all(&self, close: Close) -> usize {
+        let sockets: Vec<Arc<SocketShared>> = self.inner.sockets.read().values().cloned().collect();
+        sockets.iter().filter(|s| s.outbox.close(close)).count()
+    }
+}
+
+fn insert(index: &RwLock<HashMap<Arc<str>, Sockets>>, key: &Arc<str>, socket: &Arc<SocketShared>) {
+    let mut index = index.write();
+    index.entry(key.clone()).or_default().insert(socket.conn, socket.clone());
+}
+
+fn remove(index: &RwLock<HashMap<Arc<str>, Sockets>>, key: &str, conn: u64) {
+    let mut index = index.write();
+    if let Some(sockets) = index.get_mut(key) {
+        sockets.remove(&conn);
+        if sockets.is_empty() {
+            index.remove(key);
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The protocol state machine of one socket, independent of its transport.
+//!
+//! A transport hands it decoded-or-not inbound frames; everything it answers goes, encoded, into
+//! the socket's outbox, in order. WebSocket uses it now; LongPoll can drive the same session.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::channel::{Channel, ChannelContext, HandleIn, Payload};
+use crate::hub::{Hub, SocketShared};
+use crate::serializer::{Inbound, Malformed, Status};
+use crate::socket::SocketHandler;
+
+struct Joined<A> {
+    channel: Arc<dyn Channel<A>>,
+    /// Holds the topic and the join_ref of this join.
+    ctx: ChannelContext<A>,
+}
+
+pub(crate) struct Session<H: SocketHandler> {
+    handler: Arc<H>,
+    assigns: Arc<H::Assigns>,
+    socket: Arc<SocketShared>,
+    hub: Hub,
+    max_channels: usize,
+    /// Few per socket: a Vec is smaller than a map and as fast at this size.
+    channels: Vec<Joined<H::Assigns>>,
+}
+
+const PHOENIX: &str = "phoenix";
+
+impl<H: SocketHandler> Session<H> {
+    pub(crate) fn new(
+        handler: Arc<H>,
+        assigns: H::Assigns,
+        socket: Arc<SocketShared>,
+        hub: Hub,
+        max_channels: usize,
+    ) -> Self {
+        Session { handler, assigns: Arc::new(assigns), socket, hub, max_channels, channels: Vec::new() }
+    }
+
+    pub(crate) async fn handle_text(&mut self, text: &str) {
+        let decoded = self.socket.serializer.decode_text(text);
+        self.handle_decoded(decoded).await
+    }
+
+    pub(crate) async fn handle_binary(&mut self, data: Bytes) {
+        let decoded = self.socket.serializer.decode_binary(data);
+        self.handle_decoded(decoded).await
+    }
+
+    async fn handle_decoded(&mut self, decoded: Result<Inbound, Malformed>) {
+        match decoded {
+            Ok(msg) => self.handle(msg).await,
+            Err(bad) => self.malformed(bad),
+        }
+    }
+
+    fn malformed(&self, bad: Malformed) {
+        tracing::debug!(conn = self.socket.conn, reason = bad.reason, "malformed frame");
+        if bad.reference.is_some() {
+            let topic = bad.topic.as_deref().unwrap_or(PHOENIX);
+            self.reply(
+                bad.join_ref.as_deref(),
+                bad.reference.as_deref(),
+                topic,
+                Status::Error,
+                &Payload::Json(json!({ "reason": "malformed message" })),
+            );
+        }
+    }
+
+    async fn handle(&mut self, msg: Inbound) {
+        match (msg.topic.as_str(), msg.event.as_str()) {
+            (PHOENIX, "heartbeat") => {
+                self.reply(None, msg.reference.as_deref(), PHOENIX, Status::Ok, &Payload::Json(json!({})));
+            }
+            (_, "phx_join") => self.join(msg).await,
+            (_, "phx_leave") => self.leave(msg).await,
+            _ => self.event(msg).await,
+        }
+    }
+
+    async fn join(&mut self, msg: Inbound) {
+        let Inbound { join_ref, reference, topic, payload, .. } = msg;
+        if let Some(index) = self.find(&topic) {
+            tracing::debug!(conn = self.socket.conn, topic, "duplicate join: closing the existing channel first");
+            let old = self.channels.swap_remove(index);
+            self.close_channel(old, Some(("phx_close", json!({})))).await;
+        } else if self.channels.len() >= self.max_channels {
+            self.error_reply(join_ref.as_deref(), reference.as_deref(), &topic, "too many channels joined");
+            return;
+        }
+        let Some(channel) = self.handler.channel(&topic) else {
+            self.error_reply(join_ref.as_deref(), reference.as_deref(), &topic, "unmatched topic");
+            return;
+        };
+        let ctx = ChannelContext::new(
+            topic.clone(),
+            join_ref.clone(),
+            self.assigns.clone(),
+            self.socket.clone(),
+            self.hub.clone(),
+        );
+        match channel.join(&topic, payload, &ctx).await {
+            Ok(response) => {
+                self.hub.subscribe(&self.socket, &topic);
+                self.channels.push(Joined { channel, ctx });
+                self.reply(join_ref.as_deref(), reference.as_deref(), &topic, Status::Ok, &Payload::Json(response));
+            }
+            Err(response) => {
+                ctx.close();
+                self.reply(join_ref.as_deref(), reference.as_deref(), &topic, Status::Error, &Payload::Json(response));
+            }
+        }
+    }
+
+    async fn leave(&mut self, msg: Inbound) {
+        let Some(index) = self.find(&msg.topic) else {
+            // The server may have dropped the channel already; leaving it is still fine.
+            self.reply(msg.join_ref.as_deref(), msg.reference.as_deref(), &msg.topic, Status::Ok, &Payload::Json(json!({})));
+            return;
+        };
+        if self.is_stale(index, &msg) {
+            return;
+        }
+        let joined = self.channels.swap_remove(index);
+        self.reply(msg.join_ref.as_deref(), msg.reference.as_deref(), &msg.topic, Status::Ok, &Payload::Json(json!({})));
+        self.close_channel(joined, Some(("phx_close", json!({})))).await;
+    }
+
+    async fn event(&mut self, msg: Inbound) {
+        let Some(index) = self.find(&msg.topic) else {
+            self.error_reply(msg.join_ref.as_deref(), msg.reference.as_deref(), &msg.topic, "unmatched topic");
+            return;
+        };
+        if self.is_stale(index, &msg) {
+            return;
+        }
+        let Inbound { join_ref, reference, topic, event, payload } = msg;
+        let joined = &self.channels[index];
+        let (channel, ctx) = (joined.channel.clone(), joined.ctx.clone());
+        match channel.handle_in(&event, payload, &ctx).await {
+            HandleIn::Reply(Ok(response)) => {
+                self.reply(join_ref.as_deref(), reference.as_deref(), &topic, Status::Ok, &response)
+            }
+            HandleIn::Reply(Err(response)) => {
+                self.reply(join_ref.as_deref(), reference.as_deref(), &topic, Status::Error, &response)
+            }
+            HandleIn::NoReply => {}
+            HandleIn::Stop { reason } => {
+                tracing::info!(conn = self.socket.conn, topic, reason, "channel stopped");
+                if let Some(index) = self.find(&topic) {
+                    let joined = self.channels.swap_remove(index);
+                    self.close_channel(joined, Some(("phx_error", json!({ "reason": reason })))).await;
+                }
+            }
+        }
+    }
+
+    /// A message carrying the join_ref of an earlier join of the same topic is ignored.
+    fn is_stale(&self, index: usize, msg: &Inbound) -> bool {
+        let current = self.channels[index].ctx.join_ref();
+        let stale = msg.join_ref.is_some() && msg.join_ref.as_deref() != current;
+        if stale {
+            tracing::debug!(conn = self.socket.conn, topic = msg.topic, event = msg.event, "stale join_ref: ignored");
+        }
+        stale
+    }
+
+    fn find(&self, topic: &str) -> Option<usize> {
+        self.channels.iter().position(|j| j.ctx.topic() == topic)
+    }
+
+    /// Unsubscribe, tell the client (`[jr, jr, topic, event, payload]`) if asked, terminate.
+    async fn close_channel(&self, joined: Joined<H::Assigns>, notice: Option<(&str, Value)>) {
+        let ctx = &joined.ctx;
+        ctx.close();
+        self.hub.unsubscribe(&self.socket, ctx.topic());
+        if let Some((event, payload)) = notice {
+            let jr = ctx.join_ref();
+            let frame = self.socket.serializer.encode_json(jr, jr, ctx.topic(), event, &payload);
+            self.socket.send(frame);
+        }
+        joined.channel.terminate(ctx).await;
+    }
+
+    /// The socket is gone: terminate every channel.
+    pub(crate) async fn terminate_all(&mut self) {
+        for joined in std::mem::take(&mut self.channels) {
+            self.close_channel(joined, None).await;
+        }
+    }
+
+    fn error_reply(&self, join_ref: Option<&str>, reference: Option<&str>, topic: &str, reason: &str) {
+        self.reply(join_ref, reference, topic, Status::Error, &Payload::Json(json!({ "reason": reason })));
+    }
+
+    fn reply(&self, join_ref: Option<&str>, reference: Option<&str>, topic: &str, status: Status, response: &Payload) {
+        match self.socket.serializer.encode_reply(join_ref, reference, topic, status, response) {
+            Some(frame) => {
+                self.socket.send(frame);
+            }
+            None => tracing::warn!(
+                conn = self.socket.conn,
+                topic,
+                "reply not expressible for this client (binary on vsn 1, or header over 255 bytes); dropped"
+            ),
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! Transports carry frames between a client and its [`Session`](crate::session::Session).
+pub(crate) mod websocket;

@@ -1,0 +1,232 @@
+//! The WebSocket transport: `GET {mount}/websocket`.
+//!
+//! One task per socket selects over the client's frames, the socket's outbox and the heartbeat
+//! deadline. Buffers are kept small (1 KiB read, no write buffering) because an idle socket's
+//! memory is mostly its buffers and its task.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use futures_util::SinkExt;
+use tokio::time::Instant;
+
+use crate::endpoint::{Endpoint, LiveGuard};
+use crate::hub::SocketShared;
+use crate::outbox::Close;
+use crate::serializer::{Frame, Serializer};
+use crate::session::Session;
+use crate::socket::{ConnectInfo, SocketHandler};
+
+const READ_BUFFER_BYTES: usize = 1024;
+const SUBPROTOCOL: &str = "phoenix";
+const TOKEN_PREFIX: &str = "base64url.bearer.phx.";
+/// How long to wait for the client's answer to our close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+pub(crate) async fn upgrade<H: SocketHandler>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request) -> Response {
+    if endpoint.lifecycle.is_shutting_down() {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let (mut parts, _body) = request.into_parts();
+    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let Ok(Query(params)) = Query::<HashMap<String, String>>::try_from_uri(&parts.uri) else {
+        return (StatusCode::BAD_REQUEST, "invalid query string").into_response();
+    };
+    let Some(serializer) = Serializer::from_vsn(params.get("vsn").map(String::as_str)) else {
+        return (StatusCode::BAD_REQUEST, "unsupported vsn").into_response();
+    };
+    let (auth_token, offers_phoenix) = read_subprotocols(&parts.headers);
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0);
+    let info = ConnectInfo { params, auth_token, headers: parts.headers, peer };
+    let connection = match endpoint.handler.connect(&info).await {
+        Ok(connection) => connection,
+        Err(refusal) => {
+            tracing::debug!(?peer, ?refusal, "connect refused");
+            return refusal.status().into_response();
+        }
+    };
+    drop(info);
+
+    let config = &endpoint.config;
+    let mut ws = ws
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_message_size(config.max_frame_bytes)
+        .max_frame_size(config.max_frame_bytes);
+    if offers_phoenix {
+        ws = ws.protocols([SUBPROTOCOL]);
+    }
+    let guard = endpoint.lifecycle.track();
+    let endpoint = endpoint.clone();
+    ws.on_failed_upgrade(|error| tracing::debug!(%error, "websocket upgrade failed"))
+        .on_upgrade(move |socket| run(socket, endpoint, connection, serializer, guard))
+}
+
+/// `Sec-WebSocket-Protocol: phoenix, base64url.bearer.phx.<b64url(token)>` → (token, offers phoenix).
+fn read_subprotocols(headers: &HeaderMap) -> (Option<String>, bool) {
+    let mut token = None;
+    let mut phoenix = false;
+    let offered = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim);
+    for protocol in offered {
+        if protocol == SUBPROTOCOL {
+            phoenix = true;
+        } else if let Some(encoded) = protocol.strip_prefix(TOKEN_PREFIX) {
+            let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(encoded.trim_end_matches('='))
+                .ok()
+                .and_then(|raw| String::from_utf8(raw).ok());
+            if decoded.is_none() {
+                tracing::debug!("undecodable auth token subprotocol ignored");
+            }
+            token = decoded;
+        }
+    }
+    (token, phoenix)
+}
+
+async fn run<H: SocketHandler>(
+    mut ws: WebSocket,
+    endpoint: Arc<Endpoint<H>>,
+    connection: crate::socket::Connection<H::Assigns>,
+    serializer: Serializer,
+    _guard: LiveGuard,
+) {
+    let hub = endpoint.hub.clone();
+    let config = &endpoint.config;
+    let socket = hub.register(serializer, connection.id, connection.user, config.outbound_queue);
+    // A shutdown that started after the upgrade began may have missed this socket.
+    if endpoint.lifecycle.is_shutting_down() {
+        socket.outbox.close(Close::GOING_AWAY);
+    }
+    tracing::debug!(conn = socket.conn, ?serializer, "socket connected");
+    let mut session = Session::new(
+        endpoint.handler.clone(),
+        connection.assigns,
+        socket.clone(),
+        hub.clone(),
+        config.max_channels,
+    );
+
+    let end = drive(&mut ws, &mut session, &socket, config.heartbeat_timeout).await;
+    Box::pin(session.terminate_all()).await;
+    hub.unregister(&socket);
+    tracing::debug!(conn = socket.conn, ?end, "socket closed");
+
+    match end {
+        End::Close(close) => {
+            let frame = CloseFrame { code: close.code, reason: Utf8Bytes::from_static(close.reason) };
+            if ws.send(Message::Close(Some(frame))).await.is_ok() {
+                finish(&mut ws).await;
+            }
+        }
+        End::PeerClosed => finish(&mut ws).await,
+        End::Broken => {}
+    }
+}
+
+#[derive(Debug)]
+enum End {
+    /// We close, with this code.
+    Close(Close),
+    /// The client sent a close frame.
+    PeerClosed,
+    /// The connection failed.
+    Broken,
+}
+
+async fn drive<H: SocketHandler>(
+    ws: &mut WebSocket,
+    session: &mut Session<H>,
+    socket: &SocketShared,
+    heartbeat_timeout: Duration,
+) -> End {
+    let mut last_seen = Instant::now();
+    let timer = tokio::time::sleep_until(last_seen + heartbeat_timeout);
+    tokio::pin!(timer);
+    loop {
+        tokio::select! {
+            biased;
+            () = socket.outbox.ready() => {
+                let (frames, close) = socket.outbox.take();
+                if send_all(ws, frames).await.is_err() {
+                    return End::Broken;
+                }
+                if let Some(close) = close {
+                    return End::Close(close);
+                }
+            }
+            received = ws.recv() => {
+                last_seen = Instant::now();
+                match received {
+                    Some(Ok(Message::Text(text))) => Box::pin(session.handle_text(text.as_str())).await,
+                    Some(Ok(Message::Binary(data))) => Box::pin(session.handle_binary(data)).await,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) => return End::PeerClosed,
+                    Some(Err(error)) => {
+                        if is_too_big(error) {
+                            tracing::debug!(conn = socket.conn, "inbound frame over the limit");
+                            return End::Close(Close::TOO_BIG);
+                        }
+                        return End::Broken;
+                    }
+                    None => return End::Broken,
+                }
+            }
+            () = &mut timer => {
+                let deadline = last_seen + heartbeat_timeout;
+                if Instant::now() >= deadline {
+                    tracing::debug!(conn = socket.conn, "heartbeat timeout");
+                    return End::Close(Close::HEARTBEAT_TIMEOUT);
+                }
+                timer.as_mut().reset(deadline);
+            }
+        }
+    }
+}
+
+async fn send_all(ws: &mut WebSocket, frames: VecDeque<Frame>) -> Result<(), axum::Error> {
+    if frames.is_empty() {
+        return Ok(());
+    }
+    for frame in frames {
+        let message = match frame {
+            Frame::Text(text) => Message::Text(text),
+            Frame::Binary(data) => Message::Binary(data),
+        };
+        ws.feed(message).await?;
+    }
+    ws.flush().await
+}
+
+/// Read until the closing handshake completes (or a short grace passes), so the client sees a
+/// clean close with our code.
+async fn finish(ws: &mut WebSocket) {
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(_)) = ws.recv().await {}
+    })
+    .await;
+}
+
+fn is_too_big(error: axum::Error) -> bool {
+    matches!(
+        error.into_inner().downcast_ref::<tungstenite::Error>(),
+        Some(tungstenite::Error::Capacity(_))
+    )
+}
