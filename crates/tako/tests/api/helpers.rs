@@ -1,0 +1,187 @@
+//! Starts the real application on a random port, against SQLite always and PostgreSQL when
+//! `TAKO_TEST_DATABASE_URL` names a server (each test gets a fresh database on it).
+
+use std::future::IntoFuture;
+
+use reqwest::{Client, Method, RequestBuilder, Response};
+use serde_json::{json, Value};
+use tako::config::Config;
+use tako::startup::Application;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const JSONAPI: &str = "application/vnd.api+json";
+
+#[derive(Clone, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres(String),
+}
+
+/// Every backend the suite was told about. PostgreSQL needs `TAKO_TEST_DATABASE_URL`; the
+/// project's test command always sets it, and a server it names must answer.
+pub fn backends() -> Vec<Backend> {
+    let mut backends = vec![Backend::Sqlite];
+    match postgres_admin_url() {
+        Some(url) => backends.push(Backend::Postgres(url)),
+        None => eprintln!("note: TAKO_TEST_DATABASE_URL is not set; PostgreSQL variants not run"),
+    }
+    backends
+}
+
+pub fn postgres_admin_url() -> Option<String> {
+    std::env::var("TAKO_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty())
+}
+
+/// Creates a fresh database on the server of `admin_url` and returns its URL.
+pub async fn fresh_postgres_database(admin_url: &str) -> String {
+    use sqlx::Connection;
+    let name = format!("tako_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("TAKO_TEST_DATABASE_URL is set but PostgreSQL does not answer: {e}"));
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
+    let (base, _) = admin_url.rsplit_once('/').expect("a postgres URL with a database path");
+    format!("{base}/{name}")
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: Client,
+    pub database_url: String,
+    pub backend: Backend,
+    pub token: Option<String>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> TestApp {
+        TestApp::spawn_with(backend, |_| {}).await
+    }
+
+    pub async fn spawn_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> TestApp {
+        let (database_url, dir) = match &backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                (format!("sqlite://{}", dir.path().join("tako.db").display()), Some(dir))
+            }
+            Backend::Postgres(admin) => (fresh_postgres_database(admin).await, None),
+        };
+        let mut config = Config::for_database(&database_url);
+        configure(&mut config);
+        let token = config.api_token.clone();
+        TestApp::start(config, backend, database_url, dir, token).await
+    }
+
+    async fn start(
+        config: Config,
+        backend: Backend,
+        database_url: String,
+        dir: Option<tempfile::TempDir>,
+        token: Option<String>,
+    ) -> TestApp {
+        let app = Application::build(config).await.expect("application builds");
+        let address = format!("http://{}", app.local_addr());
+        let (tx, rx) = oneshot::channel();
+        let server = tokio::spawn(app.run(async {
+            let _ = rx.await;
+        }));
+        TestApp {
+            address,
+            client: Client::new(),
+            database_url,
+            backend,
+            token,
+            shutdown: Some(tx),
+            server: Some(server),
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// A request as the web client sends it: JSON:API media types and the client token.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let builder = self.client.request(method, self.url(path)).header("accept", JSONAPI);
+        match &self.token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    pub async fn post_json(&self, path: &str, body: &str) -> Response {
+        self.request(Method::POST, path).header("content-type", JSONAPI).body(body.to_owned()).send().await.unwrap()
+    }
+
+    pub async fn patch_json(&self, path: &str, body: &str) -> Response {
+        self.request(Method::PATCH, path).header("content-type", JSONAPI).body(body.to_owned()).send().await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path).send().await.unwrap()
+    }
+
+    /// Registers a user (optionally with a nickname) and returns its document.
+    pub async fn register(&self, nickname: Option<&str>) -> Value {
+        let attributes = match nickname {
+            Some(n) => json!({"nickname": n}),
+            None => json!({}),
+        };
+        let body = json!({"data": {"type": "user", "attributes": attributes}}).to_string();
+        let response = self.post_json("/api/json/accounts/users/", &body).await;
+        assert_eq!(response.status(), 201, "registering on {:?}", self.backend);
+        response.json().await.unwrap()
+    }
+
+    pub async fn register_id(&self, nickname: Option<&str>) -> String {
+        self.register(nickname).await["data"]["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn set_stamps(&self, id: &str, stamps: i64) -> Value {
+        let body = json!({"data": {"type": "user", "attributes": {"stamps_collected": stamps}}}).to_string();
+        let response = self.patch_json(&format!("/api/json/accounts/users/{id}"), &body).await;
+        assert_eq!(response.status(), 200, "set stamps on {:?}", self.backend);
+        response.json().await.unwrap()
+    }
+
+    /// Stops the server and waits until it has stopped.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.into_future().await.expect("server task").expect("server ran cleanly");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Asserts a JSON:API error document with this status and code; returns its first error.
+pub async fn assert_error(response: Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status(), status, "status");
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+    assert_eq!(content_type, JSONAPI);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["jsonapi"]["version"], "1.0", "{body}");
+    let error = body["errors"][0].clone();
+    assert_eq!(error["status"], status.to_string(), "{body}");
+    assert_eq!(error["code"], code, "{body}");
+    assert!(error["id"].is_string() && error["title"].is_string() && error["detail"].is_string(), "{body}");
+    error
+}
+
+pub fn update_body(attributes: Value) -> String {
+    json!({"data": {"type": "user", "attributes": attributes}}).to_string()
+}
+

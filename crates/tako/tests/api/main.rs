@@ -1,0 +1,9 @@
+//! Black-box tests of the HTTP API: the real application, real HTTP, real databases.
+
+mod auth;
+mod helpers;
+mod jsonapi;
+mod leaderboard;
+mod openapi;
+mod storage;
+mod users;

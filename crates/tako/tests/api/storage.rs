@@ -1,0 +1,128 @@
+//! PostgreSQL databases created by the original Tako keep working, with nothing lost.
+
+use serde_json::{json, Value};
+use sqlx::Connection;
+
+use crate::helpers::{fresh_postgres_database, postgres_admin_url, update_body, Backend, TestApp};
+
+/// The original's schema: Ash's users table and Ecto's schema_migrations.
+const ORIGINAL_SCHEMA: &str = r#"
+CREATE TABLE schema_migrations (version bigint PRIMARY KEY, inserted_at timestamp(0) without time zone);
+INSERT INTO schema_migrations VALUES (20230611133937, now()), (20230617120000, now());
+CREATE TABLE users (
+    id uuid PRIMARY KEY,
+    nickname text,
+    stamps_collected bigint DEFAULT 0,
+    inserted_at timestamp without time zone NOT NULL DEFAULT (now() AT TIME ZONE 'utc'),
+    updated_at timestamp without time zone NOT NULL DEFAULT (now() AT TIME ZONE 'utc')
+);
+INSERT INTO users (id, nickname, stamps_collected, inserted_at, updated_at) VALUES
+  ('681adb8b-be3d-4fca-8858-2827609d9b22', 'Cruel_KFP', 7, '2023-06-12 10:00:00.123456', '2023-06-12 11:00:00.654321'),
+  ('11111111-2222-4333-8444-555555555555', NULL, 0, '2023-06-12 10:05:00', '2023-06-12 10:05:00'),
+  ('22222222-3333-4444-8555-666666666666', 'Nullstamps', NULL, '2023-06-12 10:06:00', '2023-06-12 10:06:00');
+"#;
+
+#[tokio::test]
+async fn an_original_tako_database_keeps_working() {
+    let Some(admin) = postgres_admin_url() else {
+        eprintln!("note: TAKO_TEST_DATABASE_URL is not set; the original-schema test needs PostgreSQL");
+        return;
+    };
+    let url = fresh_postgres_database(&admin).await;
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(ORIGINAL_SCHEMA).execute(&mut conn).await.unwrap();
+
+    // `tako migrate` on it, twice (idempotent), then the server.
+    for _ in 0..2 {
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_tako"))
+            .arg("migrate")
+            .env("DATABASE_URL", &url)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let app = TestApp::spawn_with(Backend::Postgres(admin.clone()), |c| c.database_url = Some(url.clone())).await;
+
+    let kfp: Value = app.get("/api/json/accounts/users/681adb8b-be3d-4fca-8858-2827609d9b22").await.json().await.unwrap();
+    assert_eq!(kfp["data"]["attributes"]["nickname"], "Cruel_KFP");
+    assert_eq!(kfp["data"]["attributes"]["stamps_collected"], 7);
+    assert_eq!(kfp["data"]["attributes"]["inserted_at"], "2023-06-12T10:00:00.123456Z");
+    assert_eq!(kfp["data"]["attributes"]["updated_at"], "2023-06-12T11:00:00.654321Z");
+    let null_stamps: Value = app.get("/api/json/accounts/users/22222222-3333-4444-8555-666666666666").await.json().await.unwrap();
+    assert_eq!(null_stamps["data"]["attributes"]["stamps_collected"], 0);
+
+    let updated = app.set_stamps("681adb8b-be3d-4fca-8858-2827609d9b22", 8).await;
+    assert_eq!(updated["data"]["attributes"]["nickname"], "Cruel_KFP");
+    let response = app.patch_json("/api/json/accounts/users/11111111-2222-4333-8444-555555555555", &update_body(json!({"nickname": "Newcomer"}))).await;
+    assert_eq!(response.status(), 200);
+    let new_id = app.register_id(Some("FreshUser")).await;
+
+    let board: Value = app.get("/api/json/leaderboard").await.json().await.unwrap();
+    let names: Vec<&str> = board["data"].as_array().unwrap().iter().map(|e| e["nickname"].as_str().unwrap()).collect();
+    assert_eq!(names[0], "Cruel_KFP");
+    assert!(names.contains(&"Newcomer") && names.contains(&"FreshUser") && names.contains(&"Nullstamps"));
+
+    // Nothing dropped: Ecto's bookkeeping and every row are still there, and the rows the
+    // original's code would write (no new columns named) still insert.
+    let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM schema_migrations").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(versions, 2);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(rows, 4);
+    sqlx::query("INSERT INTO users (id, nickname) VALUES ('33333333-4444-4555-8666-777777777777', 'ViaOriginal')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let via_original: Value = app.get("/api/json/accounts/users/33333333-4444-4555-8666-777777777777").await.json().await.unwrap();
+    assert_eq!(via_original["data"]["attributes"]["nickname"], "ViaOriginal");
+    let _ = new_id;
+}
+
+#[tokio::test]
+async fn the_leaderboard_is_served_by_an_index() {
+    let Some(admin) = postgres_admin_url() else {
+        eprintln!("note: TAKO_TEST_DATABASE_URL is not set; the index test needs PostgreSQL");
+        return;
+    };
+    let app = TestApp::spawn(Backend::Postgres(admin)).await;
+    let mut conn = sqlx::PgConnection::connect(&app.database_url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO users (id, nickname, stamps_collected, inserted_at, updated_at, stamps_changed_at)
+         SELECT gen_random_uuid(), CASE WHEN g % 10 = 0 THEN NULL ELSE 'player' || g END, g % 97, now(), now(), now()
+         FROM generate_series(1, 50000) g",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE users").execute(&mut conn).await.unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN SELECT nickname, stamps_collected FROM users WHERE nickname IS NOT NULL
+         ORDER BY stamps_collected DESC NULLS LAST, stamps_changed_at ASC NULLS LAST, id LIMIT 100",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("users_leaderboard_idx") && !plan.contains("Sort"), "{plan}");
+    let body: Value = app.get("/api/json/leaderboard").await.json().await.unwrap();
+    assert_eq!(body["data"][0]["stamps_collected"], 96);
+}
+
+#[tokio::test]
+async fn data_survives_a_restart() {
+    for backend in crate::helpers::backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = match &backend {
+            Backend::Sqlite => format!("sqlite://{}", dir.path().join("kept.db").display()),
+            Backend::Postgres(admin) => fresh_postgres_database(admin).await,
+        };
+        let app = TestApp::spawn_with(backend.clone(), |c| c.database_url = Some(url.clone())).await;
+        let id = app.register_id(Some("Persistent")).await;
+        app.set_stamps(&id, 4).await;
+        app.stop().await;
+
+        let again = TestApp::spawn_with(backend, |c| c.database_url = Some(url)).await;
+        let user: Value = again.get(&format!("/api/json/accounts/users/{id}")).await.json().await.unwrap();
+        assert_eq!(user["data"]["attributes"]["nickname"], "Persistent");
+        assert_eq!(user["data"]["attributes"]["stamps_collected"], 4);
+    }
+}
