@@ -93,6 +93,10 @@ impl Outbox {
         (std::mem::take(&mut state.queue), state.close)
     }
 
+    pub(crate) fn close_requested(&self) -> Option<Close> {
+        self.state.lock().close
+    }
+
     /// Resolves when something was pushed or a close was asked since the last `take`.
     pub(crate) async fn ready(&self) {
         self.notify.notified().await

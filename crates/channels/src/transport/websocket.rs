@@ -132,7 +132,9 @@ async fn run<H: SocketHandler>(
     match end {
         End::Close(close) => {
             let frame = CloseFrame { code: close.code, reason: Utf8Bytes::from_static(close.reason) };
-            if ws.send(Message::Close(Some(frame))).await.is_ok() {
+            // Bounded: a client that stopped reading cannot hold the task.
+            let sent = tokio::time::timeout(CLOSE_GRACE, ws.send(Message::Close(Some(frame)))).await;
+            if let Ok(Ok(())) = sent {
                 finish(&mut ws).await;
             }
         }
@@ -164,12 +166,18 @@ async fn drive<H: SocketHandler>(
         tokio::select! {
             biased;
             () = socket.outbox.ready() => {
-                let (frames, close) = socket.outbox.take();
-                if send_all(ws, frames).await.is_err() {
-                    return End::Broken;
-                }
-                if let Some(close) = close {
-                    return End::Close(close);
+                // Drain until empty, so the next `ready` cannot miss a push.
+                loop {
+                    let (frames, close) = socket.outbox.take();
+                    if frames.is_empty() {
+                        if let Some(close) = close {
+                            return End::Close(close);
+                        }
+                        break;
+                    }
+                    if let Some(end) = send_all(ws, frames, socket).await {
+                        return end;
+                    }
                 }
             }
             received = ws.recv() => {
@@ -201,18 +209,31 @@ async fn drive<H: SocketHandler>(
     }
 }
 
-async fn send_all(ws: &mut WebSocket, frames: VecDeque<Frame>) -> Result<(), axum::Error> {
-    if frames.is_empty() {
-        return Ok(());
+/// Write frames; `None` when all went out. A client that stops reading blocks this write, so a
+/// close request (slow consumer, disconnect, shutdown) interrupts it.
+async fn send_all(ws: &mut WebSocket, frames: VecDeque<Frame>, socket: &SocketShared) -> Option<End> {
+    let write = async {
+        for frame in frames {
+            let message = match frame {
+                Frame::Text(text) => Message::Text(text),
+                Frame::Binary(data) => Message::Binary(data),
+            };
+            ws.feed(message).await?;
+        }
+        ws.flush().await
+    };
+    tokio::pin!(write);
+    loop {
+        tokio::select! {
+            biased;
+            written = &mut write => return written.err().map(|_| End::Broken),
+            () = socket.outbox.ready() => {
+                if let Some(close) = socket.outbox.close_requested() {
+                    return Some(End::Close(close));
+                }
+            }
+        }
     }
-    for frame in frames {
-        let message = match frame {
-            Frame::Text(text) => Message::Text(text),
-            Frame::Binary(data) => Message::Binary(data),
-        };
-        ws.feed(message).await?;
-    }
-    ws.flush().await
 }
 
 /// Read until the closing handshake completes (or a short grace passes), so the client sees a

@@ -294,6 +294,19 @@ impl Client {
         }
     }
 
+    /// Reads until the server ends the connection: `Some(code)` for a close frame, `None` when
+    /// the connection was dropped without one. Fails if it stays open past WAIT.
+    pub async fn ended(&mut self) -> Option<u16> {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next()).await.expect("connection stayed open");
+            match msg {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
     /// v2 join; returns the reply frame.
     pub async fn join(&mut self, topic: &str, join_ref: &str) -> Value {
         self.send(json!([join_ref, join_ref, topic, "phx_join", {}])).await;
