@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
@@ -25,6 +26,7 @@ pub struct Endpoint<H: SocketHandler> {
 #[derive(Default)]
 pub(crate) struct Lifecycle {
     shutting_down: AtomicBool,
+    sweeper_started: AtomicBool,
     live: AtomicUsize,
     idle: Notify,
 }
@@ -83,6 +85,28 @@ impl<H: SocketHandler> Endpoint<H> {
         Router::new()
             .route("/websocket", get(transport::websocket::upgrade::<H>))
             .with_state(self.clone())
+    }
+
+    /// Starts (once, from inside the runtime) the task that closes silent sockets. It checks
+    /// every quarter of the heartbeat timeout and ends with the endpoint or its shutdown.
+    pub(crate) fn start_sweeper(self: &Arc<Self>) {
+        if self.lifecycle.sweeper_started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let endpoint = Arc::downgrade(self);
+        let period = (self.config.heartbeat_timeout / 4).max(Duration::from_millis(10));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(endpoint) = endpoint.upgrade() else { break };
+                if endpoint.lifecycle.is_shutting_down() {
+                    break;
+                }
+                endpoint.hub.close_idle(endpoint.config.heartbeat_timeout);
+            }
+        });
     }
 
     /// Close every socket with 1001 "going away", refuse new ones (503), and wait for the

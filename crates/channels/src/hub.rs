@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -44,12 +45,20 @@ pub(crate) struct SocketShared {
     pub socket_id: Option<Arc<str>>,
     pub user: Option<Arc<str>>,
     pub outbox: Outbox,
+    /// Milliseconds since the hub's epoch at the last inbound frame.
+    last_seen: AtomicU64,
+    epoch: Instant,
     /// Topics this socket is subscribed to (for user deliveries).
     topics: Mutex<Vec<Arc<str>>>,
     metrics: Arc<Metrics>,
 }
 
 impl SocketShared {
+    /// Record inbound activity (for the heartbeat timeout).
+    pub(crate) fn touch(&self) {
+        self.last_seen.store(millis_since(self.epoch), Ordering::Relaxed);
+    }
+
     /// Queue a frame; a full queue closes the socket as a slow consumer.
     pub(crate) fn send(&self, frame: Frame) -> bool {
         match self.outbox.push(frame) {
@@ -79,6 +88,7 @@ pub struct Hub {
 
 struct HubInner {
     node: u64,
+    epoch: Instant,
     bus: Arc<dyn Bus>,
     next_conn: AtomicU64,
     metrics: Arc<Metrics>,
@@ -134,6 +144,7 @@ impl Hub {
         Hub {
             inner: Arc::new(HubInner {
                 node: hasher.finish(),
+                epoch: Instant::now(),
                 bus,
                 next_conn: AtomicU64::new(1),
                 metrics: Arc::default(),
@@ -286,6 +297,8 @@ impl Hub {
             socket_id: socket_id.map(Arc::from),
             user: user.map(Arc::from),
             outbox: Outbox::new(queue),
+            last_seen: AtomicU64::new(millis_since(self.inner.epoch)),
+            epoch: self.inner.epoch,
             topics: Mutex::new(Vec::new()),
             metrics: self.inner.metrics.clone(),
         });
@@ -335,11 +348,35 @@ impl Hub {
         remove(&self.inner.topics, topic, socket.conn);
     }
 
+    /// Close the sockets silent for longer than `timeout`; returns how many.
+    pub(crate) fn close_idle(&self, timeout: Duration) -> usize {
+        let now = millis_since(self.inner.epoch);
+        let limit = timeout.as_millis() as u64;
+        let idle: Vec<Arc<SocketShared>> = self
+            .inner
+            .sockets
+            .read()
+            .values()
+            .filter(|s| now.saturating_sub(s.last_seen.load(Ordering::Relaxed)) > limit)
+            .cloned()
+            .collect();
+        idle.iter()
+            .filter(|s| {
+                tracing::debug!(conn = s.conn, "heartbeat timeout");
+                s.outbox.close(Close::HEARTBEAT_TIMEOUT)
+            })
+            .count()
+    }
+
     /// Ask every socket to close; returns how many were asked.
     pub(crate) fn close_all(&self, close: Close) -> usize {
         let sockets: Vec<Arc<SocketShared>> = self.inner.sockets.read().values().cloned().collect();
         sockets.iter().filter(|s| s.outbox.close(close)).count()
     }
+}
+
+fn millis_since(epoch: Instant) -> u64 {
+    epoch.elapsed().as_millis() as u64
 }
 
 fn insert(index: &RwLock<HashMap<Arc<str>, Sockets>>, key: &Arc<str>, socket: &Arc<SocketShared>) {

@@ -1,7 +1,6 @@
 //! The WebSocket transport: `GET {mount}/websocket`.
 //!
-//! One task per socket selects over the client's frames, the socket's outbox and the heartbeat
-//! deadline. Buffers are kept small (1 KiB read, no write buffering) because an idle socket's
+//! One task per socket selects over the client's frames and the socket's outbox. Buffers are kept small (1 KiB read, no write buffering) because an idle socket's
 //! memory is mostly its buffers and its task.
 
 use std::collections::{HashMap, VecDeque};
@@ -14,7 +13,6 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use futures_util::SinkExt;
-use tokio::time::Instant;
 
 use crate::endpoint::{Endpoint, LiveGuard};
 use crate::hub::SocketShared;
@@ -23,7 +21,7 @@ use crate::serializer::{Frame, Serializer};
 use crate::session::Session;
 use crate::socket::{ConnectInfo, SocketHandler};
 
-const READ_BUFFER_BYTES: usize = 1024;
+const READ_BUFFER_BYTES: usize = 512;
 const SUBPROTOCOL: &str = "phoenix";
 const TOKEN_PREFIX: &str = "base64url.bearer.phx.";
 /// How long to wait for the client's answer to our close frame.
@@ -68,6 +66,7 @@ pub(crate) async fn upgrade<H: SocketHandler>(State(endpoint): State<Arc<Endpoin
     if offers_phoenix {
         ws = ws.protocols([SUBPROTOCOL]);
     }
+    endpoint.start_sweeper();
     let guard = endpoint.lifecycle.track();
     let endpoint = endpoint.clone();
     ws.on_failed_upgrade(|error| tracing::debug!(%error, "websocket upgrade failed"))
@@ -124,7 +123,7 @@ async fn run<H: SocketHandler>(
         config.max_channels,
     );
 
-    let end = drive(&mut ws, &mut session, &socket, config.heartbeat_timeout).await;
+    let end = drive(&mut ws, &mut session, &socket).await;
     Box::pin(session.terminate_all()).await;
     hub.unregister(&socket);
     tracing::debug!(conn = socket.conn, ?end, "socket closed");
@@ -153,15 +152,10 @@ enum End {
     Broken,
 }
 
-async fn drive<H: SocketHandler>(
-    ws: &mut WebSocket,
-    session: &mut Session<H>,
-    socket: &SocketShared,
-    heartbeat_timeout: Duration,
-) -> End {
-    let mut last_seen = Instant::now();
-    let timer = tokio::time::sleep_until(last_seen + heartbeat_timeout);
-    tokio::pin!(timer);
+/// Heartbeat timeouts are not timed here: a per-socket timer would cost more memory than the
+/// rest of an idle socket's state. The endpoint's sweeper closes silent sockets through the
+/// outbox instead; this loop only records activity.
+async fn drive<H: SocketHandler>(ws: &mut WebSocket, session: &mut Session<H>, socket: &SocketShared) -> End {
     loop {
         tokio::select! {
             biased;
@@ -181,7 +175,7 @@ async fn drive<H: SocketHandler>(
                 }
             }
             received = ws.recv() => {
-                last_seen = Instant::now();
+                socket.touch();
                 match received {
                     Some(Ok(Message::Text(text))) => Box::pin(session.handle_text(text.as_str())).await,
                     Some(Ok(Message::Binary(data))) => Box::pin(session.handle_binary(data)).await,
@@ -196,14 +190,6 @@ async fn drive<H: SocketHandler>(
                     }
                     None => return End::Broken,
                 }
-            }
-            () = &mut timer => {
-                let deadline = last_seen + heartbeat_timeout;
-                if Instant::now() >= deadline {
-                    tracing::debug!(conn = socket.conn, "heartbeat timeout");
-                    return End::Close(Close::HEARTBEAT_TIMEOUT);
-                }
-                timer.as_mut().reset(deadline);
             }
         }
     }
