@@ -47,9 +47,8 @@ pub struct UserResource {
     /// The user's UUID: its login secret.
     #[schema(format = "uuid")]
     pub id: String,
-    #[schema(example = "user")]
     #[serde(rename = "type")]
-    pub type_: &'static str,
+    pub type_: UserType,
     pub attributes: UserAttributes,
     #[schema(value_type = Object)]
     pub relationships: Map<String, Value>,
@@ -98,40 +97,77 @@ pub struct UserListDocument {
     pub meta: ListMeta,
 }
 
-/// Writable attributes; unknown ones are refused.
+/// The resource type of this endpoint: any other is refused with 409.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub enum UserType {
+    #[serde(rename = "user")]
+    User,
+}
+
+/// Writable attributes; unknown ones are refused with 400.
 #[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)] // describes the request body for the OpenAPI document
 pub struct UserWriteAttributes {
-    /// Trimmed; blank clears it; otherwise 3 to 20 characters, no control characters, no profanity.
-    #[schema(max_length = 20, example = "Cruel_KFP")]
+    /// Trimmed (Unicode whitespace); blank or null clears it; otherwise 3 to 20 characters
+    /// without control characters (the pattern says exactly that), and no profanity (which no
+    /// pattern can say: a profane nickname is refused with 400).
+    #[schema(pattern = r"^[\t\n\x0B\x0C\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*(?:[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x1F\x7F-\x9F]{1,18}[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000])?[\t\n\x0B\x0C\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$", example = "Cruel_KFP")]
     nickname: Option<String>,
-    #[schema(minimum = 0, example = 7)]
+    /// A whole number (not null) from 0 to 2^63 - 1.
+    #[schema(nullable = false, minimum = 0, maximum = 9223372036854775807_i64, example = 7)]
     stamps_collected: Option<i64>,
 }
 
+/// `relationships`, when sent, must be empty: this resource has no writable relationships.
+#[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(max_properties = 0)]
+pub struct NoRelationships {}
+
+/// The resource object of a create request: the server generates ids, so `id` is refused (403).
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
-pub struct UserWriteResource {
-    #[schema(example = "user")]
-    #[schema(rename = "type")]
-    type_: String,
-    /// Only on update, and then it must be the id in the path. The server generates ids.
-    #[schema(format = "uuid")]
+pub struct UserCreateResource {
+    #[serde(rename = "type")]
+    type_: UserType,
+    attributes: Option<UserWriteAttributes>,
+    #[schema(nullable = false)]
+    relationships: Option<NoRelationships>,
+}
+
+/// The resource object of an update request.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct UserUpdateResource {
+    #[serde(rename = "type")]
+    type_: UserType,
+    /// Optional; when sent, it must be the id in the path (409 otherwise).
+    #[schema(format = "uuid", nullable = false)]
     id: Option<String>,
     attributes: Option<UserWriteAttributes>,
+    #[schema(nullable = false)]
+    relationships: Option<NoRelationships>,
 }
 
 /// `{"data":{"type":"user","attributes":{…}}}`
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
-pub struct UserWriteDocument {
-    data: UserWriteResource,
+pub struct UserCreateDocument {
+    data: UserCreateResource,
+}
+
+/// `{"data":{"type":"user","id":"…","attributes":{…}}}`
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct UserUpdateDocument {
+    data: UserUpdateResource,
 }
 
 fn resource(user: &User) -> UserResource {
     UserResource {
         id: user.id.to_string(),
-        type_: TYPE,
+        type_: UserType::User,
         attributes: UserAttributes {
             nickname: user.nickname.as_ref().map(|n| n.as_str().to_owned()),
             stamps_collected: user.stamps_collected.get(),
@@ -164,7 +200,7 @@ fn changes(attributes: Map<String, Value>) -> Result<UserChanges, ApiError> {
                 Err(e) => errors.push(ApiError::invalid_attribute("nickname", e.to_string())),
             },
             ("nickname", _) => errors.push(ApiError::invalid_attribute("nickname", "Nickname must be a string or null")),
-            ("stamps_collected", value) => match value.as_i64().and_then(StampCount::new) {
+            ("stamps_collected", value) => match whole_number(&value).and_then(StampCount::new) {
                 Some(count) => changes.stamps_collected = Some(count),
                 None => errors.push(ApiError::invalid_attribute(
                     "stamps_collected",
@@ -184,6 +220,17 @@ fn changes(attributes: Map<String, Value>) -> Result<UserChanges, ApiError> {
     }
 }
 
+/// An `i64` from a JSON number with no fractional part. JSON Schema (and so the OpenAPI
+/// document) counts `7.0` as the integer 7, so it is accepted like `7`; `7.5` is not.
+fn whole_number(value: &Value) -> Option<i64> {
+    if let Some(n) = value.as_i64() {
+        return Some(n);
+    }
+    // 2^63 is exactly representable; every f64 below it with no fraction fits an i64.
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+    value.as_f64().filter(|f| f.fract() == 0.0 && (-LIMIT..LIMIT).contains(f)).map(|f| f as i64)
+}
+
 fn parse_id(id: &str) -> Result<UserId, ApiError> {
     id.parse().map_err(|_| ApiError::not_found())
 }
@@ -191,7 +238,7 @@ fn parse_id(id: &str) -> Result<UserId, ApiError> {
 /// Register a user; the server generates its UUID.
 #[utoipa::path(
     post, path = "/api/json/accounts/users", tag = "users",
-    request_body(content = UserWriteDocument, content_type = "application/vnd.api+json"),
+    request_body(content = UserCreateDocument, content_type = "application/vnd.api+json"),
     responses(
         (status = 201, description = "Registered", body = UserDocument, content_type = "application/vnd.api+json",
             headers(("location" = String, description = "The new user's address"))),
@@ -251,7 +298,7 @@ pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Resu
 #[utoipa::path(
     patch, path = "/api/json/accounts/users/{id}", tag = "users",
     params(("id" = String, Path, description = "The user's UUID")),
-    request_body(content = UserWriteDocument, content_type = "application/vnd.api+json"),
+    request_body(content = UserUpdateDocument, content_type = "application/vnd.api+json"),
     responses(
         (status = 200, description = "Updated", body = UserDocument, content_type = "application/vnd.api+json"),
         (status = 400, description = "Malformed body or invalid attribute", body = ErrorDocument, content_type = "application/vnd.api+json"),
@@ -351,4 +398,25 @@ pub async fn list(
             meta: ListMeta { page: PageMeta { total, limit, offset } },
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn whole_numbers_as_json_schema_counts_them() {
+        assert_eq!(whole_number(&json!(7)), Some(7));
+        assert_eq!(whole_number(&json!(7.0)), Some(7));
+        assert_eq!(whole_number(&json!(-0.0)), Some(0));
+        assert_eq!(whole_number(&json!(1e3)), Some(1000));
+        assert_eq!(whole_number(&json!(i64::MAX)), Some(i64::MAX));
+        assert_eq!(whole_number(&json!(7.5)), None);
+        assert_eq!(whole_number(&json!(9_223_372_036_854_775_808.0)), None);
+        assert_eq!(whole_number(&json!(u64::MAX)), None);
+        assert_eq!(whole_number(&json!(1e300)), None);
+        assert_eq!(whole_number(&json!("7")), None);
+        assert_eq!(whole_number(&json!(null)), None);
+    }
 }
