@@ -393,3 +393,116 @@ fn remove(index: &RwLock<HashMap<Arc<str>, Sockets>>, key: &str, conn: u64) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Records what crosses the bus, then delivers locally like `LocalBus`.
+    #[derive(Default)]
+    struct RecordingBus(Mutex<Vec<BusMessage>>);
+
+    impl Bus for RecordingBus {
+        fn publish(&self, hub: &Hub, msg: BusMessage) -> usize {
+            self.0.lock().push(msg.clone());
+            hub.deliver(msg)
+        }
+    }
+
+    fn text_ptr(socket: &SocketShared) -> (*const u8, String) {
+        let (mut frames, _) = socket.outbox.take();
+        match frames.pop_front() {
+            Some(Frame::Text(t)) => (t.as_str().as_ptr(), t.as_str().to_owned()),
+            other => panic!("expected one text frame, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_broadcast_is_encoded_once_per_serializer_and_shared() {
+        let hub = Hub::new(Arc::new(crate::bus::LocalBus));
+        let a = hub.register(Serializer::V2, None, None, 8);
+        let b = hub.register(Serializer::V2, None, None, 8);
+        let c = hub.register(Serializer::V1, None, None, 8);
+        for s in [&a, &b, &c] {
+            hub.subscribe(s, "t");
+        }
+        hub.broadcast("t", "e", Payload::Json(json!({"x": 1})));
+        let (pa, ta) = text_ptr(&a);
+        let (pb, tb) = text_ptr(&b);
+        let (pc, tc) = text_ptr(&c);
+        assert_eq!(pa, pb, "v2 subscribers share one buffer");
+        assert_eq!(ta, tb);
+        assert_ne!(pa, pc);
+        assert_eq!(ta, r#"[null,null,"t","e",{"x":1}]"#);
+        assert!(tc.contains(r#""event":"e""#));
+    }
+
+    #[test]
+    fn deliveries_cross_the_bus_as_plain_data() {
+        let bus = Arc::new(RecordingBus::default());
+        let hub = Hub::new(bus.clone());
+        let s = hub.register(Serializer::V2, Some("sid".into()), Some("u".into()), 8);
+        hub.subscribe(&s, "room:1");
+        hub.broadcast("room:1", "e", Payload::Json(json!(1)));
+        assert_eq!(hub.send_to_user("u", TopicMatch::Prefix("room:".into()), "m", Payload::Json(json!(2))), 1);
+        assert_eq!(hub.disconnect("sid"), 1);
+        let seen = bus.0.lock().clone();
+        assert_eq!(
+            seen,
+            vec![
+                BusMessage::Broadcast {
+                    topic: "room:1".into(),
+                    event: "e".into(),
+                    payload: Payload::Json(json!(1)),
+                    except: None
+                },
+                BusMessage::User {
+                    user: "u".into(),
+                    topics: TopicMatch::Prefix("room:".into()),
+                    event: "m".into(),
+                    payload: Payload::Json(json!(2))
+                },
+                BusMessage::Disconnect { socket_id: "sid".into() },
+            ]
+        );
+    }
+
+    #[test]
+    fn except_only_skips_the_socket_on_its_own_node() {
+        let hub = Hub::new(Arc::new(crate::bus::LocalBus));
+        let s = hub.register(Serializer::V2, None, None, 8);
+        hub.subscribe(&s, "t");
+        let msg = |node| BusMessage::Broadcast {
+            topic: "t".into(),
+            event: "e".into(),
+            payload: Payload::Json(json!(null)),
+            except: Some(SocketRef { node, socket: s.conn }),
+        };
+        assert_eq!(hub.deliver(msg(hub.node_id())), 0);
+        assert_eq!(hub.deliver(msg(hub.node_id().wrapping_add(1))), 1);
+    }
+
+    #[test]
+    fn unregister_cleans_every_index() {
+        let hub = Hub::new(Arc::new(crate::bus::LocalBus));
+        let s = hub.register(Serializer::V2, Some("sid".into()), Some("u".into()), 8);
+        hub.subscribe(&s, "a");
+        hub.subscribe(&s, "b");
+        hub.unregister(&s);
+        assert_eq!(hub.socket_count(), 0);
+        assert_eq!(hub.subscriber_count("a") + hub.subscriber_count("b"), 0);
+        assert_eq!(hub.send_to_user("u", TopicMatch::Any, "e", Payload::Json(json!(0))), 0);
+        assert_eq!(hub.disconnect("sid"), 0);
+        assert!(hub.inner.topics.read().is_empty() && hub.inner.users.read().is_empty() && hub.inner.ids.read().is_empty());
+    }
+
+    #[test]
+    fn topic_match() {
+        assert!(TopicMatch::Any.matches("x"));
+        assert!(TopicMatch::Prefix("room:".into()).matches("room:1"));
+        assert!(!TopicMatch::Prefix("room:".into()).matches("rooms"));
+        assert!(TopicMatch::Exact("a".into()).matches("a"));
+        assert!(!TopicMatch::Exact("a".into()).matches("ab"));
+    }
+}

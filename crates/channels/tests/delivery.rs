@@ -181,3 +181,18 @@ async fn binary_broadcast_from_the_hub_skips_v1_but_reaches_v2() {
     assert_eq!(&v2.binary().await[..], b"\x02\x06\x03room:bbin\x07");
     v1.heartbeat_v1("h").await;
 }
+
+#[tokio::test]
+async fn a_panicking_channel_loses_its_socket_but_not_the_server() {
+    let server = Server::start().await;
+    let hub = server.endpoint.hub();
+    let mut doomed = server.v2("user=u&id=1").await;
+    let mut other = server.v2("").await;
+    doomed.join("room:p", "1").await;
+    other.join("room:p", "1").await;
+    doomed.send(json!(["1", "2", "room:p", "panic", {}])).await;
+    assert_eq!(doomed.ended().await, None);
+    server.eventually("indexes cleaned", || hub.socket_count() == 1 && hub.subscriber_count("room:p") == 1).await;
+    assert_eq!(hub.send_to_user("u", TopicMatch::Any, "e", json!(1).into()), 0);
+    other.heartbeat("h").await;
+}

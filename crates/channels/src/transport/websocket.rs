@@ -110,6 +110,8 @@ async fn run<H: SocketHandler>(
     let hub = endpoint.hub.clone();
     let config = &endpoint.config;
     let socket = hub.register(serializer, connection.id, connection.user, config.outbound_queue);
+    // Leaves the hub's indexes even if a channel callback panics and unwinds this task.
+    let registration = Registration { hub: &hub, socket: &socket };
     // A shutdown that started after the upgrade began may have missed this socket.
     if endpoint.lifecycle.is_shutting_down() {
         socket.outbox.close(Close::GOING_AWAY);
@@ -125,7 +127,7 @@ async fn run<H: SocketHandler>(
 
     let end = drive(&mut ws, &mut session, &socket).await;
     Box::pin(session.terminate_all()).await;
-    hub.unregister(&socket);
+    drop(registration);
     tracing::debug!(conn = socket.conn, ?end, "socket closed");
 
     match end {
@@ -139,6 +141,17 @@ async fn run<H: SocketHandler>(
         }
         End::PeerClosed => finish(&mut ws).await,
         End::Broken => {}
+    }
+}
+
+struct Registration<'a> {
+    hub: &'a crate::hub::Hub,
+    socket: &'a SocketShared,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.hub.unregister(self.socket);
     }
 }
 

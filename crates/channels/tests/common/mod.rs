@@ -131,6 +131,7 @@ impl Channel<Assigns> for RoomChannel {
                 HandleIn::NoReply
             }
             "stop" => HandleIn::Stop { reason: "asked".into() },
+            "panic" => panic!("a bug in the application's channel"),
             "whoami" => {
                 let a = ctx.assigns();
                 HandleIn::Reply(Ok(Payload::Json(json!({
