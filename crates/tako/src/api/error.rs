@@ -27,6 +27,7 @@ pub struct ErrorObject {
     pub title: &'static str,
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub source: Option<ErrorSource>,
 }
 
@@ -34,9 +35,11 @@ pub struct ErrorObject {
 pub struct ErrorSource {
     /// JSON pointer into the request document, e.g. `/data/attributes/nickname`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub pointer: Option<String>,
     /// The query parameter at fault.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub parameter: Option<String>,
 }
 

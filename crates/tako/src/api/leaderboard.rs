@@ -17,10 +17,10 @@ const MAX_LIMIT: u32 = 1000;
 pub struct LeaderboardRow {
     #[schema(example = "Cruel_KFP")]
     pub nickname: String,
-    #[schema(example = 12)]
+    #[schema(minimum = 0, example = 12)]
     pub stamps_collected: i64,
     /// 1 for the best; equal counts are ranked by who reached them first.
-    #[schema(example = 1)]
+    #[schema(minimum = 1, example = 1)]
     pub rank: u64,
 }
 

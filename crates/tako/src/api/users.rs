@@ -70,9 +70,13 @@ pub struct PageLinks {
     #[serde(rename = "self")]
     pub self_: String,
     pub first: String,
+    /// Absent on the first page.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub prev: Option<String>,
+    /// Absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub next: Option<String>,
 }
 
@@ -97,7 +101,7 @@ pub struct UserListDocument {
     pub meta: ListMeta,
 }
 
-/// The resource type of this endpoint: any other is refused with 409.
+/// The resource type of users; a request document naming any other is refused with 409.
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 pub enum UserType {
     #[serde(rename = "user")]
@@ -152,6 +156,7 @@ pub struct UserUpdateResource {
 
 /// `{"data":{"type":"user","attributes":{…}}}`
 #[derive(Debug, ToSchema)]
+#[schema(example = json!({"data": {"type": "user", "attributes": {"nickname": "Cruel_KFP", "stamps_collected": 0}}}))]
 #[allow(dead_code)]
 pub struct UserCreateDocument {
     data: UserCreateResource,
@@ -159,6 +164,7 @@ pub struct UserCreateDocument {
 
 /// `{"data":{"type":"user","id":"…","attributes":{…}}}`
 #[derive(Debug, ToSchema)]
+#[schema(example = json!({"data": {"type": "user", "attributes": {"stamps_collected": 7}}}))]
 #[allow(dead_code)]
 pub struct UserUpdateDocument {
     data: UserUpdateResource,
@@ -346,7 +352,7 @@ fn page_link(limit: u32, offset: u64) -> String {
     get, path = "/api/json/accounts/users", tag = "users",
     params(
         ("page[limit]" = Option<u32>, Query, description = "1 to 1000, default 100", minimum = 1, maximum = 1000),
-        ("page[offset]" = Option<u64>, Query, description = "Users to skip, default 0", minimum = 0),
+        ("page[offset]" = Option<u64>, Query, description = "Users to skip, default 0", minimum = 0, maximum = 9223372036854775807_i64),
     ),
     responses(
         (status = 200, description = "A page of users", body = UserListDocument, content_type = "application/vnd.api+json"),
