@@ -3,5 +3,6 @@
 pub mod accounts;
 pub mod api;
 pub mod config;
+pub mod realtime;
 pub mod startup;
 pub mod telemetry;

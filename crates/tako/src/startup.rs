@@ -1,6 +1,6 @@
 //! Building the application from a `Config` and running it until a shutdown signal.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -10,11 +10,14 @@ use tokio::net::TcpListener;
 use crate::accounts::{self, UserStore};
 use crate::api::{self, auth::Tokens, AppState};
 use crate::config::Config;
+use crate::realtime::Realtime;
 
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     store: Arc<dyn UserStore>,
+    realtime: Realtime,
+    shutdown_timeout: std::time::Duration,
 }
 
 impl Application {
@@ -24,10 +27,11 @@ impl Application {
         let tokens = Tokens { client: config.api_token.clone(), admin: config.admin_token.clone() };
         warn_about_open_access(&tokens);
         let state = AppState { store: store.clone(), tokens: Arc::new(tokens) };
-        let router = api::router(state, &config.cors_origins);
+        let realtime = Realtime::new(store.clone(), &config);
+        let router = api::router(state, &config.cors_origins).nest("/socket", realtime.routes());
         let address = SocketAddr::new(config.bind, config.port);
         let listener = TcpListener::bind(address).await.with_context(|| format!("binding {address}"))?;
-        Ok(Application { listener, router, store })
+        Ok(Application { listener, router, store, realtime, shutdown_timeout: config.shutdown_timeout() })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -38,13 +42,39 @@ impl Application {
         self.store.clone()
     }
 
-    /// Serves until `shutdown` completes, then stops accepting and drains.
+    pub fn realtime(&self) -> Realtime {
+        self.realtime.clone()
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting, closes every socket with 1001
+    /// and lets HTTP requests in flight finish, all within the shutdown timeout.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         tracing::info!(address = %self.local_addr(), backend = self.store.backend(), "tako listening");
-        axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving")?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let server = axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(stopped(stop_rx.clone()));
+        let mut server = std::pin::pin!(server.into_future());
+        // Whichever comes first, sockets are closed with 1001 before the process may exit:
+        // with no HTTP request in flight, axum's graceful stop can finish before we look.
+        let served = tokio::select! {
+            result = &mut server => Some(result),
+            () = stopped(stop_rx) => None,
+        };
+        self.realtime.shutdown().await;
+        match served {
+            Some(result) => result.context("serving")?,
+            None => match tokio::time::timeout(self.shutdown_timeout, server).await {
+                Ok(result) => result.context("serving")?,
+                Err(_) => tracing::warn!("HTTP connections still open after the shutdown timeout; exiting anyway"),
+            },
+        }
         tracing::info!("tako stopped");
         Ok(())
     }

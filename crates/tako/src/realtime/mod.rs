@@ -1,0 +1,85 @@
+//! Tako's realtime half on the channels engine: who may connect, the notifications channel,
+//! and the delivery API the operators' routes and CLI use.
+
+mod directory;
+mod notifications;
+mod sockets;
+
+use std::sync::Arc;
+
+use channels::{Endpoint, EndpointConfig, Hub, Payload, TopicMatch};
+use serde_json::{json, Map, Value};
+
+use crate::accounts::{UserId, UserStore};
+use crate::config::Config;
+pub use directory::UserDirectory;
+pub use notifications::{is_notifications_topic, NOTIFICATIONS};
+pub use sockets::SocketUser;
+use sockets::TakoSockets;
+
+/// The engine endpoint with Tako's socket handler, plus the server-side delivery API.
+#[derive(Clone)]
+pub struct Realtime {
+    endpoint: Arc<Endpoint<TakoSockets>>,
+    directory: Arc<UserDirectory>,
+}
+
+impl Realtime {
+    pub fn new(store: Arc<dyn UserStore>, config: &Config) -> Realtime {
+        let directory = UserDirectory::spawn(store);
+        let handler = TakoSockets::new(directory.clone());
+        let endpoint_config = EndpointConfig {
+            heartbeat_timeout: config.heartbeat_timeout(),
+            max_channels: config.max_channels,
+            max_frame_bytes: config.max_frame_bytes,
+            shutdown_timeout: config.shutdown_timeout(),
+            ..EndpointConfig::default()
+        };
+        Realtime { endpoint: Endpoint::new(handler, endpoint_config), directory }
+    }
+
+    /// `/websocket` (and later `/longpoll`), to nest under `/socket`.
+    pub fn routes(&self) -> axum::Router {
+        self.endpoint.routes()
+    }
+
+    pub fn hub(&self) -> Hub {
+        self.endpoint.hub()
+    }
+
+    /// Pushes `msg` `{"user_id","message",…extra}` to that user's sockets on their joined
+    /// notifications topics; returns how many channel subscriptions got it.
+    pub fn send_message(&self, user: UserId, message: &str, extra: Map<String, Value>) -> usize {
+        let mut payload = extra;
+        payload.insert("user_id".into(), Value::String(user.to_string()));
+        payload.insert("message".into(), Value::String(message.to_owned()));
+        self.hub().send_to_user(&user.to_string(), notifications_topics(), "msg", Payload::Json(Value::Object(payload)))
+    }
+
+    /// Any event to everyone on `topic`.
+    pub fn broadcast(&self, topic: &str, event: &str, payload: Value) {
+        self.hub().broadcast(topic, event, Payload::Json(payload));
+    }
+
+    /// The original's server-wide `ping`: `{"msg":"ping"}` on every notifications topic; the
+    /// client answers with a `pong` push.
+    pub fn ping_everyone(&self) {
+        self.hub().broadcast_matching(notifications_topics(), "ping", Payload::Json(json!({"msg": "ping"})));
+    }
+
+    /// Closes every socket of `user` (socket id `user_socket:<uuid>`) and forgets that the user
+    /// exists, so a deleted user cannot reconnect from the cache.
+    pub fn disconnect_user(&self, user: UserId) -> usize {
+        self.directory.forget(user);
+        self.hub().disconnect(&sockets::socket_id(user))
+    }
+
+    /// Closes every socket with 1001 and waits for them, bounded by the shutdown timeout.
+    pub async fn shutdown(&self) {
+        self.endpoint.shutdown().await;
+    }
+}
+
+fn notifications_topics() -> TopicMatch {
+    TopicMatch::Prefix(NOTIFICATIONS.to_owned())
+}

@@ -1,0 +1,88 @@
+//! The `notifications` channel of HoloQuest (and `notifications:<anything>`, which older clients
+//! join as `notifications:scans`); each topic is its own audience.
+
+use channels::{async_trait, Channel, ChannelContext, HandleIn, Payload};
+use serde_json::{json, Value};
+
+use super::sockets::SocketUser;
+
+pub const NOTIFICATIONS: &str = "notifications";
+
+pub fn is_notifications_topic(topic: &str) -> bool {
+    topic == NOTIFICATIONS || topic.strip_prefix(NOTIFICATIONS).is_some_and(|rest| rest.starts_with(':'))
+}
+
+pub struct NotificationsChannel;
+
+fn error(reason: &str) -> HandleIn {
+    HandleIn::Reply(Err(Payload::Json(json!({ "reason": reason }))))
+}
+
+fn ok() -> HandleIn {
+    HandleIn::Reply(Ok(Payload::Json(json!({}))))
+}
+
+/// `{"nickname": "<string>"}` or the reason it is not.
+fn nickname(payload: &Payload) -> Result<&str, HandleIn> {
+    match payload {
+        Payload::Json(Value::Object(map)) => match map.get("nickname") {
+            Some(Value::String(nick)) => Ok(nick),
+            Some(_) => Err(error("nickname must be a string")),
+            None => Err(error("nickname is required")),
+        },
+        _ => Err(error("payload must be an object with a nickname")),
+    }
+}
+
+#[async_trait]
+impl Channel<SocketUser> for NotificationsChannel {
+    async fn join(&self, _topic: &str, _payload: Payload, _ctx: &ChannelContext<SocketUser>) -> Result<Value, Value> {
+        Ok(json!({}))
+    }
+
+    async fn handle_in(&self, event: &str, payload: Payload, ctx: &ChannelContext<SocketUser>) -> HandleIn {
+        match event {
+            // A stamp was scanned: everyone on the topic (the sender too) hears who.
+            "collected" => match nickname(&payload) {
+                Ok(nick) => {
+                    ctx.broadcast("collected-broadcast", Payload::Json(json!({ "nickname": nick })));
+                    ok()
+                }
+                Err(reply) => reply,
+            },
+            "rally-completed" => match nickname(&payload) {
+                Ok(nick) => {
+                    ctx.broadcast("rally-completed", Payload::Json(json!({ "nickname": nick })));
+                    ok()
+                }
+                Err(reply) => reply,
+            },
+            "ping" => HandleIn::Reply(Ok(payload)),
+            // The client's answer to the server-wide ping.
+            "pong" => HandleIn::NoReply,
+            "shout" => match payload {
+                Payload::Json(Value::Object(_)) => {
+                    ctx.broadcast("shout", payload);
+                    ok()
+                }
+                _ => error("shout payload must be an object"),
+            },
+            _ => error("unknown event"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifications_topics() {
+        assert!(is_notifications_topic("notifications"));
+        assert!(is_notifications_topic("notifications:scans"));
+        assert!(is_notifications_topic("notifications:"));
+        assert!(!is_notifications_topic("notificationsx"));
+        assert!(!is_notifications_topic("room:lobby"));
+        assert!(!is_notifications_topic(""));
+    }
+}
