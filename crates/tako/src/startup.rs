@@ -26,8 +26,8 @@ impl Application {
         let store = open_store(&config).await?;
         let tokens = Tokens { client: config.api_token.clone(), admin: config.admin_token.clone() };
         warn_about_open_access(&tokens);
-        let state = AppState { store: store.clone(), tokens: Arc::new(tokens) };
         let realtime = Realtime::new(store.clone(), &config);
+        let state = AppState { store: store.clone(), tokens: Arc::new(tokens), realtime: realtime.clone() };
         let router = api::router(state, &config.cors_origins).nest("/socket", realtime.routes());
         let address = SocketAddr::new(config.bind, config.port);
         let listener = TcpListener::bind(address).await.with_context(|| format!("binding {address}"))?;

@@ -21,6 +21,7 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::accounts::UserStore;
+use crate::realtime::Realtime;
 use auth::Tokens;
 use error::ApiError;
 
@@ -29,6 +30,7 @@ use error::ApiError;
 pub struct AppState {
     pub store: Arc<dyn UserStore>,
     pub tokens: Arc<Tokens>,
+    pub realtime: Realtime,
 }
 
 /// The HTTP routes of Tako (sockets are nested in by `startup`).
