@@ -113,22 +113,25 @@ impl<A> ChannelContext<A> {
         &self.inner.hub
     }
 
-    /// To this socket only; carries the join_ref and a null ref.
-    pub fn push(&self, event: &str, payload: Payload) {
+    /// To this socket only; carries the join_ref and a null ref. Returns whether the frame was
+    /// queued for the client (false when the channel closed, the socket is gone or the payload
+    /// cannot be expressed for this client).
+    pub fn push(&self, event: &str, payload: Payload) -> bool {
         if !self.is_open() {
             tracing::debug!(topic = %self.inner.topic, event, "push on a closed channel dropped");
-            return;
+            return false;
         }
         let socket = &self.inner.socket;
         match socket.serializer.encode_push(self.join_ref(), &self.inner.topic, event, &payload) {
-            Some(frame) => {
-                socket.send(frame);
+            Some(frame) => socket.send(frame),
+            None => {
+                tracing::warn!(
+                    topic = %self.inner.topic,
+                    event,
+                    "push not expressible for this client (binary payload on vsn 1, or header over 255 bytes); dropped"
+                );
+                false
             }
-            None => tracing::warn!(
-                topic = %self.inner.topic,
-                event,
-                "push not expressible for this client (binary payload on vsn 1, or header over 255 bytes); dropped"
-            ),
         }
     }
 
