@@ -3,6 +3,8 @@
 pub mod accounts;
 pub mod api;
 pub mod config;
+pub mod messages;
 pub mod realtime;
 pub mod startup;
+pub mod storage;
 pub mod telemetry;

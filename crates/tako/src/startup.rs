@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::accounts::{self, UserStore};
+use crate::storage::{self, Store};
 use crate::api::{self, auth::Tokens, AppState};
 use crate::config::Config;
 use crate::realtime::Realtime;
@@ -15,7 +15,7 @@ use crate::realtime::Realtime;
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
-    store: Arc<dyn UserStore>,
+    store: Arc<dyn Store>,
     realtime: Realtime,
     shutdown_timeout: std::time::Duration,
 }
@@ -38,7 +38,7 @@ impl Application {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    pub fn store(&self) -> Arc<dyn UserStore> {
+    pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
     }
 
@@ -80,8 +80,8 @@ impl Application {
     }
 }
 
-pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn UserStore>> {
-    let store = accounts::connect(config.database_url())
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store = storage::connect(config.database_url())
         .await
         .with_context(|| "opening the database (DATABASE_URL)".to_string())?;
     store.migrate().await.context("applying migrations")?;

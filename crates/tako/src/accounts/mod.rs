@@ -7,5 +7,6 @@ mod store;
 mod user;
 
 pub use nickname::{Nickname, NicknameError};
-pub use store::{connect, StoreError, UserStore};
+pub use crate::storage::StoreError;
+pub use store::UserStore;
 pub use user::{LeaderboardEntry, StampCount, Timestamp, User, UserChanges, UserId};

@@ -1,42 +1,16 @@
-//! PostgreSQL, for production; works on the table the original Tako created.
-
-use std::time::Duration;
+//! Users in PostgreSQL, in the table the original Tako created (or ours, the same shape).
 
 use async_trait::async_trait;
-use chrono::NaiveDateTime;
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::PgRow;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{
-    LeaderboardEntry, Nickname, StampCount, StoreError, Timestamp, User, UserChanges, UserId,
-    UserStore,
-};
+use super::{LeaderboardEntry, Nickname, StampCount, Timestamp, User, UserChanges, UserId, UserStore};
+use crate::storage::postgres::{naive, timestamp};
+use crate::storage::{PostgresStore, StoreError};
 
-pub struct PostgresStore {
-    pool: PgPool,
-}
 
 const USER_COLUMNS: &str = "id, nickname, stamps_collected, inserted_at, updated_at";
-
-impl PostgresStore {
-    pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await?;
-        Ok(PostgresStore { pool })
-    }
-}
-
-fn timestamp(at: NaiveDateTime) -> Timestamp {
-    Timestamp::from_datetime(at.and_utc())
-}
-
-fn naive(at: Timestamp) -> NaiveDateTime {
-    at.as_datetime().naive_utc()
-}
 
 fn user_from_row(row: &PgRow) -> Result<User, sqlx::Error> {
     Ok(User {
@@ -50,16 +24,6 @@ fn user_from_row(row: &PgRow) -> Result<User, sqlx::Error> {
 
 #[async_trait]
 impl UserStore for PostgresStore {
-    async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("migrations/postgres").run(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
     async fn create(&self, user: &User) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO users (id, nickname, stamps_collected, inserted_at, updated_at, stamps_changed_at)
@@ -104,6 +68,11 @@ impl UserStore for PostgresStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    async fn delete(&self, id: UserId) -> Result<bool, StoreError> {
+        let result = sqlx::query("DELETE FROM users WHERE id = $1").bind(id.as_uuid()).execute(&self.pool).await?;
+        Ok(result.rows_affected() > 0)
     }
 
     async fn list(&self, limit: u32, offset: u64) -> Result<(Vec<User>, u64), StoreError> {
@@ -151,7 +120,4 @@ impl UserStore for PostgresStore {
         Ok(found.into_iter().map(UserId::from).collect())
     }
 
-    fn backend(&self) -> &'static str {
-        "postgres"
-    }
 }

@@ -1,38 +1,12 @@
-//! The embedded default: one SQLite file, created on first start, in WAL mode.
-
-use std::str::FromStr;
-use std::time::Duration;
+//! Users in SQLite. Timestamps are stored as microseconds since the Unix epoch.
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
 
-use super::{
-    LeaderboardEntry, Nickname, StampCount, StoreError, Timestamp, User, UserChanges, UserId,
-    UserStore,
-};
-
-pub struct SqliteStore {
-    pool: SqlitePool,
-}
+use super::{LeaderboardEntry, Nickname, StampCount, Timestamp, User, UserChanges, UserId, UserStore};
+use crate::storage::{SqliteStore, StoreError};
 
 const USER_COLUMNS: &str = "id, nickname, stamps_collected, inserted_at, updated_at";
-
-impl SqliteStore {
-    pub async fn connect(url: &str) -> Result<SqliteStore, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
-            .await?;
-        Ok(SqliteStore { pool })
-    }
-}
 
 fn user_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<User, sqlx::Error> {
     let id: String = row.try_get("id")?;
@@ -48,16 +22,6 @@ fn user_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<User, sqlx::Error> {
 
 #[async_trait]
 impl UserStore for SqliteStore {
-    async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
     async fn create(&self, user: &User) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO users (id, nickname, stamps_collected, inserted_at, updated_at, stamps_changed_at)
@@ -103,6 +67,11 @@ impl UserStore for SqliteStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    async fn delete(&self, id: UserId) -> Result<bool, StoreError> {
+        let result = sqlx::query("DELETE FROM users WHERE id = ?1").bind(id.to_string()).execute(&self.pool).await?;
+        Ok(result.rows_affected() > 0)
     }
 
     async fn list(&self, limit: u32, offset: u64) -> Result<(Vec<User>, u64), StoreError> {
@@ -160,7 +129,4 @@ impl UserStore for SqliteStore {
         Ok(found)
     }
 
-    fn backend(&self) -> &'static str {
-        "sqlite"
-    }
 }

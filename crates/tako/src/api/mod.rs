@@ -20,7 +20,7 @@ use axum::Router;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::accounts::UserStore;
+use crate::storage::Store;
 use crate::realtime::Realtime;
 use auth::Tokens;
 use error::ApiError;
@@ -28,7 +28,7 @@ use error::ApiError;
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Arc<dyn UserStore>,
+    pub store: Arc<dyn Store>,
     pub tokens: Arc<Tokens>,
     pub realtime: Realtime,
 }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use channels::{Endpoint, EndpointConfig, Hub, Payload, TopicMatch};
 use serde_json::{json, Map, Value};
 
-use crate::accounts::{UserId, UserStore};
+use crate::accounts::UserId;
+use crate::storage::Store;
 use crate::config::Config;
 pub use directory::UserDirectory;
 pub use notifications::{is_notifications_topic, NOTIFICATIONS};
@@ -25,8 +26,8 @@ pub struct Realtime {
 }
 
 impl Realtime {
-    pub fn new(store: Arc<dyn UserStore>, config: &Config) -> Realtime {
-        let directory = UserDirectory::spawn(store);
+    pub fn new(store: Arc<dyn Store>, config: &Config) -> Realtime {
+        let directory = UserDirectory::spawn(store.clone());
         let handler = TakoSockets::new(directory.clone());
         let endpoint_config = EndpointConfig {
             heartbeat_timeout: config.heartbeat_timeout(),

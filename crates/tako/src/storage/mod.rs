@@ -1,0 +1,48 @@
+//! The database behind every store: SQLite by default, PostgreSQL in production. Each domain
+//! (accounts, messages) defines its own store trait; both backends implement all of them, and
+//! `Store` is "all of them", handed around as one shared value.
+
+pub(crate) mod postgres;
+pub(crate) mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use self::postgres::PostgresStore;
+pub use self::sqlite::SqliteStore;
+use crate::accounts::UserStore;
+use crate::messages::MessageStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or failed; the caller answers "try again later".
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported DATABASE_URL scheme (use sqlite:// or postgres://): {0}")]
+    UnsupportedUrl(String),
+}
+
+#[async_trait]
+pub trait Store: UserStore + MessageStore {
+    /// Applies pending migrations; safe on a database the original server created.
+    async fn migrate(&self) -> Result<(), StoreError>;
+    /// Answers when the database does.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Short backend name for logs.
+    fn backend(&self) -> &'static str;
+}
+
+/// Opens the database named by `url` (`sqlite://path` or `postgres://…`).
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Arc::new(PostgresStore::connect(url).await?))
+    } else {
+        let scheme = url.split(':').next().unwrap_or_default().to_owned();
+        Err(StoreError::UnsupportedUrl(scheme))
+    }
+}
