@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::bus::{BusMessage, SocketRef};
 use crate::hub::{Hub, SocketShared};
+use crate::presence::PresenceError;
 
 /// A message body: JSON, or raw bytes (v2 binary frames only).
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +74,8 @@ struct ContextInner<A> {
     socket: Arc<SocketShared>,
     hub: Hub,
     open: AtomicBool,
+    /// Whether this join tracked a presence (untracked when the channel closes).
+    tracked: AtomicBool,
 }
 
 impl<A> ChannelContext<A> {
@@ -84,7 +87,7 @@ impl<A> ChannelContext<A> {
         hub: Hub,
     ) -> Self {
         ChannelContext {
-            inner: Arc::new(ContextInner { topic, join_ref, assigns, socket, hub, open: AtomicBool::new(true) }),
+            inner: Arc::new(ContextInner { topic, join_ref, assigns, socket, hub, open: AtomicBool::new(true), tracked: AtomicBool::new(false) }),
         }
     }
 
@@ -151,11 +154,36 @@ impl<A> ChannelContext<A> {
         });
     }
 
-    pub(crate) fn is_open(&self) -> bool {
-        self.inner.open.load(Ordering::Acquire)
+    /// Tracks this connection on the topic's presence under `key` with `meta` (a JSON object;
+    /// the engine adds `phx_ref`), and returns the `phx_ref`. Everyone on the topic gets a
+    /// `presence_diff` join; when called from `join`, the joiner gets `presence_state` right
+    /// after its join reply. The presence leaves by itself when the channel leaves or closes,
+    /// or the socket dies. A key may have many metas (one per connection, or more).
+    pub fn track(&self, key: &str, meta: Value) -> Result<String, PresenceError> {
+        self.inner.tracked.store(true, Ordering::SeqCst);
+        let inner = &self.inner;
+        inner.hub.presence().track(&inner.hub, &inner.topic, inner.socket.conn, key, meta, || self.is_open())
     }
 
+    /// Everything this connection tracked on the topic leaves now.
+    pub fn untrack(&self) {
+        if self.inner.tracked.swap(false, Ordering::SeqCst) {
+            let inner = &self.inner;
+            inner.hub.presence().untrack_conn(&inner.hub, &inner.topic, inner.socket.conn);
+        }
+    }
+
+    pub(crate) fn tracked(&self) -> bool {
+        self.inner.tracked.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.inner.open.load(Ordering::SeqCst)
+    }
+
+    /// No more pushes, and what it tracked leaves.
     pub(crate) fn close(&self) {
-        self.inner.open.store(false, Ordering::Release);
+        self.inner.open.store(false, Ordering::SeqCst);
+        self.untrack();
     }
 }

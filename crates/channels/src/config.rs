@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+pub(crate) const DEFAULT_PRESENCE_INTERVAL: Duration = Duration::from_millis(50);
+
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {
     /// A socket silent for longer is closed (clients send a heartbeat every 30 s). Default 60 s.
@@ -14,6 +16,12 @@ pub struct EndpointConfig {
     pub outbound_queue: usize,
     /// Bound on [`Endpoint::shutdown`](crate::Endpoint::shutdown). Default 10 s.
     pub shutdown_timeout: Duration,
+    /// Presence changes of a topic within this interval go out as one `presence_diff`; zero
+    /// sends one diff per change (as Phoenix does). Default 50 ms.
+    pub presence_interval: Duration,
+    /// How long a LongPoll GET waits for messages before answering 204. It is kept under half
+    /// the heartbeat timeout, so a client that polls is never taken for dead. Default 10 s.
+    pub longpoll_window: Duration,
 }
 
 impl Default for EndpointConfig {
@@ -24,6 +32,8 @@ impl Default for EndpointConfig {
             max_frame_bytes: 1024 * 1024,
             outbound_queue: 1024,
             shutdown_timeout: Duration::from_secs(10),
+            presence_interval: DEFAULT_PRESENCE_INTERVAL,
+            longpoll_window: Duration::from_secs(10),
         }
     }
 }

@@ -63,10 +63,11 @@ impl<H: SocketHandler> Endpoint<H> {
 
     /// An endpoint whose deliveries travel through `bus` (e.g. to other nodes).
     pub fn with_bus(handler: H, config: EndpointConfig, bus: Arc<dyn Bus>) -> Arc<Self> {
+        let hub = Hub::with_presence_interval(bus, config.presence_interval);
         Arc::new(Endpoint {
             handler: Arc::new(handler),
             config,
-            hub: Hub::new(bus),
+            hub,
             lifecycle: Arc::default(),
         })
     }

@@ -13,10 +13,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
+use serde_json::{Map, Value};
 
 use crate::bus::{Bus, BusMessage, SocketRef};
 use crate::channel::Payload;
 use crate::outbox::{Close, Outbox, Pushed};
+use crate::presence::{Presence, PresenceEntry, PresenceError};
 use crate::serializer::{Frame, Serializer};
 
 /// Which topics a delivery is for.
@@ -96,6 +98,7 @@ struct HubInner {
     topics: RwLock<HashMap<Arc<str>, Sockets>>,
     users: RwLock<HashMap<Arc<str>, Sockets>>,
     ids: RwLock<HashMap<Arc<str>, Sockets>>,
+    presence: Presence,
 }
 
 /// A message encoded at most once per serializer, whatever the number of subscribers.
@@ -137,8 +140,14 @@ impl<'a> Outgoing<'a> {
 }
 
 impl Hub {
-    /// A hub whose deliveries go through `bus`.
+    /// A hub whose deliveries go through `bus`, coalescing presence diffs over 50 ms.
     pub fn new(bus: Arc<dyn Bus>) -> Hub {
+        Hub::with_presence_interval(bus, crate::config::DEFAULT_PRESENCE_INTERVAL)
+    }
+
+    /// A hub whose presence diffs are coalesced per topic over `interval` (zero: one diff per
+    /// change, as Phoenix does).
+    pub fn with_presence_interval(bus: Arc<dyn Bus>, interval: Duration) -> Hub {
         let mut hasher = RandomState::new().build_hasher();
         hasher.write_u32(std::process::id());
         Hub {
@@ -152,6 +161,7 @@ impl Hub {
                 topics: RwLock::default(),
                 users: RwLock::default(),
                 ids: RwLock::default(),
+                presence: Presence::new(interval),
             }),
         }
     }
@@ -259,6 +269,48 @@ impl Hub {
                 sockets.iter().filter(|s| s.outbox.close(Close::DISCONNECTED)).count()
             }
         }
+    }
+
+    /// Who is on `topic` (every node's entries this node knows), in the `presence_state`
+    /// format: `{key: {"metas": [{"phx_ref": …, …meta}, …]}, …}`.
+    pub fn presence_list(&self, topic: &str) -> Value {
+        self.inner.presence.list(topic)
+    }
+
+    /// The entries of `topic`, each with its owning node (what a cluster bus replicates).
+    pub fn presence_entries(&self, topic: &str) -> Vec<PresenceEntry> {
+        self.inner.presence.entries(topic)
+    }
+
+    /// Merges `patch` into the metas of every presence that the sockets of `user` (the hub's
+    /// user key) tracked on this node, on every topic: a leave of each old meta and a join of
+    /// the new one with `phx_ref_prev`. Returns how many metas changed.
+    pub fn presence_update_user(&self, user: &str, patch: &Map<String, Value>) -> usize {
+        let sockets: Vec<Arc<SocketShared>> = match self.inner.users.read().get(user) {
+            Some(sockets) => sockets.values().cloned().collect(),
+            None => return 0,
+        };
+        let conns: Vec<(Arc<str>, u64)> = sockets
+            .iter()
+            .flat_map(|s| s.topics.lock().iter().map(|t| (t.clone(), s.conn)).collect::<Vec<_>>())
+            .collect();
+        self.inner.presence.update(self, &conns, patch)
+    }
+
+    /// Replaces what this node knows of `node`'s entries on `topic` (another node's share, as a
+    /// cluster bus reports it); the difference goes to local subscribers as a diff. Entries of
+    /// this node are owned here and never replaced. Every entry needs a `phx_ref`.
+    pub fn presence_merge(&self, node: u64, topic: &str, entries: Vec<PresenceEntry>) -> Result<(), PresenceError> {
+        self.inner.presence.merge(self, node, topic, entries)
+    }
+
+    /// `node` is gone: its entries leave every topic. Returns how many.
+    pub fn presence_drop_node(&self, node: u64) -> usize {
+        self.inner.presence.drop_node(self, node)
+    }
+
+    pub(crate) fn presence(&self) -> &Presence {
+        &self.inner.presence
     }
 
     /// Sockets connected to this node.

@@ -15,6 +15,7 @@ mod config;
 mod endpoint;
 mod hub;
 mod outbox;
+mod presence;
 mod serializer;
 mod session;
 mod socket;
@@ -25,6 +26,7 @@ pub use channel::{Channel, ChannelContext, HandleIn, Payload};
 pub use config::EndpointConfig;
 pub use endpoint::Endpoint;
 pub use hub::{Hub, TopicMatch};
+pub use presence::{PresenceEntry, PresenceError};
 pub use serde_json::Value;
 pub use socket::{ConnectInfo, Connection, Refusal, SocketHandler};
 

@@ -108,8 +108,13 @@ impl<H: SocketHandler> Session<H> {
         match channel.join(&topic, payload, &ctx).await {
             Ok(response) => {
                 self.hub.subscribe(&self.socket, &topic);
+                let tracked = ctx.tracked();
                 self.channels.push(Joined { channel, ctx });
                 self.reply(join_ref.as_deref(), reference.as_deref(), &topic, Status::Ok, &Payload::Json(response));
+                if tracked {
+                    // Subscribed before reading the state: every later change reaches it.
+                    self.hub.presence().push_state(&topic, &self.socket);
+                }
             }
             Err(response) => {
                 ctx.close();

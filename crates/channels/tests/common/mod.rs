@@ -107,6 +107,10 @@ impl Channel<Assigns> for RoomChannel {
             return Err(json!({"reason": "denied"}));
         }
         if let Payload::Json(p) = &payload {
+            // `{"presence": key}` tracks this connection under key with `{"name": …}`.
+            if let Some(key) = p.get("presence").and_then(Value::as_str) {
+                ctx.track(key, json!({"name": ctx.assigns().name})).map_err(|e| json!({"reason": e.to_string()}))?;
+            }
             if p.get("push_on_join") == Some(&json!(true)) {
                 ctx.push("welcome", Payload::Json(json!({"hello": ctx.assigns().name})));
             }
@@ -132,6 +136,14 @@ impl Channel<Assigns> for RoomChannel {
             }
             "stop" => HandleIn::Stop { reason: "asked".into() },
             "panic" => panic!("a bug in the application's channel"),
+            "untrack" => {
+                ctx.untrack();
+                HandleIn::NoReply
+            }
+            "track_bad" => match ctx.track("k", json!("not an object")) {
+                Ok(_) => HandleIn::NoReply,
+                Err(e) => HandleIn::Reply(Err(Payload::Json(json!({"reason": e.to_string()})))),
+            },
             "whoami" => {
                 let a = ctx.assigns();
                 HandleIn::Reply(Ok(Payload::Json(json!({

@@ -1,0 +1,794 @@
+//! Presence: who is on a topic, in the wire format of Phoenix.Presence (`presence_state`,
+//! `presence_diff`) that the `Presence` class of the `phoenix` npm package folds into a list.
+//!
+//! State lives per topic, never per socket: a socket that tracks nothing costs nothing here.
+//! A topic holds its entries by key (a key has one meta per connection, each with its own
+//! `phx_ref`) and, for this node's entries, an index by connection so a leaving socket is
+//! untracked without scanning the topic.
+//!
+//! Every entry carries the node that owns it. Only the owner tracks, updates and untracks its
+//! entries; another node's entries arrive wholesale through [`Hub::presence_merge`] and go away
+//! with [`Hub::presence_drop_node`], so a cluster bus can later replicate each node's share.
+//!
+//! Presence on a topic everyone joins grows as N²: each join sends a diff to everyone. Changes
+//! are therefore coalesced per topic over `interval` (joins and leaves of the same `phx_ref`
+//! within one interval cancel out) and each flush is one broadcast, encoded once per
+//! serializer. A joiner receives `presence_state` as of the last flush, encoded once per flush
+//! and shared by every joiner until the next; the changes since are in the next diff, which it
+//! receives because it subscribed before reading the state. Diffs are idempotent for the client
+//! (a join of a known `phx_ref` or a leave of an unknown one changes nothing), so overlaps are
+//! harmless.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::{Map, Value};
+
+use crate::channel::Payload;
+use crate::hub::{Hub, SocketShared};
+use crate::serializer::{Frame, Serializer};
+
+pub(crate) const STATE_EVENT: &str = "presence_state";
+pub(crate) const DIFF_EVENT: &str = "presence_diff";
+
+/// One meta of one key on one topic, as a cluster would replicate it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PresenceEntry {
+    pub key: String,
+    /// The node that owns (tracked) it.
+    pub node: u64,
+    /// The meta as clients see it, `phx_ref` (and `phx_ref_prev` after an update) included.
+    pub meta: Map<String, Value>,
+}
+
+impl PresenceEntry {
+    pub fn phx_ref(&self) -> Option<&str> {
+        self.meta.get("phx_ref").and_then(Value::as_str)
+    }
+}
+
+/// Why a track was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PresenceError {
+    #[error("presence meta must be a JSON object")]
+    MetaNotObject,
+    #[error("the channel is closed")]
+    ChannelClosed,
+}
+
+#[derive(Clone)]
+struct Entry {
+    key: Arc<str>,
+    phx_ref: Arc<str>,
+    node: u64,
+    /// The owning connection on its node (0 for merged remote entries).
+    conn: u64,
+    /// The wire meta, `phx_ref` included.
+    meta: Arc<Map<String, Value>>,
+}
+
+/// `presence_state` as of a flush, encoded at most once per serializer.
+struct CachedState {
+    payload: Payload,
+    frames: [OnceLock<Option<Frame>>; 2],
+}
+
+#[derive(Default)]
+struct TopicPresence {
+    keys: HashMap<Arc<str>, Vec<Entry>>,
+    /// This node's entries by connection: (key, phx_ref).
+    by_conn: HashMap<u64, Vec<(Arc<str>, Arc<str>)>>,
+    /// Changes since the last flush, by phx_ref.
+    pending_joins: HashMap<Arc<str>, Entry>,
+    pending_leaves: HashMap<Arc<str>, Entry>,
+    flush_scheduled: bool,
+    /// The state as of the last flush; cleared by the next flush.
+    state: Option<Arc<CachedState>>,
+}
+
+impl TopicPresence {
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.pending_joins.is_empty() && self.pending_leaves.is_empty() && !self.flush_scheduled
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.pending_joins.is_empty() || !self.pending_leaves.is_empty()
+    }
+
+    fn add(&mut self, entry: Entry) {
+        if entry.conn != 0 {
+            self.by_conn.entry(entry.conn).or_default().push((entry.key.clone(), entry.phx_ref.clone()));
+        }
+        self.keys.entry(entry.key.clone()).or_default().push(entry.clone());
+        self.pending_joins.insert(entry.phx_ref.clone(), entry);
+    }
+
+    /// Removes one meta from `keys` (not from `by_conn`) and records the leave.
+    fn remove(&mut self, key: &str, phx_ref: &str) -> Option<Entry> {
+        let metas = self.keys.get_mut(key)?;
+        let index = metas.iter().position(|e| &*e.phx_ref == phx_ref)?;
+        let entry = metas.remove(index);
+        if metas.is_empty() {
+            self.keys.remove(key);
+        }
+        // A join and a leave within one interval cancel out.
+        if self.pending_joins.remove(phx_ref).is_none() {
+            self.pending_leaves.insert(entry.phx_ref.clone(), entry.clone());
+        }
+        Some(entry)
+    }
+
+    /// Takes the pending changes as a `presence_diff` payload, and forgets the cached state.
+    fn take_diff(&mut self) -> Option<Value> {
+        if !self.has_pending() {
+            return None;
+        }
+        self.state = None;
+        let joins = group(std::mem::take(&mut self.pending_joins).into_values());
+        let leaves = group(std::mem::take(&mut self.pending_leaves).into_values());
+        let mut diff = Map::new();
+        diff.insert("joins".into(), joins);
+        diff.insert("leaves".into(), leaves);
+        Some(Value::Object(diff))
+    }
+
+    /// The state as of the last flush: the current entries minus the pending joins, plus the
+    /// pending leaves.
+    fn flushed_state(&mut self) -> Arc<CachedState> {
+        if let Some(state) = &self.state {
+            return state.clone();
+        }
+        let current = self
+            .keys
+            .values()
+            .flatten()
+            .filter(|e| !self.pending_joins.contains_key(&e.phx_ref))
+            .chain(self.pending_leaves.values())
+            .cloned();
+        let state = Arc::new(CachedState { payload: Payload::Json(group(current)), frames: Default::default() });
+        self.state = Some(state.clone());
+        state
+    }
+
+    fn current(&self) -> Value {
+        group(self.keys.values().flatten().cloned())
+    }
+}
+
+/// `{key: {"metas": [meta, …]}, …}`
+fn group(entries: impl Iterator<Item = Entry>) -> Value {
+    let mut out: Map<String, Value> = Map::new();
+    for entry in entries {
+        let slot = out.entry(entry.key.to_string()).or_insert_with(|| {
+            let mut metas = Map::new();
+            metas.insert("metas".into(), Value::Array(Vec::new()));
+            Value::Object(metas)
+        });
+        if let Some(Value::Array(metas)) = slot.get_mut("metas") {
+            metas.push(Value::Object((*entry.meta).clone()));
+        }
+    }
+    Value::Object(out)
+}
+
+/// This node's presence, all topics.
+pub(crate) struct Presence {
+    topics: Mutex<HashMap<Arc<str>, TopicPresence>>,
+    next_ref: AtomicU64,
+    interval: Duration,
+}
+
+impl Presence {
+    pub(crate) fn new(interval: Duration) -> Presence {
+        Presence { topics: Mutex::default(), next_ref: AtomicU64::new(1), interval }
+    }
+
+    fn new_ref(&self, node: u64) -> Arc<str> {
+        let n = self.next_ref.fetch_add(1, Ordering::Relaxed);
+        // Unique on this node; the node's low bits keep refs of different nodes apart.
+        Arc::from(format!("{:08x}{n:x}", node as u32))
+    }
+
+    /// Broadcasts the diff now (no coalescing) or makes sure a flush is scheduled. Called with
+    /// the topic's lock held, so diffs of one topic leave in the order they were made.
+    fn changed(&self, hub: &Hub, topic: &Arc<str>, tp: &mut TopicPresence) {
+        if !tp.has_pending() {
+            return;
+        }
+        if self.interval.is_zero() {
+            if let Some(diff) = tp.take_diff() {
+                hub.broadcast(topic, DIFF_EVENT, Payload::Json(diff));
+            }
+            return;
+        }
+        if tp.flush_scheduled {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                tp.flush_scheduled = true;
+                let (hub, topic, interval) = (hub.clone(), topic.clone(), self.interval);
+                runtime.spawn(async move {
+                    tokio::time::sleep(interval).await;
+                    hub.presence().flush(&hub, &topic);
+                });
+            }
+            // Outside a runtime nothing could flush later: send now.
+            Err(_) => {
+                if let Some(diff) = tp.take_diff() {
+                    hub.broadcast(topic, DIFF_EVENT, Payload::Json(diff));
+                }
+            }
+        }
+    }
+
+    pub(crate) fn flush(&self, hub: &Hub, topic: &Arc<str>) {
+        let mut topics = self.topics.lock();
+        let Some(tp) = topics.get_mut(topic) else { return };
+        tp.flush_scheduled = false;
+        if let Some(diff) = tp.take_diff() {
+            hub.broadcast(topic, DIFF_EVENT, Payload::Json(diff));
+        }
+        if tp.is_empty() {
+            topics.remove(topic);
+        }
+    }
+
+    fn topic_key(topics: &HashMap<Arc<str>, TopicPresence>, topic: &str) -> Arc<str> {
+        match topics.get_key_value(topic) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(topic),
+        }
+    }
+
+    /// Track `key` with `meta` for connection `conn` on `topic`; returns its `phx_ref`.
+    /// `still_open` is checked under the lock so a track racing a close cannot outlive it.
+    pub(crate) fn track(
+        &self,
+        hub: &Hub,
+        topic: &str,
+        conn: u64,
+        key: &str,
+        meta: Value,
+        still_open: impl FnOnce() -> bool,
+    ) -> Result<String, PresenceError> {
+        let Value::Object(mut meta) = meta else { return Err(PresenceError::MetaNotObject) };
+        let node = hub.node_id();
+        let phx_ref = self.new_ref(node);
+        meta.insert("phx_ref".into(), Value::String(phx_ref.to_string()));
+        let mut topics = self.topics.lock();
+        if !still_open() {
+            return Err(PresenceError::ChannelClosed);
+        }
+        let topic = Self::topic_key(&topics, topic);
+        let tp = topics.entry(topic.clone()).or_default();
+        tp.add(Entry { key: Arc::from(key), phx_ref: phx_ref.clone(), node, conn, meta: Arc::new(meta) });
+        self.changed(hub, &topic, tp);
+        Ok(phx_ref.to_string())
+    }
+
+    /// Everything `conn` tracked on `topic` leaves.
+    pub(crate) fn untrack_conn(&self, hub: &Hub, topic: &str, conn: u64) {
+        let mut topics = self.topics.lock();
+        let Some((topic, tp)) = topics.get_key_value_mut_compat(topic) else { return };
+        let Some(tracked) = tp.by_conn.remove(&conn) else { return };
+        for (key, phx_ref) in tracked {
+            tp.remove(&key, &phx_ref);
+        }
+        self.changed(hub, &topic, tp);
+        if tp.is_empty() {
+            topics.remove(&topic);
+        }
+    }
+
+    /// Pushes the topic's state (as of the last flush) to `socket`, as a broadcast-form frame
+    /// shared by every joiner until the next flush.
+    pub(crate) fn push_state(&self, topic: &str, socket: &SocketShared) {
+        let mut topics = self.topics.lock();
+        let state = match topics.get_mut(topic) {
+            Some(tp) => tp.flushed_state(),
+            None => Arc::new(CachedState { payload: Payload::Json(Value::Object(Map::new())), frames: Default::default() }),
+        };
+        // Pushed under the lock: no diff of this topic can slip between reading and queueing.
+        if let Some(frame) = state_frame(&state, topic, socket.serializer) {
+            socket.send(frame);
+        }
+    }
+
+    pub(crate) fn list(&self, topic: &str) -> Value {
+        match self.topics.lock().get(topic) {
+            Some(tp) => tp.current(),
+            None => Value::Object(Map::new()),
+        }
+    }
+
+    pub(crate) fn entries(&self, topic: &str) -> Vec<PresenceEntry> {
+        match self.topics.lock().get(topic) {
+            Some(tp) => tp
+                .keys
+                .values()
+                .flatten()
+                .map(|e| PresenceEntry { key: e.key.to_string(), node: e.node, meta: (*e.meta).clone() })
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Replaces this node's metas of every presence that `conns` tracked on their topics with
+    /// `patch` merged in: each is a leave of the old meta and a join of a new one carrying
+    /// `phx_ref_prev`. Returns how many metas changed.
+    pub(crate) fn update(&self, hub: &Hub, conns: &[(Arc<str>, u64)], patch: &Map<String, Value>) -> usize {
+        let node = hub.node_id();
+        let mut topics = self.topics.lock();
+        let mut count = 0;
+        let mut touched: Vec<&Arc<str>> = Vec::new();
+        for (topic, conn) in conns {
+            let Some(tp) = topics.get_mut(&**topic) else { continue };
+            if !touched.contains(&topic) {
+                touched.push(topic);
+            }
+            let Some(tracked) = tp.by_conn.remove(conn) else { continue };
+            let mut renewed = Vec::with_capacity(tracked.len());
+            for (key, old_ref) in tracked {
+                let Some(old) = tp.remove(&key, &old_ref) else { continue };
+                let mut meta = (*old.meta).clone();
+                for (field, value) in patch {
+                    if field != "phx_ref" && field != "phx_ref_prev" {
+                        meta.insert(field.clone(), value.clone());
+                    }
+                }
+                let phx_ref = self.new_ref(node);
+                meta.insert("phx_ref".into(), Value::String(phx_ref.to_string()));
+                meta.insert("phx_ref_prev".into(), Value::String(old_ref.to_string()));
+                renewed.push(Entry { key, phx_ref, node, conn: *conn, meta: Arc::new(meta) });
+                count += 1;
+            }
+            for entry in renewed {
+                tp.add(entry);
+            }
+        }
+        // One diff per topic, however many of the user's connections are on it.
+        for topic in touched {
+            if let Some(tp) = topics.get_mut(&**topic) {
+                self.changed(hub, topic, tp);
+            }
+        }
+        count
+    }
+
+    /// Replaces `node`'s entries on `topic` with `entries` (e.g. another node's share, as its
+    /// bus reported it); the difference goes out as a diff. This node's own entries are never
+    /// replaced: it owns them.
+    pub(crate) fn merge(&self, hub: &Hub, node: u64, topic: &str, entries: Vec<PresenceEntry>) -> Result<(), PresenceError> {
+        if node == hub.node_id() {
+            return Ok(());
+        }
+        let mut incoming: Vec<Entry> = Vec::with_capacity(entries.len());
+        for e in entries {
+            let phx_ref: Arc<str> = match e.phx_ref() {
+                Some(r) => Arc::from(r),
+                None => return Err(PresenceError::MetaNotObject),
+            };
+            incoming.push(Entry { key: Arc::from(e.key.as_str()), phx_ref, node, conn: 0, meta: Arc::new(e.meta) });
+        }
+        let mut topics = self.topics.lock();
+        let topic = Self::topic_key(&topics, topic);
+        let tp = topics.entry(topic.clone()).or_default();
+        let existing: Vec<(Arc<str>, Arc<str>)> = tp
+            .keys
+            .values()
+            .flatten()
+            .filter(|e| e.node == node)
+            .map(|e| (e.key.clone(), e.phx_ref.clone()))
+            .collect();
+        let keep: std::collections::HashSet<&str> = incoming.iter().map(|e| &*e.phx_ref).collect();
+        for (key, phx_ref) in &existing {
+            if !keep.contains(&**phx_ref) {
+                tp.remove(key, phx_ref);
+            }
+        }
+        let known: std::collections::HashSet<Arc<str>> = existing.into_iter().map(|(_, r)| r).collect();
+        for entry in incoming {
+            if !known.contains(&entry.phx_ref) {
+                tp.add(entry);
+            }
+        }
+        self.changed(hub, &topic, tp);
+        if tp.is_empty() {
+            topics.remove(&topic);
+        }
+        Ok(())
+    }
+
+    /// Every entry of `node` leaves (the node is gone).
+    pub(crate) fn drop_node(&self, hub: &Hub, node: u64) -> usize {
+        if node == hub.node_id() {
+            return 0;
+        }
+        let mut topics = self.topics.lock();
+        let mut count = 0;
+        let names: Vec<Arc<str>> = topics.keys().cloned().collect();
+        for topic in names {
+            let Some(tp) = topics.get_mut(&topic) else { continue };
+            let gone: Vec<(Arc<str>, Arc<str>)> = tp
+                .keys
+                .values()
+                .flatten()
+                .filter(|e| e.node == node)
+                .map(|e| (e.key.clone(), e.phx_ref.clone()))
+                .collect();
+            count += gone.len();
+            for (key, phx_ref) in gone {
+                tp.remove(&key, &phx_ref);
+            }
+            self.changed(hub, &topic, tp);
+            if tp.is_empty() {
+                topics.remove(&topic);
+            }
+        }
+        count
+    }
+}
+
+fn state_frame(state: &CachedState, topic: &str, serializer: Serializer) -> Option<Frame> {
+    state.frames[serializer.index()]
+        .get_or_init(|| serializer.encode_broadcast(topic, STATE_EVENT, &state.payload))
+        .clone()
+}
+
+/// `HashMap::get_key_value` with mutable access to the value.
+trait GetKeyValueMut {
+    fn get_key_value_mut_compat(&mut self, key: &str) -> Option<(Arc<str>, &mut TopicPresence)>;
+}
+
+impl GetKeyValueMut for HashMap<Arc<str>, TopicPresence> {
+    fn get_key_value_mut_compat(&mut self, key: &str) -> Option<(Arc<str>, &mut TopicPresence)> {
+        let name = self.get_key_value(key)?.0.clone();
+        self.get_mut(key).map(|tp| (name, tp))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::LocalBus;
+    use serde_json::json;
+
+    fn hub(interval_ms: u64) -> Hub {
+        Hub::with_presence_interval(Arc::new(LocalBus), Duration::from_millis(interval_ms))
+    }
+
+    fn texts(socket: &SocketShared) -> Vec<Value> {
+        let (frames, _) = socket.outbox.take();
+        frames.iter().map(|f| serde_json::from_str(f.text()).unwrap()).collect()
+    }
+
+    fn track(hub: &Hub, topic: &str, socket: &SocketShared, key: &str, meta: Value) -> String {
+        hub.presence().track(hub, topic, socket.conn, key, meta, || true).unwrap()
+    }
+
+    fn metas(list: &Value, key: &str) -> Vec<Value> {
+        list[key]["metas"].as_array().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn diffs_and_state_in_the_phoenix_format() {
+        let hub = hub(0);
+        let a = hub.register(Serializer::V2, None, Some("ua".into()), 64);
+        let b = hub.register(Serializer::V1, None, None, 64);
+        hub.subscribe(&a, "t");
+        hub.subscribe(&b, "t");
+        let r = track(&hub, "t", &a, "alice", json!({"nick": "A"}));
+        let expected = json!({"joins": {"alice": {"metas": [{"nick": "A", "phx_ref": r}]}}, "leaves": {}});
+        assert_eq!(texts(&a), vec![json!([null, null, "t", "presence_diff", expected])]);
+        let v1 = texts(&b);
+        assert_eq!(v1[0]["event"], "presence_diff");
+        assert_eq!(v1[0]["payload"], expected);
+
+        let c = hub.register(Serializer::V2, None, None, 64);
+        hub.subscribe(&c, "t");
+        hub.presence().push_state("t", &c);
+        assert_eq!(
+            texts(&c),
+            vec![json!([null, null, "t", "presence_state", {"alice": {"metas": [{"nick": "A", "phx_ref": r}]}}])]
+        );
+    }
+
+    #[test]
+    fn meta_must_be_an_object_and_closed_channels_cannot_track() {
+        let hub = hub(0);
+        let a = hub.register(Serializer::V2, None, None, 8);
+        assert_eq!(hub.presence().track(&hub, "t", a.conn, "k", json!([1]), || true), Err(PresenceError::MetaNotObject));
+        assert_eq!(hub.presence().track(&hub, "t", a.conn, "k", json!({}), || false), Err(PresenceError::ChannelClosed));
+        assert_eq!(hub.presence_list("t"), json!({}));
+    }
+
+    #[test]
+    fn a_key_has_one_meta_per_connection_and_leaving_one_keeps_the_other() {
+        let hub = hub(0);
+        let tab1 = hub.register(Serializer::V2, None, None, 64);
+        let tab2 = hub.register(Serializer::V2, None, None, 64);
+        let r1 = track(&hub, "t", &tab1, "alice", json!({}));
+        let r2 = track(&hub, "t", &tab2, "alice", json!({}));
+        assert_eq!(metas(&hub.presence_list("t"), "alice").len(), 2);
+        hub.subscribe(&tab2, "t");
+        hub.presence().untrack_conn(&hub, "t", tab1.conn);
+        assert_eq!(metas(&hub.presence_list("t"), "alice"), vec![json!({"phx_ref": r2})]);
+        assert_eq!(
+            texts(&tab2),
+            vec![json!([null, null, "t", "presence_diff", {"joins": {}, "leaves": {"alice": {"metas": [{"phx_ref": r1}]}}}])]
+        );
+        hub.presence().untrack_conn(&hub, "t", tab2.conn);
+        assert_eq!(hub.presence_list("t"), json!({}));
+        assert!(hub.presence().topics.lock().is_empty(), "an empty topic keeps no state");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_within_the_interval_go_out_as_one_diff() {
+        let hub = hub(50);
+        let watcher = hub.register(Serializer::V2, None, None, 64);
+        hub.subscribe(&watcher, "t");
+        let socks: Vec<_> = (0..10).map(|_| hub.register(Serializer::V2, None, None, 8)).collect();
+        let mut refs = Vec::new();
+        for (i, s) in socks.iter().enumerate() {
+            refs.push(track(&hub, "t", s, &format!("k{i}"), json!({})));
+        }
+        // A join and a leave within the interval cancel out.
+        hub.presence().untrack_conn(&hub, "t", socks[9].conn);
+        assert!(texts(&watcher).is_empty(), "nothing before the interval ends");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let frames = texts(&watcher);
+        assert_eq!(frames.len(), 1);
+        let diff = &frames[0][4];
+        assert_eq!(diff["joins"].as_object().unwrap().len(), 9);
+        assert!(diff["joins"].get("k9").is_none());
+        assert_eq!(diff["leaves"], json!({}));
+
+        // Join-and-leave only: no diff at all.
+        let s = hub.register(Serializer::V2, None, None, 8);
+        track(&hub, "t", &s, "ghost", json!({}));
+        hub.presence().untrack_conn(&hub, "t", s.conn);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(texts(&watcher).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn state_is_as_of_the_last_flush_and_the_next_diff_completes_it() {
+        let hub = hub(50);
+        let a = hub.register(Serializer::V2, None, None, 64);
+        let b = hub.register(Serializer::V2, None, None, 64);
+        let ra = track(&hub, "t", &a, "a", json!({}));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        // Within the next interval: b joins, a leaves.
+        let rb = track(&hub, "t", &b, "b", json!({}));
+        hub.presence().untrack_conn(&hub, "t", a.conn);
+        let joiner = hub.register(Serializer::V2, None, None, 64);
+        hub.subscribe(&joiner, "t");
+        hub.presence().push_state("t", &joiner);
+        let other = hub.register(Serializer::V2, None, None, 64);
+        hub.subscribe(&other, "t");
+        hub.presence().push_state("t", &other);
+        let state = texts(&joiner);
+        assert_eq!(state, vec![json!([null, null, "t", "presence_state", {"a": {"metas": [{"phx_ref": ra}]}}])]);
+        {
+            let (f1, _) = {
+                hub.presence().push_state("t", &joiner);
+                joiner.outbox.take()
+            };
+            let (f2, _) = {
+                hub.presence().push_state("t", &other);
+                other.outbox.take()
+            };
+            let ptr = |f: &Frame| f.text().as_ptr();
+            assert_eq!(ptr(&f1[0]), ptr(&f2[1]), "joiners of one interval share the encoded state");
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(
+            texts(&joiner),
+            vec![json!([null, null, "t", "presence_diff", {
+                "joins": {"b": {"metas": [{"phx_ref": rb}]}},
+                "leaves": {"a": {"metas": [{"phx_ref": ra}]}}
+            }])]
+        );
+        assert_eq!(hub.presence_list("t"), json!({"b": {"metas": [{"phx_ref": rb}]}}));
+    }
+
+    #[test]
+    fn updating_a_users_metas_is_a_leave_and_a_join_with_phx_ref_prev() {
+        let hub = hub(0);
+        let s1 = hub.register(Serializer::V2, None, Some("u1".into()), 64);
+        let s2 = hub.register(Serializer::V2, None, Some("u1".into()), 64);
+        let other = hub.register(Serializer::V2, None, Some("u2".into()), 64);
+        for s in [&s1, &s2, &other] {
+            hub.subscribe(s, "room:a");
+        }
+        hub.subscribe(&s1, "room:b");
+        let r1 = track(&hub, "room:a", &s1, "h1", json!({"nickname": "old", "online_at": 1}));
+        let _r2 = track(&hub, "room:a", &s2, "h1", json!({"nickname": "old", "online_at": 2}));
+        let r3 = track(&hub, "room:b", &s1, "h1", json!({"nickname": "old", "online_at": 3}));
+        let ro = track(&hub, "room:a", &other, "h2", json!({"nickname": "them"}));
+        texts(&other);
+        let patch = json!({"nickname": "new", "phx_ref": "forged"});
+        assert_eq!(hub.presence_update_user("u1", patch.as_object().unwrap()), 3);
+        assert_eq!(hub.presence_update_user("nobody", patch.as_object().unwrap()), 0);
+        let frames = texts(&other);
+        assert_eq!(frames.len(), 1, "one diff for room:a (other is not on room:b)");
+        let diff = &frames[0][4];
+        assert_eq!(diff["leaves"]["h1"]["metas"].as_array().unwrap().len(), 2);
+        let joins = diff["joins"]["h1"]["metas"].as_array().unwrap();
+        assert_eq!(joins.len(), 2);
+        let j1 = joins.iter().find(|m| m["phx_ref_prev"] == json!(r1)).expect("phx_ref_prev names the old meta");
+        assert_eq!(j1["nickname"], "new");
+        assert_eq!(j1["online_at"], 1);
+        assert_ne!(j1["phx_ref"], json!(r1));
+        assert_ne!(j1["phx_ref"], json!("forged"));
+        let b = hub.presence_list("room:b");
+        assert_eq!(metas(&b, "h1")[0]["phx_ref_prev"], json!(r3));
+        assert_eq!(metas(&hub.presence_list("room:a"), "h2"), vec![json!({"nickname": "them", "phx_ref": ro})]);
+        // The renewed entries still leave with their connection.
+        hub.presence().untrack_conn(&hub, "room:a", s1.conn);
+        hub.presence().untrack_conn(&hub, "room:a", s2.conn);
+        assert!(hub.presence_list("room:a").get("h1").is_none());
+    }
+
+    #[test]
+    fn entries_carry_their_node_and_only_their_node_replaces_them() {
+        let hub = hub(0);
+        let watcher = hub.register(Serializer::V2, None, None, 64);
+        hub.subscribe(&watcher, "t");
+        let local = hub.register(Serializer::V2, None, None, 64);
+        let rl = track(&hub, "t", &local, "me", json!({}));
+        let me = hub.node_id();
+        let remote = me.wrapping_add(1);
+        let entry = |key: &str, r: &str| PresenceEntry {
+            key: key.into(),
+            node: remote,
+            meta: json!({"phx_ref": r}).as_object().unwrap().clone(),
+        };
+        hub.presence_merge(remote, "t", vec![entry("x", "r1"), entry("y", "r2")]).unwrap();
+        let mut entries = hub.presence_entries("t");
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(entries.iter().map(|e| (e.key.as_str(), e.node)).collect::<Vec<_>>(), vec![("me", me), ("x", remote), ("y", remote)]);
+        texts(&watcher);
+        // The remote node's new share: y left, z joined; x unchanged sends nothing for x.
+        hub.presence_merge(remote, "t", vec![entry("x", "r1"), entry("z", "r3")]).unwrap();
+        assert_eq!(
+            texts(&watcher),
+            vec![json!([null, null, "t", "presence_diff", {
+                "joins": {"z": {"metas": [{"phx_ref": "r3"}]}},
+                "leaves": {"y": {"metas": [{"phx_ref": "r2"}]}}
+            }])]
+        );
+        // Nobody can replace this node's own entries through a merge.
+        hub.presence_merge(me, "t", vec![]).unwrap();
+        assert_eq!(metas(&hub.presence_list("t"), "me"), vec![json!({"phx_ref": rl})]);
+        // A meta without phx_ref cannot be merged.
+        let bad = PresenceEntry { key: "q".into(), node: remote, meta: Map::new() };
+        assert_eq!(hub.presence_merge(remote, "t", vec![bad]), Err(PresenceError::MetaNotObject));
+        // The remote node goes away: its entries leave, ours stay.
+        assert_eq!(hub.presence_drop_node(remote), 2);
+        assert_eq!(hub.presence_drop_node(me), 0);
+        let list = hub.presence_list("t");
+        assert_eq!(list.as_object().unwrap().keys().collect::<Vec<_>>(), vec!["me"]);
+    }
+}
+
+/// Frames and bytes that thousands of joins on one topic cost, with and without coalescing.
+/// `cargo test -p channels --lib presence_cost -- --nocapture` prints the numbers.
+#[cfg(test)]
+mod cost {
+    use super::*;
+    use crate::bus::LocalBus;
+    use crate::channel::{Channel, ChannelContext, HandleIn};
+    use crate::session::Session;
+    use crate::socket::{ConnectInfo, Connection, Refusal, SocketHandler};
+    use async_trait::async_trait;
+    use serde_json::json;
+
+    struct Tracking;
+
+    #[async_trait]
+    impl Channel<()> for Tracking {
+        async fn join(&self, _topic: &str, _payload: Payload, ctx: &ChannelContext<()>) -> Result<Value, Value> {
+            let key = ctx.user().unwrap_or("anon").to_owned();
+            ctx.track(&key, json!({"nickname": key, "online_at": 1_700_000_000_000u64})).map_err(|e| json!({"reason": e.to_string()}))?;
+            Ok(json!({}))
+        }
+        async fn handle_in(&self, _event: &str, _payload: Payload, _ctx: &ChannelContext<()>) -> HandleIn {
+            HandleIn::NoReply
+        }
+    }
+
+    struct Handler(Arc<Tracking>);
+
+    #[async_trait]
+    impl SocketHandler for Handler {
+        type Assigns = ();
+        async fn connect(&self, _info: &ConnectInfo) -> Result<Connection<()>, Refusal> {
+            Ok(Connection::new(()))
+        }
+        fn channel(&self, _topic: &str) -> Option<Arc<dyn Channel<()>>> {
+            Some(self.0.clone())
+        }
+    }
+
+    #[derive(Default, Debug, Clone, Copy)]
+    struct Tally {
+        frames: u64,
+        bytes: u64,
+        state_frames: u64,
+        state_bytes: u64,
+        diff_frames: u64,
+        diff_bytes: u64,
+    }
+
+    fn drain(sockets: &[Arc<SocketShared>], tally: &mut Tally) {
+        for socket in sockets {
+            let (frames, close) = socket.outbox.take();
+            assert!(close.is_none(), "no socket may overflow");
+            for frame in frames {
+                let text = frame.text();
+                let len = text.len() as u64;
+                tally.frames += 1;
+                tally.bytes += len;
+                if text.starts_with(r#"[null,null,"lobby","presence_state""#) {
+                    tally.state_frames += 1;
+                    tally.state_bytes += len;
+                } else if text.starts_with(r#"[null,null,"lobby","presence_diff""#) {
+                    tally.diff_frames += 1;
+                    tally.diff_bytes += len;
+                }
+            }
+        }
+    }
+
+    /// `n` sockets join one topic, one every `gap`; everything sent is counted.
+    async fn run(n: usize, interval: Duration, gap: Duration) -> (Tally, Value) {
+        let hub = Hub::with_presence_interval(Arc::new(LocalBus), interval);
+        let handler = Arc::new(Handler(Arc::new(Tracking)));
+        let mut sockets = Vec::with_capacity(n);
+        let mut sessions = Vec::with_capacity(n);
+        let mut tally = Tally::default();
+        for i in 0..n {
+            let socket = hub.register(Serializer::V2, None, Some(format!("user{i:05}")), 4096);
+            let mut session = Session::new(handler.clone(), (), socket.clone(), hub.clone(), 10);
+            session.handle_text(r#"["1","1","lobby","phx_join",{}]"#).await;
+            sockets.push(socket);
+            sessions.push(session);
+            tokio::time::sleep(gap).await;
+            drain(&sockets, &mut tally);
+        }
+        tokio::time::sleep(interval * 2 + Duration::from_millis(1)).await;
+        drain(&sockets, &mut tally);
+        (tally, hub.presence_list("lobby"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn presence_cost_of_thousands_of_joins() {
+        const N: usize = 2000;
+        let gap = Duration::from_micros(500);
+        let (plain, list_plain) = run(N, Duration::ZERO, gap).await;
+        let (coalesced, list_coalesced) = run(N, Duration::from_millis(50), gap).await;
+        for (name, t) in [("one diff per change", plain), ("coalesced over 50 ms", coalesced)] {
+            println!(
+                "{N} joins, one per {gap:?}, {name}: {} frames, {} bytes (presence_state {} frames / {} bytes, presence_diff {} frames / {} bytes)",
+                t.frames, t.bytes, t.state_frames, t.state_bytes, t.diff_frames, t.diff_bytes
+            );
+        }
+        // Both end with everyone listed once.
+        assert_eq!(list_plain.as_object().unwrap().len(), N);
+        assert_eq!(list_coalesced.as_object().unwrap().len(), N);
+        // Every joiner gets its reply and one state.
+        assert_eq!(plain.state_frames, N as u64);
+        assert_eq!(coalesced.state_frames, N as u64);
+        // One diff per join to everyone already on the topic: N(N-1)/2.
+        assert_eq!(plain.diff_frames, (N * (N - 1) / 2) as u64);
+        // Coalesced: about one diff per interval (here 1 s of joins → ~20) to everyone.
+        assert!(coalesced.diff_frames <= 22 * N as u64, "{coalesced:?}");
+        assert!(coalesced.diff_frames * 40 < plain.diff_frames);
+        assert!(coalesced.bytes < plain.bytes);
+    }
+}
