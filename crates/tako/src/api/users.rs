@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -237,7 +238,10 @@ fn whole_number(value: &Value) -> Option<i64> {
     value.as_f64().filter(|f| f.fract() == 0.0 && (-LIMIT..LIMIT).contains(f)).map(|f| f as i64)
 }
 
-fn parse_id(id: &str) -> Result<UserId, ApiError> {
+/// The `{id}` segment as a user id. Whatever is not one, including a segment that is not even
+/// UTF-8 once percent-decoded (axum's own rejection would be a text/plain 400), is a 404.
+fn parse_id(id: Result<Path<String>, PathRejection>) -> Result<UserId, ApiError> {
+    let Ok(Path(id)) = id else { return Err(ApiError::not_found()) };
     id.parse().map_err(|_| ApiError::not_found())
 }
 
@@ -294,8 +298,11 @@ pub async fn create(State(state): State<AppState>, body: ResourceObject) -> Resu
     ),
     security(("bearer" = []))
 )]
-pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<JsonApi<UserDocument>, ApiError> {
-    let id = parse_id(&id)?;
+pub async fn show(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<JsonApi<UserDocument>, ApiError> {
+    let id = parse_id(id)?;
     let user = state.store.get(id).await?.ok_or_else(ApiError::not_found)?;
     Ok(JsonApi(StatusCode::OK, document(&user)))
 }
@@ -320,10 +327,10 @@ pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Resu
 )]
 pub async fn update(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     body: ResourceObject,
 ) -> Result<JsonApi<UserDocument>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = parse_id(id)?;
     body.expect_type(TYPE)?;
     match body.id() {
         None => {}
