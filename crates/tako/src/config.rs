@@ -60,6 +60,10 @@ pub struct Config {
     #[arg(long, env = "TAKO_MAX_FRAME_BYTES", default_value_t = 1024 * 1024)]
     pub max_frame_bytes: usize,
 
+    /// How long a message to an offline user waits before it expires (e.g. `7d`, `12h`, `30s`).
+    #[arg(long, env = "TAKO_MESSAGE_TTL", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub message_ttl: std::time::Duration,
+
     /// Seconds given to open sockets to close on shutdown.
     #[arg(long, env = "TAKO_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
@@ -125,6 +129,7 @@ impl Config {
             max_channels: 100,
             max_frame_bytes: 1024 * 1024,
             shutdown_timeout_secs: 10,
+            message_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod messages;
 pub mod realtime;

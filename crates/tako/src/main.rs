@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tako::cli::{Remote, UsersCommand};
 use tako::config::Config;
 use tako::startup::{self, Application};
 
@@ -20,22 +21,53 @@ enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Send a message to one user of a running server (delivered now, or when they next join).
+    Send {
+        user_id: String,
+        message: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Broadcast an event to a topic of a running server.
+    Broadcast {
+        topic: String,
+        event: String,
+        /// A JSON object; `{}` when omitted.
+        payload: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// The server-wide ping of a running server.
+    Ping {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Manage users of a running server.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     tako::telemetry::init();
     let cli = Cli::parse();
-    let config = match cli.config.normalize() {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("tako: {error}");
-            return ExitCode::from(2);
-        }
-    };
     let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(config).await,
-        Command::Migrate => migrate(config).await,
+        Command::Serve => match cli.config.normalize() {
+            Ok(config) => serve(config).await,
+            Err(error) => return config_error(error),
+        },
+        Command::Migrate => match cli.config.normalize() {
+            Ok(config) => migrate(config).await,
+            Err(error) => return config_error(error),
+        },
+        Command::Send { user_id, message, remote } => remote.send(&user_id, &message).await,
+        Command::Broadcast { topic, event, payload, remote } => remote.broadcast(&topic, &event, payload.as_deref()).await,
+        Command::Ping { remote } => remote.ping().await,
+        Command::Users { command, remote } => remote.users(command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -44,6 +76,11 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn config_error(error: impl std::fmt::Display) -> ExitCode {
+    eprintln!("tako: {error}");
+    ExitCode::from(2)
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

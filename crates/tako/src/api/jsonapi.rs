@@ -102,18 +102,22 @@ pub async fn negotiate(request: Request, next: Next) -> Response {
     if !accepts(request.headers()) {
         return ApiError::not_acceptable().into_response();
     }
-    let has_body = matches!(*request.method(), Method::POST | Method::PATCH | Method::PUT);
+    // A body is announced by its length or by chunked encoding; a bare `POST /api/ping` has none.
+    let headers = request.headers();
+    let announces_body = headers.get(header::CONTENT_LENGTH).is_some_and(|l| l.as_bytes() != b"0")
+        || headers.contains_key(header::TRANSFER_ENCODING);
+    let has_body = matches!(*request.method(), Method::POST | Method::PATCH | Method::PUT) && announces_body;
     if has_body && !content_type_supported(request.headers()) {
         return ApiError::unsupported_media_type().into_response();
     }
     next.run(request).await
 }
 
-/// The `data` object of a request document, parsed from a body of at most 64 KiB. Malformed
-/// JSON (the web client interpolates strings into its bodies) is a 400, never a 500.
-pub struct ResourceObject(pub Map<String, Value>);
+/// A JSON object body of at most 64 KiB. Malformed JSON (the web client interpolates strings
+/// into its bodies) is a 400, never a 500.
+pub struct JsonObject(pub Map<String, Value>);
 
-impl<S: Send + Sync> FromRequest<S> for ResourceObject {
+impl<S: Send + Sync> FromRequest<S> for JsonObject {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
@@ -126,9 +130,21 @@ impl<S: Send + Sync> FromRequest<S> for ResourceObject {
         })?;
         let document: Value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::invalid_body(format!("The body is not valid JSON: {e}")))?;
-        let Value::Object(mut document) = document else {
-            return Err(ApiError::invalid_body("The body must be a JSON object").at_pointer(""));
-        };
+        match document {
+            Value::Object(object) => Ok(JsonObject(object)),
+            _ => Err(ApiError::invalid_body("The body must be a JSON object").at_pointer("")),
+        }
+    }
+}
+
+/// The `data` object of a JSON:API request document.
+pub struct ResourceObject(pub Map<String, Value>);
+
+impl<S: Send + Sync> FromRequest<S> for ResourceObject {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let JsonObject(mut document) = JsonObject::from_request(request, state).await?;
         match document.remove("data") {
             Some(Value::Object(data)) => Ok(ResourceObject(data)),
             Some(_) => Err(ApiError::invalid_body("`data` must be a resource object").at_pointer("/data")),

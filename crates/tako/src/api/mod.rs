@@ -6,6 +6,7 @@ mod health;
 pub mod jsonapi;
 mod leaderboard;
 pub mod openapi;
+mod operators;
 mod users;
 
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::trace::TraceLayer;
@@ -38,9 +39,13 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     let jsonapi = Router::new()
         .route(users::BASE, get(users::list).post(users::create))
         .route(&format!("{}/", users::BASE), get(users::list).post(users::create))
-        .route(&format!("{}/{{id}}", users::BASE), get(users::show).patch(users::update))
+        .route(&format!("{}/{{id}}", users::BASE), get(users::show).patch(users::update).delete(users::delete))
         .route("/api/json/leaderboard", get(leaderboard::leaderboard))
         .route("/api/json/open_api", get(openapi::open_api))
+        .route("/api/messages", post(operators::send_message))
+        .route("/api/messages/{id}", get(operators::message_status))
+        .route("/api/broadcasts", post(operators::broadcast))
+        .route("/api/ping", post(operators::ping))
         .route_layer(from_fn(jsonapi::negotiate))
         .route_layer(from_fn_with_state(state.tokens.clone(), auth::authenticate));
 

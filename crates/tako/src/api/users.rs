@@ -278,6 +278,7 @@ pub async fn create(State(state): State<AppState>, body: ResourceObject) -> Resu
         updated_at: now,
     };
     state.store.create(&user).await?;
+    state.realtime.user_registered(user.id);
     let mut response = JsonApi(StatusCode::CREATED, document(&user)).into_response();
     if let Ok(location) = HeaderValue::from_str(&self_link(user.id)) {
         response.headers_mut().insert(header::LOCATION, location);
@@ -432,4 +433,33 @@ mod tests {
         assert_eq!(whole_number(&json!("7")), None);
         assert_eq!(whole_number(&json!(null)), None);
     }
+}
+
+/// Delete a user (operators only): its stored messages go with it and its sockets are closed.
+#[utoipa::path(
+    delete, path = "/api/json/accounts/users/{id}", tag = "users",
+    params(("id" = String, Path, description = "The user's UUID")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing or wrong token", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 403, description = "Not the admin token", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 404, description = "No such user (or not a UUID)", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 406, description = "Accept allows no JSON", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 503, description = "Database unavailable", body = ErrorDocument, content_type = "application/vnd.api+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(role): Extension<Role>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(role)?;
+    let id = parse_id(id)?;
+    if !state.store.delete(id).await? {
+        return Err(ApiError::not_found());
+    }
+    let sockets = state.realtime.disconnect_user(id);
+    tracing::info!(sockets, "user deleted");
+    Ok(StatusCode::NO_CONTENT)
 }

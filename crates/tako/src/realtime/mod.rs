@@ -2,6 +2,7 @@
 //! and the delivery API the operators' routes and CLI use.
 
 mod directory;
+mod mailbox;
 mod notifications;
 mod sockets;
 
@@ -11,9 +12,11 @@ use channels::{Endpoint, EndpointConfig, Hub, Payload, TopicMatch};
 use serde_json::{json, Map, Value};
 
 use crate::accounts::UserId;
-use crate::storage::Store;
 use crate::config::Config;
+use crate::messages::{Message, MessageId};
+use crate::storage::{Store, StoreError};
 pub use directory::UserDirectory;
+pub use mailbox::Mailbox;
 pub use notifications::{is_notifications_topic, NOTIFICATIONS};
 pub use sockets::SocketUser;
 use sockets::TakoSockets;
@@ -23,12 +26,14 @@ use sockets::TakoSockets;
 pub struct Realtime {
     endpoint: Arc<Endpoint<TakoSockets>>,
     directory: Arc<UserDirectory>,
+    mailbox: Arc<Mailbox>,
 }
 
 impl Realtime {
     pub fn new(store: Arc<dyn Store>, config: &Config) -> Realtime {
         let directory = UserDirectory::spawn(store.clone());
-        let handler = TakoSockets::new(directory.clone());
+        let mailbox = Mailbox::spawn(store, config.message_ttl);
+        let handler = TakoSockets::new(directory.clone(), mailbox.clone());
         let endpoint_config = EndpointConfig {
             heartbeat_timeout: config.heartbeat_timeout(),
             max_channels: config.max_channels,
@@ -36,7 +41,7 @@ impl Realtime {
             shutdown_timeout: config.shutdown_timeout(),
             ..EndpointConfig::default()
         };
-        Realtime { endpoint: Endpoint::new(handler, endpoint_config), directory }
+        Realtime { endpoint: Endpoint::new(handler, endpoint_config), directory, mailbox }
     }
 
     /// `/websocket` (and later `/longpoll`), to nest under `/socket`.
@@ -48,13 +53,21 @@ impl Realtime {
         self.endpoint.hub()
     }
 
-    /// Pushes `msg` `{"user_id","message",…extra}` to that user's sockets on their joined
-    /// notifications topics; returns how many channel subscriptions got it.
-    pub fn send_message(&self, user: UserId, message: &str, extra: Map<String, Value>) -> usize {
-        let mut payload = extra;
-        payload.insert("user_id".into(), Value::String(user.to_string()));
-        payload.insert("message".into(), Value::String(message.to_owned()));
-        self.hub().send_to_user(&user.to_string(), notifications_topics(), "msg", Payload::Json(Value::Object(payload)))
+    /// Stores a message for `user` and pushes `msg` `{"user_id","message",…extra,"id",
+    /// "inserted_at"}` to their joined notifications topics if they are online; otherwise it
+    /// waits for their next join. Returns the message and whether it was delivered now.
+    pub async fn send_message(&self, user: UserId, text: String, extra: Map<String, Value>) -> Result<(Message, bool), StoreError> {
+        self.mailbox.send(&self.hub(), user, text, extra).await
+    }
+
+    /// A stored message and its delivery state.
+    pub async fn message(&self, id: MessageId) -> Result<Option<Message>, StoreError> {
+        self.mailbox.message(id).await
+    }
+
+    /// Remember a user that was just registered, so its first connect needs no query.
+    pub fn user_registered(&self, user: UserId) {
+        self.directory.remember(user);
     }
 
     /// Any event to everyone on `topic`.

@@ -4,6 +4,9 @@
 use channels::{async_trait, Channel, ChannelContext, HandleIn, Payload};
 use serde_json::{json, Value};
 
+use std::sync::Arc;
+
+use super::mailbox::Mailbox;
 use super::sockets::SocketUser;
 
 pub const NOTIFICATIONS: &str = "notifications";
@@ -12,7 +15,15 @@ pub fn is_notifications_topic(topic: &str) -> bool {
     topic == NOTIFICATIONS || topic.strip_prefix(NOTIFICATIONS).is_some_and(|rest| rest.starts_with(':'))
 }
 
-pub struct NotificationsChannel;
+pub struct NotificationsChannel {
+    mailbox: Arc<Mailbox>,
+}
+
+impl NotificationsChannel {
+    pub fn new(mailbox: Arc<Mailbox>) -> NotificationsChannel {
+        NotificationsChannel { mailbox }
+    }
+}
 
 fn error(reason: &str) -> HandleIn {
     HandleIn::Reply(Err(Payload::Json(json!({ "reason": reason }))))
@@ -36,7 +47,15 @@ fn nickname(payload: &Payload) -> Result<&str, HandleIn> {
 
 #[async_trait]
 impl Channel<SocketUser> for NotificationsChannel {
-    async fn join(&self, _topic: &str, _payload: Payload, _ctx: &ChannelContext<SocketUser>) -> Result<Value, Value> {
+    async fn join(&self, _topic: &str, _payload: Payload, ctx: &ChannelContext<SocketUser>) -> Result<Value, Value> {
+        // Messages that waited for this user go out once the join is done (the task's first
+        // query takes longer than the engine needs to subscribe and reply).
+        let (mailbox, ctx) = (self.mailbox.clone(), ctx.clone());
+        tokio::spawn(async move {
+            if let Err(error) = mailbox.deliver_waiting(&ctx).await {
+                tracing::warn!(%error, "delivering waiting messages failed; they stay waiting");
+            }
+        });
         Ok(json!({}))
     }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use channels::{async_trait, Channel, ConnectInfo, Connection, Refusal, SocketHandler};
 
 use super::directory::UserDirectory;
+use super::mailbox::Mailbox;
 use super::notifications::{is_notifications_topic, NotificationsChannel};
 use crate::accounts::UserId;
 
@@ -19,8 +20,8 @@ pub struct TakoSockets {
 }
 
 impl TakoSockets {
-    pub fn new(directory: Arc<UserDirectory>) -> TakoSockets {
-        TakoSockets { directory, notifications: Arc::new(NotificationsChannel) }
+    pub fn new(directory: Arc<UserDirectory>, mailbox: Arc<Mailbox>) -> TakoSockets {
+        TakoSockets { directory, notifications: Arc::new(NotificationsChannel::new(mailbox)) }
     }
 }
 

@@ -185,3 +185,73 @@ pub fn update_body(attributes: Value) -> String {
     json!({"data": {"type": "user", "attributes": attributes}}).to_string()
 }
 
+
+/// A minimal Phoenix v2 client over tokio-tungstenite, for asserting bytes on the wire.
+pub struct WsClient {
+    stream: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    next_ref: u64,
+}
+
+impl WsClient {
+    pub async fn connect(app: &TestApp, user_id: &str) -> WsClient {
+        let url = format!("{}/socket/websocket?vsn=2.0.0&userToken={user_id}", app.address.replace("http://", "ws://"));
+        let (stream, _) = tokio_tungstenite::connect_async(url).await.expect("socket connects");
+        WsClient { stream, next_ref: 0 }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        use futures_util::SinkExt;
+        self.stream.send(tokio_tungstenite::tungstenite::Message::text(frame.to_string())).await.unwrap();
+    }
+
+    /// Joins `topic` and waits for the ok reply.
+    pub async fn join(&mut self, topic: &str) {
+        self.next_ref += 1;
+        let r = self.next_ref.to_string();
+        self.send(json!([r, r, topic, "phx_join", {}])).await;
+        let reply = self.next_event("phx_reply").await;
+        assert_eq!(reply[4]["status"], "ok", "join {topic}: {reply}");
+    }
+
+    /// The next frame with this event (others are skipped), within 5 s.
+    pub async fn next_event(&mut self, event: &str) -> Value {
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                let frame = self.next_frame().await.unwrap_or_else(|| panic!("socket closed waiting for {event}"));
+                if frame[3] == event {
+                    return frame;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {event} within 5 s"))
+    }
+
+    /// The next text frame, or None when the socket closed.
+    pub async fn next_frame(&mut self) -> Option<Value> {
+        use futures_util::StreamExt;
+        while let Some(message) = self.stream.next().await {
+            match message.ok()? {
+                tokio_tungstenite::tungstenite::Message::Text(text) => return Some(serde_json::from_str(&text).unwrap()),
+                tokio_tungstenite::tungstenite::Message::Close(_) => return None,
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Asserts nothing with this event arrives within `ms`.
+    pub async fn assert_no_event(&mut self, event: &str, ms: u64) {
+        let wait = tokio::time::timeout(std::time::Duration::from_millis(ms), async {
+            while let Some(frame) = self.next_frame().await {
+                if frame[3] == event {
+                    return frame;
+                }
+            }
+            Value::Null
+        });
+        if let Ok(frame) = wait.await {
+            assert!(frame.is_null(), "unexpected {event}: {frame}");
+        }
+    }
+}

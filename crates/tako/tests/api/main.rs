@@ -5,5 +5,6 @@ mod helpers;
 mod jsonapi;
 mod leaderboard;
 mod openapi;
+mod operators;
 mod storage;
 mod users;
