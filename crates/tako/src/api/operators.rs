@@ -140,6 +140,7 @@ pub async fn message_status(
 
 /// `{"topic": …, "event": …, "payload": {…}}`
 #[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct Broadcast {
     #[schema(min_length = 1, max_length = 255, example = "notifications")]
