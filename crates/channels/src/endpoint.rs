@@ -20,6 +20,7 @@ pub struct Endpoint<H: SocketHandler> {
     pub(crate) config: EndpointConfig,
     pub(crate) hub: Hub,
     pub(crate) lifecycle: Arc<Lifecycle>,
+    pub(crate) longpoll: transport::longpoll::Sessions,
 }
 
 /// Whether the endpoint accepts sockets, and how many socket tasks are alive.
@@ -69,6 +70,7 @@ impl<H: SocketHandler> Endpoint<H> {
             config,
             hub,
             lifecycle: Arc::default(),
+            longpoll: Default::default(),
         })
     }
 
@@ -81,11 +83,24 @@ impl<H: SocketHandler> Endpoint<H> {
     }
 
     /// Routes to nest under the mount: `app.nest("/socket", endpoint.routes())` serves
-    /// `GET /socket/websocket`.
+    /// `GET /socket/websocket` and `GET|POST|OPTIONS /socket/longpoll`.
     pub fn routes(self: &Arc<Self>) -> Router {
+        use transport::longpoll;
         Router::new()
             .route("/websocket", get(transport::websocket::upgrade::<H>))
+            .route(
+                "/longpoll",
+                get(longpoll::poll::<H>)
+                    .post(longpoll::publish::<H>)
+                    .options(longpoll::preflight)
+                    .fallback(longpoll::other_method),
+            )
             .with_state(self.clone())
+    }
+
+    /// Live LongPoll sessions.
+    pub fn longpoll_sessions(&self) -> usize {
+        self.longpoll.len()
     }
 
     /// Starts (once, from inside the runtime) the task that closes silent sockets. It checks

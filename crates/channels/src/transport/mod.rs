@@ -1,2 +1,3 @@
 //! Transports carry frames between a client and its [`Session`](crate::session::Session).
+pub(crate) mod longpoll;
 pub(crate) mod websocket;
