@@ -94,3 +94,81 @@ async fn batcher(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::accounts::{LeaderboardEntry, User, UserChanges};
+    use crate::storage::StoreError;
+
+    /// Knows a fixed set of users and counts the lookups it is asked.
+    struct CountingStore {
+        users: HashSet<UserId>,
+        queries: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl UserStore for CountingStore {
+        async fn create(&self, _: &User) -> Result<(), StoreError> {
+            unreachable!("not used by the directory")
+        }
+        async fn get(&self, _: UserId) -> Result<Option<User>, StoreError> {
+            unreachable!("not used by the directory")
+        }
+        async fn update(&self, _: UserId, _: &UserChanges) -> Result<Option<User>, StoreError> {
+            unreachable!("not used by the directory")
+        }
+        async fn delete(&self, _: UserId) -> Result<bool, StoreError> {
+            unreachable!("not used by the directory")
+        }
+        async fn list(&self, _: u32, _: u64) -> Result<(Vec<User>, u64), StoreError> {
+            unreachable!("not used by the directory")
+        }
+        async fn leaderboard(&self, _: u32) -> Result<Vec<LeaderboardEntry>, StoreError> {
+            unreachable!("not used by the directory")
+        }
+        async fn existing(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError> {
+            self.queries.fetch_add(1, Ordering::SeqCst);
+            // A database round trip, so concurrent connects pile up behind it.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            Ok(ids.iter().filter(|id| self.users.contains(id)).copied().collect())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connect_storm_costs_a_few_batched_queries() {
+        let known: Vec<UserId> = (0..2000).map(|_| UserId::generate()).collect();
+        let store = Arc::new(CountingStore { users: known.iter().copied().collect(), queries: AtomicUsize::new(0) });
+        let directory = UserDirectory::spawn(store.clone());
+
+        let unknown = UserId::generate();
+        let mut lookups = Vec::new();
+        for id in known.iter().copied().chain(std::iter::once(unknown)) {
+            let directory = directory.clone();
+            lookups.push(tokio::spawn(async move { (id, directory.exists(id).await) }));
+        }
+        for lookup in lookups {
+            let (id, exists) = lookup.await.unwrap();
+            assert_eq!(exists, Ok(id != unknown));
+        }
+        let storm = store.queries.load(Ordering::SeqCst);
+        assert!(storm <= 20, "2001 concurrent connects took {storm} queries");
+
+        // Known users reconnecting again cost nothing; the unknown one is asked again.
+        for id in &known[..100] {
+            assert_eq!(directory.exists(*id).await, Ok(true));
+        }
+        assert_eq!(store.queries.load(Ordering::SeqCst), storm);
+        assert_eq!(directory.exists(unknown).await, Ok(false));
+        assert_eq!(store.queries.load(Ordering::SeqCst), storm + 1);
+
+        // A deleted user is forgotten and asked about again.
+        directory.forget(known[0]);
+        assert_eq!(directory.exists(known[0]).await, Ok(true));
+        assert_eq!(store.queries.load(Ordering::SeqCst), storm + 2);
+    }
+}

@@ -126,3 +126,40 @@ async fn data_survives_a_restart() {
         assert_eq!(user["data"]["attributes"]["stamps_collected"], 4);
     }
 }
+
+#[tokio::test]
+async fn waiting_messages_are_found_by_an_index_however_many_are_stored() {
+    let Some(admin) = postgres_admin_url() else {
+        eprintln!("note: TAKO_TEST_DATABASE_URL is not set; the index test needs PostgreSQL");
+        return;
+    };
+    let app = TestApp::spawn(Backend::Postgres(admin)).await;
+    let id = app.register_id(Some("Inbox")).await;
+    let mut conn = sqlx::PgConnection::connect(&app.database_url).await.unwrap();
+    // 200k delivered messages for 2,000 users, and a few waiting for ours.
+    sqlx::query(
+        "INSERT INTO users (id, nickname, inserted_at, updated_at, stamps_changed_at)
+         SELECT gen_random_uuid(), 'u' || g, now(), now(), now() FROM generate_series(1, 2000) g",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO messages (id, user_id, body, inserted_at, expires_at, delivered_at)
+         SELECT gen_random_uuid(), u.id, '{\"message\":\"old\"}', now(), now() + interval '1 day', now()
+         FROM users u CROSS JOIN generate_series(1, 100)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE messages").execute(&mut conn).await.unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN SELECT id FROM messages WHERE user_id = $1 AND delivered_at IS NULL AND expires_at > now() ORDER BY seq LIMIT 100",
+    )
+    .bind(uuid::Uuid::parse_str(&id).unwrap())
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("messages_pending_idx"), "{plan}");
+}
