@@ -1,0 +1,209 @@
+//! Tako's benchmark harness. `cargo run --release -p bench -- all` runs every scenario against
+//! every server in turn and prints one table (see BENCHMARKS.md). Subcommands:
+//!
+//! - `all [--sizes 1000,10000] [--servers tako,floor,socketio] [--http-users 1000000] [--no-http]`
+//! - `ws …` (scenarios 1–4 only), `http …` (scenario 5 only)
+//! - `floor --port P`: the raw tokio-tungstenite floor server
+//! - `http-floor --port P --database-url URL`: the minimal axum+sqlx handler of scenario 5
+//!
+//! Every load is bounded in count and time, on loopback only; every server it starts is
+//! stopped (and killed on drop) before it exits.
+
+mod floor;
+mod gen;
+mod httpfloor;
+mod proto;
+mod runner;
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use runner::{Kind, Paths, WsPlan};
+
+struct Args {
+    rest: Vec<String>,
+}
+
+impl Args {
+    fn value(&self, flag: &str) -> Option<String> {
+        self.rest.iter().position(|a| a == flag).and_then(|i| self.rest.get(i + 1).cloned())
+    }
+    fn has(&self, flag: &str) -> bool {
+        self.rest.iter().any(|a| a == flag)
+    }
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("bench/ has a parent").to_path_buf()
+}
+
+fn sh(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The Tako binary to measure: `TAKO_BIN`, or a release build of the committed `HEAD` (built
+/// from `git archive` so that others' uncommitted edits neither break nor blur the run).
+fn prepare_tako(work: &Path) -> anyhow::Result<(PathBuf, String)> {
+    if let Ok(bin) = std::env::var("TAKO_BIN") {
+        return Ok((PathBuf::from(bin), "TAKO_BIN".into()));
+    }
+    let root = repo_root();
+    let rev = sh(Command::new("git").arg("-C").arg(&root).args(["rev-parse", "--short", "HEAD"]))?;
+    let src = work.join("src");
+    std::fs::create_dir_all(&src)?;
+    let archive = Command::new("git")
+        .arg("-C")
+        .arg(&root)
+        .args(["archive", "--format=tar", "HEAD"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let status = Command::new("tar").arg("-x").arg("-C").arg(&src).stdin(archive.stdout.expect("piped")).status()?;
+    if !status.success() {
+        bail!("extracting HEAD failed");
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| format!("{}/.cache/tako-target", std::env::var("HOME").unwrap_or_default()));
+    eprintln!("building Tako {rev} (release) …");
+    let status = Command::new("cargo")
+        .args(["build", "--release", "--quiet", "-p", "tako", "--manifest-path"])
+        .arg(src.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .status()?;
+    if !status.success() {
+        bail!("building Tako at {rev} failed");
+    }
+    // Copy it out at once: others build into the same target directory.
+    let bin = work.join("tako");
+    std::fs::copy(Path::new(&target).join("release/tako"), &bin)?;
+    Ok((bin, rev))
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .unwrap_or_else(|| "?".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .map(|kb| format!("{:.0} GiB", kb as f64 / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    let kernel = sh(Command::new("uname").arg("-r")).unwrap_or_default();
+    format!("{cpu}, {cores} cores, {mem} RAM, Linux {kernel}")
+}
+
+async fn all(args: &Args, ws: bool, http: bool) -> anyhow::Result<()> {
+    let sizes: Vec<usize> = args
+        .value("--sizes")
+        .unwrap_or_else(|| "1000,10000".into())
+        .split(',')
+        .map(|s| s.trim().parse().context("--sizes"))
+        .collect::<anyhow::Result<_>>()?;
+    if let Some(&n) = sizes.iter().find(|&&n| n > 19_000) {
+        bail!("N={n}: one process holds at most ~19,900 sockets here (hard fd limit 20,000), servers included");
+    }
+    let servers: Vec<Kind> = args
+        .value("--servers")
+        .unwrap_or_else(|| "tako,floor,socketio".into())
+        .split(',')
+        .map(|s| Kind::parse(s.trim()).with_context(|| format!("unknown server {s}")))
+        .collect::<anyhow::Result<_>>()?;
+    let http_users: u64 = args.value("--http-users").map(|v| v.parse()).transpose()?.unwrap_or(1_000_000);
+    let http_secs: u64 = args.value("--http-secs").map(|v| v.parse()).transpose()?.unwrap_or(10);
+    let plan = WsPlan {
+        repeats: args.value("--repeats").map(|v| v.parse()).transpose()?.unwrap_or(50),
+        throughput_secs: args.value("--steady-secs").map(|v| v.parse()).transpose()?.unwrap_or(5),
+        window: args.value("--window").map(|v| v.parse()).transpose()?.unwrap_or(8),
+        targeted_repeats: args.value("--targeted").map(|v| v.parse()).transpose()?.unwrap_or(200),
+    };
+
+    let work = std::env::temp_dir().join(format!("tako-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let result = async {
+        let (tako, rev) = prepare_tako(&work)?;
+        let paths = Paths {
+            tako,
+            bench: std::env::current_exe()?,
+            socketio_dir: repo_root().join("bench/socketio"),
+            work: work.clone(),
+        };
+        if ws && servers.contains(&Kind::SocketIo) && !paths.socketio_dir.join("node_modules/socket.io").exists() {
+            bail!("run `npm install` in bench/socketio first");
+        }
+        let started = chrono::Utc::now();
+        let mut rows = Vec::new();
+        if ws {
+            for &n in &sizes {
+                for &kind in &servers {
+                    eprintln!("{kind:?} N={n}");
+                    match runner::run_ws(kind, n, &paths, &plan).await {
+                        Ok(row) => rows.push(row),
+                        Err(e) => {
+                            eprintln!("  {kind:?} N={n} failed: {e:#}");
+                            rows.push(runner::Row { kind: Some(kind), n, notes: vec![format!("failed: {e:#}")], ..Default::default() });
+                        }
+                    }
+                }
+            }
+        }
+        let mut http_rows = Vec::new();
+        if http {
+            eprintln!("HTTP on PostgreSQL with {http_users} users");
+            match runner::run_http(&paths, http_users, http_secs).await {
+                Ok(r) => http_rows = r,
+                Err(e) => eprintln!("  HTTP scenario failed: {e:#}"),
+            }
+        }
+        println!("Date: {} · Tako {rev} · machine: {}", started.format("%Y-%m-%d %H:%M UTC"), machine());
+        println!(
+            "Plan: N = {sizes:?}; broadcast latency over {} broadcasts one at a time; steady broadcast {} s with {} in flight; {} targeted messages\n",
+            plan.repeats, plan.throughput_secs, plan.window, plan.targeted_repeats
+        );
+        if ws {
+            println!("{}", runner::ws_table(&rows));
+        }
+        if !http_rows.is_empty() {
+            println!("Scenario 5, HTTP on PostgreSQL with {http_users} users (wrk -t1 -c16 -d{http_secs}s):\n");
+            println!("{}", runner::http_table(&http_rows));
+        }
+        println!("Targets:\n");
+        println!("{}", runner::targets(&rows, &http_rows));
+        anyhow::Ok(())
+    }
+    .await;
+    if !args.has("--keep") {
+        let _ = std::fs::remove_dir_all(&work);
+    } else {
+        eprintln!("kept {}", work.display());
+    }
+    result
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut argv = std::env::args().skip(1);
+    let command = argv.next().unwrap_or_else(|| "all".into());
+    let args = Args { rest: argv.collect() };
+    match command.as_str() {
+        "all" => all(&args, true, !args.has("--no-http")).await,
+        "ws" => all(&args, true, false).await,
+        "http" => all(&args, false, true).await,
+        "floor" => {
+            let port = args.value("--port").or_else(|| std::env::var("PORT").ok()).context("--port")?.parse()?;
+            floor::serve(port).await
+        }
+        "http-floor" => {
+            let port = args.value("--port").context("--port")?.parse()?;
+            let url = args.value("--database-url").context("--database-url")?;
+            httpfloor::serve(port, &url).await
+        }
+        other => bail!("unknown command {other}; try all, ws, http, floor, http-floor"),
+    }
+}

@@ -1,0 +1,631 @@
+//! Starts each server in turn, drives it with the generator, and prints one table.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::process::{Child, Command};
+
+use crate::gen::{Clients, Target};
+use crate::proto::{user_id, Proto};
+use crate::stats::{fmt_bytes, fmt_duration, fmt_rate, quantiles, rss_of_tree, Quantiles};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Tako,
+    Floor,
+    SocketIo,
+}
+
+impl Kind {
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "tako" => Some(Kind::Tako),
+            "floor" | "raw" => Some(Kind::Floor),
+            "socketio" | "socket.io" => Some(Kind::SocketIo),
+            _ => None,
+        }
+    }
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Tako => "Tako",
+            Kind::Floor => "raw floor (tokio-tungstenite)",
+            Kind::SocketIo => "Socket.IO 4.8 (Node 20)",
+        }
+    }
+    fn proto(self) -> Proto {
+        match self {
+            Kind::Tako => Proto::Phoenix,
+            Kind::Floor => Proto::Raw,
+            Kind::SocketIo => Proto::SocketIo,
+        }
+    }
+}
+
+pub struct Paths {
+    pub tako: PathBuf,
+    pub bench: PathBuf,
+    pub socketio_dir: PathBuf,
+    pub work: PathBuf,
+}
+
+pub struct Server {
+    child: Child,
+    pub pid: u32,
+    pub port: u16,
+}
+
+impl Server {
+    pub async fn stop(mut self) {
+        // SIGTERM first (Tako drains its sockets), then SIGKILL after a bounded wait.
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status();
+        if tokio::time::timeout(Duration::from_secs(8), self.child.wait()).await.is_err() {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
+    }
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_tcp(port: u16, child: &mut Child) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            bail!("server exited early: {status}");
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("server on port {port} not ready within 30 s")
+}
+
+async fn wait_http(port: u16, child: &mut Child) -> anyhow::Result<()> {
+    wait_tcp(port, child).await?;
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(r) = reqwest::get(&url).await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{url} not 200 within 30 s")
+}
+
+fn log_file(work: &Path, name: &str) -> anyhow::Result<Stdio> {
+    Ok(Stdio::from(std::fs::File::create(work.join(format!("{name}.log")))?))
+}
+
+fn tako_command(paths: &Paths, database_url: &str) -> Command {
+    let mut cmd = Command::new(&paths.tako);
+    cmd.env("DATABASE_URL", database_url)
+        .env("TAKO_BIND", "127.0.0.1")
+        .env_remove("HOLOQUEST_API_TOKEN")
+        .env_remove("TAKO_ADMIN_TOKEN")
+        .env_remove("TAKO_PUBSUB_URL")
+        .env("TAKO_ENV", "dev")
+        .env("TAKO_LOG", "warn")
+        // Bench clients send no heartbeats; no phase lasts this long.
+        .env("TAKO_HEARTBEAT_TIMEOUT", "3600")
+        .env("TAKO_SHUTDOWN_TIMEOUT", "3")
+        .kill_on_drop(true);
+    cmd
+}
+
+pub async fn start(kind: Kind, paths: &Paths, database_url: &str) -> anyhow::Result<Server> {
+    let port = free_port()?;
+    let (mut cmd, http) = match kind {
+        Kind::Tako => (tako_command(paths, database_url), true),
+        Kind::Floor => {
+            let mut c = Command::new(&paths.bench);
+            c.arg("floor").arg("--port").arg(port.to_string());
+            (c, false)
+        }
+        Kind::SocketIo => {
+            let mut c = Command::new("node");
+            c.arg(paths.socketio_dir.join("server.js")).current_dir(&paths.socketio_dir);
+            (c, false)
+        }
+    };
+    cmd.env("PORT", port.to_string())
+        .stdin(Stdio::null())
+        .stdout(log_file(&paths.work, &format!("{kind:?}-{port}"))?)
+        .stderr(log_file(&paths.work, &format!("{kind:?}-{port}.err"))?)
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().with_context(|| format!("starting {kind:?}"))?;
+    let pid = child.id().context("child pid")?;
+    if http {
+        wait_http(port, &mut child).await?;
+    } else {
+        wait_tcp(port, &mut child).await?;
+    }
+    Ok(Server { child, pid, port })
+}
+
+/// A SQLite database with users 0..=n (n is the control connection), migrated by Tako itself.
+pub async fn sqlite_with_users(paths: &Paths, n: usize) -> anyhow::Result<String> {
+    let file = paths.work.join(format!("users-{n}.db"));
+    let url = format!("sqlite://{}", file.display());
+    if file.exists() {
+        return Ok(url);
+    }
+    let status = tako_command(paths, &url).arg("migrate").stdout(Stdio::null()).status().await?;
+    if !status.success() {
+        bail!("tako migrate failed: {status}");
+    }
+    use sqlx::sqlite::SqlitePoolOptions;
+    let pool = SqlitePoolOptions::new().max_connections(1).connect(&url).await?;
+    let mut tx = pool.begin().await?;
+    let now = chrono::Utc::now().timestamp_micros();
+    for chunk in (0..=n).collect::<Vec<_>>().chunks(5000) {
+        let mut sql = String::from(
+            "INSERT INTO users (id, nickname, stamps_collected, inserted_at, updated_at, stamps_changed_at) VALUES ",
+        );
+        for (k, i) in chunk.iter().enumerate() {
+            if k > 0 {
+                sql.push(',');
+            }
+            write!(sql, "('{}','bench{i}',0,{now},{now},{now})", user_id(*i))?;
+        }
+        sqlx::query(&sql).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    pool.close().await;
+    Ok(url)
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Row {
+    pub kind: Option<Kind>,
+    pub n: usize,
+    pub joined: usize,
+    pub rss_before: u64,
+    pub rss_after: u64,
+    pub first: Option<Quantiles>,
+    pub last: Option<Quantiles>,
+    pub broadcast_incomplete: usize,
+    pub deliveries_per_sec: Option<f64>,
+    pub targeted: Option<Quantiles>,
+    pub targeted_note: Option<String>,
+    pub storm: Option<Duration>,
+    pub storm_joined: usize,
+    pub storm_median: Option<Duration>,
+    pub notes: Vec<String>,
+}
+
+impl Row {
+    pub fn per_socket(&self) -> Option<f64> {
+        (self.joined > 0).then(|| (self.rss_after as f64 - self.rss_before as f64) / self.joined as f64)
+    }
+}
+
+pub struct WsPlan {
+    pub repeats: usize,
+    pub throughput_secs: u64,
+    pub window: usize,
+    pub targeted_repeats: usize,
+}
+
+/// Scenarios 1–3 on one fresh server, then scenario 4 on another fresh one.
+pub async fn run_ws(kind: Kind, n: usize, paths: &Paths, plan: &WsPlan) -> anyhow::Result<Row> {
+    let mut row = Row { kind: Some(kind), n, ..Row::default() };
+    let db = if kind == Kind::Tako { sqlite_with_users(paths, n).await? } else { String::new() };
+
+    // 1–3: paced connects (64 in flight), so the memory is that of idle joined sockets.
+    let server = start(kind, paths, &db).await?;
+    let target = Target {
+        proto: kind.proto(),
+        addr: ([127, 0, 0, 1], server.port).into(),
+        http_base: (kind == Kind::Tako).then(|| format!("http://127.0.0.1:{}", server.port)),
+    };
+    let result = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        row.rss_before = rss_of_tree(server.pid).unwrap_or(0);
+        let (mut clients, joined) = Clients::connect(target.clone(), n, Some(64)).await?;
+        row.joined = joined.joined;
+        if joined.errors > 0 {
+            row.notes.push(format!("{} of {n} failed to join", joined.errors));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        row.rss_after = rss_of_tree(server.pid).unwrap_or(0);
+        eprintln!("  [{kind:?} n={n}] joined {} rss {} → {}", row.joined, fmt_bytes(row.rss_before as f64), fmt_bytes(row.rss_after as f64));
+
+        let (firsts, lasts, incomplete) = clients.broadcast_latency(plan.repeats).await?;
+        row.first = quantiles(&firsts);
+        row.last = quantiles(&lasts);
+        row.broadcast_incomplete = incomplete;
+        if incomplete > 0 {
+            row.notes.push(format!("{incomplete} of {} broadcasts did not reach everyone within 15 s", plan.repeats));
+        }
+        let (rate, incomplete) =
+            clients.broadcast_throughput(Duration::from_secs(plan.throughput_secs), plan.window).await?;
+        row.deliveries_per_sec = Some(rate);
+        if incomplete > 0 {
+            row.notes.push(format!("steady broadcast: {incomplete} incomplete"));
+        }
+        eprintln!("  [{kind:?} n={n}] broadcast last p50 {:?}, {}", row.last.map(|q| q.p50), fmt_rate(rate));
+
+        match clients.targeted_available().await? {
+            Ok(()) => {
+                let (samples, lost) = clients.targeted_latency(plan.targeted_repeats).await?;
+                row.targeted = quantiles(&samples);
+                if lost > 0 {
+                    row.notes.push(format!("{lost} targeted messages lost"));
+                }
+            }
+            Err(why) => row.targeted_note = Some(why),
+        }
+        if clients.dropped() > 0 {
+            row.notes.push(format!("{} sockets closed by the server during the run", clients.dropped()));
+        }
+        clients.close().await;
+        anyhow::Ok(())
+    }
+    .await;
+    server.stop().await;
+    result?;
+
+    // 4: the storm, on a fresh server.
+    let server = start(kind, paths, &db).await?;
+    let target = Target { addr: ([127, 0, 0, 1], server.port).into(), ..target };
+    let result = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (clients, joined) = Clients::connect(target, n, None).await?;
+        row.storm = Some(joined.all_joined);
+        row.storm_joined = joined.joined;
+        row.storm_median = crate::stats::percentile(&joined.join_times, 50.0);
+        eprintln!("  [{kind:?} n={n}] storm: {} joined in {:?} (median {:?})", joined.joined, joined.all_joined, row.storm_median);
+        clients.close().await;
+        anyhow::Ok(())
+    }
+    .await;
+    server.stop().await;
+    result?;
+    Ok(row)
+}
+
+fn q(q: Option<Quantiles>) -> String {
+    match q {
+        Some(q) => format!("{} / {}", fmt_duration(q.p50), fmt_duration(q.p99)),
+        None => "–".to_owned(),
+    }
+}
+
+pub fn ws_table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    out.push_str("| server | N | joined | RSS before → after | 1. RSS per socket | 2. first delivery p50 / p99 | 2. last delivery p50 / p99 | 2. deliveries/s (steady) | 3. targeted p50 / p99 | 4. storm: all joined (median) |\n");
+    out.push_str("|---|---:|---:|---|---:|---|---|---:|---|---|\n");
+    for r in rows {
+        let kind = r.kind.map(Kind::label).unwrap_or("?");
+        let targeted = match (&r.targeted, &r.targeted_note) {
+            (Some(t), _) => q(Some(*t)),
+            (None, Some(note)) => format!("n/a ({note})"),
+            _ => "–".to_owned(),
+        };
+        let median = r.storm_median.map(|m| format!(" (median {})", fmt_duration(m))).unwrap_or_default();
+        let storm = match r.storm {
+            Some(d) if r.storm_joined == r.n => format!("{}{median}", fmt_duration(d)),
+            Some(d) => format!("{} of {} in {}{median}", r.storm_joined, r.n, fmt_duration(d)),
+            None => "–".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "| {kind} | {} | {} | {} → {} | {} | {} | {} | {} | {targeted} | {storm} |",
+            r.n,
+            r.joined,
+            fmt_bytes(r.rss_before as f64),
+            fmt_bytes(r.rss_after as f64),
+            r.per_socket().map(fmt_bytes).unwrap_or_else(|| "–".into()),
+            q(r.first),
+            q(r.last),
+            r.deliveries_per_sec.map(fmt_rate).unwrap_or_else(|| "–".into()),
+        );
+    }
+    let notes: Vec<String> = rows
+        .iter()
+        .flat_map(|r| r.notes.iter().map(move |n| format!("- {} N={}: {n}", r.kind.map(Kind::label).unwrap_or("?"), r.n)))
+        .collect();
+    if !notes.is_empty() {
+        out.push('\n');
+        out.push_str(&notes.join("\n"));
+        out.push('\n');
+    }
+    out
+}
+
+fn find(rows: &[Row], kind: Kind, n: usize) -> Option<&Row> {
+    rows.iter().find(|r| r.kind == Some(kind) && r.n == n)
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+/// The issue's targets, each as a ratio between rows of this run.
+pub fn targets(rows: &[Row], http: &[HttpRow]) -> String {
+    let mut out = String::from("| target | measured (same run) | verdict |\n|---|---|---|\n");
+    let sizes: Vec<usize> = {
+        let mut s: Vec<usize> = rows.iter().map(|r| r.n).collect();
+        s.sort_unstable();
+        s.dedup();
+        s
+    };
+    for &n in &sizes {
+        let tako = find(rows, Kind::Tako, n);
+        let sio = find(rows, Kind::SocketIo, n);
+        let floor = find(rows, Kind::Floor, n);
+        if let Some(t) = tako.and_then(Row::per_socket) {
+            let _ = writeln!(out, "| memory per idle joined socket ≤ 4 KiB (N={n}) | {} | {} |", fmt_bytes(t), verdict(t <= 4096.0));
+            if let Some(s) = sio.and_then(Row::per_socket) {
+                let _ = writeln!(
+                    out,
+                    "| memory < ⅓ of Socket.IO's (N={n}) | Tako / Socket.IO = {} / {} = {:.2} | {} |",
+                    fmt_bytes(t),
+                    fmt_bytes(s),
+                    t / s,
+                    verdict(t < s / 3.0)
+                );
+            }
+        }
+        if let Some(t) = tako.and_then(|r| r.deliveries_per_sec) {
+            if let Some(s) = sio.and_then(|r| r.deliveries_per_sec) {
+                let _ = writeln!(
+                    out,
+                    "| deliveries/s ≥ 3× Socket.IO's (N={n}) | {} / {} = {:.2}× | {} |",
+                    fmt_rate(t),
+                    fmt_rate(s),
+                    t / s,
+                    verdict(t >= 3.0 * s)
+                );
+            }
+            if let Some(f) = floor.and_then(|r| r.deliveries_per_sec) {
+                let _ = writeln!(
+                    out,
+                    "| deliveries/s ≥ 80% of the raw floor (N={n}) | {} / {} = {:.0}% | {} |",
+                    fmt_rate(t),
+                    fmt_rate(f),
+                    100.0 * t / f,
+                    verdict(t >= 0.8 * f)
+                );
+            }
+        }
+        if let (Some(t), Some(d)) = (tako, tako.and_then(|r| r.storm)) {
+            if n >= 10_000 {
+                let ok = t.storm_joined == n && d < Duration::from_secs(5);
+                let _ = writeln!(out, "| connect storm of {n}: all joined < 5 s | {} of {n} in {} | {} |", t.storm_joined, fmt_duration(d), verdict(ok));
+            }
+        }
+    }
+    if let (Some(&lo), Some(&hi)) = (sizes.first(), sizes.last()) {
+        if hi > lo {
+            let lo_t = find(rows, Kind::Tako, lo).and_then(|r| r.targeted);
+            let hi_t = find(rows, Kind::Tako, hi).and_then(|r| r.targeted);
+            match (lo_t, hi_t) {
+                (Some(a), Some(b)) => {
+                    let r50 = b.p50.as_secs_f64() / a.p50.as_secs_f64();
+                    let r99 = b.p99.as_secs_f64() / a.p99.as_secs_f64();
+                    let _ = writeln!(
+                        out,
+                        "| targeted latency at the largest N within 1.5× of N={lo} (issue: 50k; here N={hi}) | p50 {:.2}×, p99 {:.2}× | {} |",
+                        r50,
+                        r99,
+                        verdict(r50 <= 1.5 && r99 <= 1.5)
+                    );
+                }
+                _ => {
+                    let why = find(rows, Kind::Tako, lo).and_then(|r| r.targeted_note.clone()).unwrap_or_else(|| "not measured".into());
+                    let _ = writeln!(out, "| targeted latency within 1.5× | not measured: {why} | – |");
+                }
+            }
+        }
+    }
+    for pair in ["leaderboard", "registrations"] {
+        let t = http.iter().find(|h| h.server == "Tako" && h.what == pair);
+        let m = http.iter().find(|h| h.server != "Tako" && h.what == pair);
+        if let (Some(t), Some(m)) = (t, m) {
+            let _ = writeln!(
+                out,
+                "| HTTP {pair} ≥ 80% of minimal axum+sqlx | {:.0} / {:.0} req/s = {:.0}% | {} |",
+                t.rps,
+                m.rps,
+                100.0 * t.rps / m.rps,
+                verdict(t.rps >= 0.8 * m.rps && t.errors == 0)
+            );
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpRow {
+    pub server: String,
+    pub what: &'static str,
+    pub rps: f64,
+    pub p50: String,
+    pub p99: String,
+    pub errors: u64,
+}
+
+/// `Requests/sec`, latency percentiles and non-2xx count from wrk's output.
+pub fn parse_wrk(out: &str) -> Option<(f64, String, String, u64)> {
+    let rps: f64 = out.lines().find_map(|l| l.trim().strip_prefix("Requests/sec:"))?.trim().parse().ok()?;
+    let pct = |p: &str| {
+        out.lines()
+            .find_map(|l| {
+                let l = l.trim();
+                l.strip_prefix(p).filter(|_| l.ends_with(|c: char| c.is_ascii_alphabetic())).map(|v| v.trim().to_owned())
+            })
+            .unwrap_or_default()
+    };
+    let errors = out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        .sum::<u64>()
+        + out
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("Socket errors:"))
+            .map(|v| v.split(',').filter_map(|kv| kv.split_whitespace().last()?.parse::<u64>().ok()).sum::<u64>())
+            .sum::<u64>();
+    Some((rps, pct("50%"), pct("99%"), errors))
+}
+
+pub fn http_table(rows: &[HttpRow]) -> String {
+    let mut out = String::from("| server | request | req/s | p50 | p99 | errors |\n|---|---|---:|---:|---:|---:|\n");
+    for r in rows {
+        let _ = writeln!(out, "| {} | {} | {:.0} | {} | {} | {} |", r.server, r.what, r.rps, r.p50, r.p99, r.errors);
+    }
+    out
+}
+
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const PG_BENCH: &str = "postgres://postgres@127.0.0.1:5432/tako_bench";
+
+async fn wrk(paths: &Paths, url: &str, lua: Option<&str>, secs: u64) -> anyhow::Result<String> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t1", "-c16", &format!("-d{secs}s"), "--latency", "--timeout", "5s"]);
+    if let Some(lua) = lua {
+        let script = paths.work.join("post.lua");
+        std::fs::write(&script, lua)?;
+        cmd.arg("-s").arg(script);
+    }
+    cmd.arg(url).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(secs + 30), cmd.output()).await.context("wrk hung")??;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+const REGISTER_LUA: &str = r#"wrk.method = "POST"
+wrk.body = '{"data":{"type":"user","attributes":{"nickname":"bench_user"}}}'
+wrk.headers["Content-Type"] = "application/vnd.api+json"
+wrk.headers["Accept"] = "application/vnd.api+json"
+"#;
+
+/// Scenario 5 on PostgreSQL with `users` users: Tako, then the minimal handler.
+pub async fn run_http(paths: &Paths, users: u64, secs: u64) -> anyhow::Result<Vec<HttpRow>> {
+    use sqlx::Executor;
+    let admin = sqlx::PgPool::connect(PG_ADMIN).await.context("PostgreSQL on 127.0.0.1:5432")?;
+    admin.execute("DROP DATABASE IF EXISTS tako_bench").await?;
+    admin.execute("CREATE DATABASE tako_bench").await?;
+    let result = async {
+        let status = tako_command(paths, PG_BENCH).arg("migrate").stdout(Stdio::null()).status().await?;
+        if !status.success() {
+            bail!("tako migrate on PostgreSQL failed");
+        }
+        let started = Instant::now();
+        let pool = sqlx::PgPool::connect(PG_BENCH).await?;
+        sqlx::query(
+            "INSERT INTO users (id, nickname, stamps_collected, inserted_at, updated_at, stamps_changed_at)
+             SELECT md5(i::text)::uuid, 'user' || i, (i * 7919) % 5000,
+                    now() - make_interval(secs => i), now() - make_interval(secs => i), now() - make_interval(secs => i)
+             FROM generate_series(1, $1) AS i",
+        )
+        .bind(users as i64)
+        .execute(&pool)
+        .await?;
+        pool.execute("VACUUM ANALYZE users").await?;
+        pool.close().await;
+        eprintln!("  PostgreSQL: {users} users inserted in {:?}", started.elapsed());
+
+        let mut rows = Vec::new();
+        for server in ["Tako", "minimal axum+sqlx"] {
+            let port = free_port()?;
+            let mut cmd = if server == "Tako" {
+                let mut c = tako_command(paths, PG_BENCH);
+                c.env("PORT", port.to_string());
+                c
+            } else {
+                let mut c = Command::new(&paths.bench);
+                c.args(["http-floor", "--port", &port.to_string(), "--database-url", PG_BENCH]).kill_on_drop(true);
+                c
+            };
+            cmd.stdin(Stdio::null())
+                .stdout(log_file(&paths.work, &format!("http-{port}"))?)
+                .stderr(log_file(&paths.work, &format!("http-{port}.err"))?);
+            let mut child = cmd.spawn()?;
+            let pid = child.id().context("pid")?;
+            let ready = wait_http(port, &mut child).await;
+            let server_proc = Server { child, pid, port };
+            if let Err(e) = ready {
+                server_proc.stop().await;
+                return Err(e);
+            }
+            let base = format!("http://127.0.0.1:{port}");
+            let probe = reqwest::Client::new()
+                .post(format!("{base}/api/json/accounts/users"))
+                .header("content-type", "application/vnd.api+json")
+                .header("accept", "application/vnd.api+json")
+                .body(r#"{"data":{"type":"user","attributes":{"nickname":"bench_user"}}}"#)
+                .send()
+                .await?
+                .status();
+            if probe.as_u16() != 201 {
+                server_proc.stop().await;
+                bail!("{server}: registration probe answered {probe}");
+            }
+            for (what, url, lua) in [
+                ("leaderboard", format!("{base}/api/json/leaderboard"), None),
+                ("registrations", format!("{base}/api/json/accounts/users"), Some(REGISTER_LUA)),
+            ] {
+                let out = wrk(paths, &url, lua, secs).await?;
+                let (rps, p50, p99, errors) = parse_wrk(&out).with_context(|| format!("wrk output: {out}"))?;
+                eprintln!("  [{server}] {what}: {rps:.0} req/s, p50 {p50}, p99 {p99}, errors {errors}");
+                rows.push(HttpRow { server: server.to_owned(), what, rps, p50, p99, errors });
+            }
+            server_proc.stop().await;
+        }
+        Ok(rows)
+    }
+    .await;
+    admin.execute("DROP DATABASE IF EXISTS tako_bench WITH (FORCE)").await?;
+    admin.close().await;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WRK: &str = "Running 2s test @ http://127.0.0.1:4000/
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.02ms  300.00us   5.00ms   90.00%
+  Latency Distribution
+     50%    0.98ms
+     75%    1.10ms
+     90%    1.30ms
+     99%    2.50ms
+  31234 requests in 2.00s, 10.00MB read
+  Non-2xx or 3xx responses: 12
+Requests/sec:  15617.00
+Transfer/sec:      5.00MB
+";
+
+    #[test]
+    fn wrk_output() {
+        let (rps, p50, p99, errors) = parse_wrk(WRK).unwrap();
+        assert_eq!(rps, 15617.0);
+        assert_eq!((p50.as_str(), p99.as_str()), ("0.98ms", "2.50ms"));
+        assert_eq!(errors, 12);
+        assert!(parse_wrk("garbage").is_none());
+    }
+
+    #[test]
+    fn per_socket_memory() {
+        let row = Row { joined: 1000, rss_before: 10_000_000, rss_after: 13_000_000, ..Row::default() };
+        assert_eq!(row.per_socket(), Some(3000.0));
+        assert_eq!(Row::default().per_socket(), None);
+    }
+}
