@@ -64,6 +64,15 @@ pub struct Config {
     #[arg(long, env = "TAKO_MESSAGE_TTL", default_value = "7d", value_parser = humantime::parse_duration)]
     pub message_ttl: std::time::Duration,
 
+    /// Presence changes of a topic within this many milliseconds go out as one `presence_diff`
+    /// (0: one diff per change).
+    #[arg(long, env = "TAKO_PRESENCE_INTERVAL_MS", default_value_t = 50)]
+    pub presence_interval_ms: u64,
+
+    /// Seconds a LongPoll request waits for messages (kept under half the heartbeat timeout).
+    #[arg(long, env = "TAKO_LONGPOLL_WINDOW", default_value_t = 10)]
+    pub longpoll_window_secs: u64,
+
     /// Seconds given to open sockets to close on shutdown.
     #[arg(long, env = "TAKO_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
@@ -110,6 +119,14 @@ impl Config {
         Duration::from_secs(self.heartbeat_timeout_secs.max(1))
     }
 
+    pub fn presence_interval(&self) -> Duration {
+        Duration::from_millis(self.presence_interval_ms)
+    }
+
+    pub fn longpoll_window(&self) -> Duration {
+        Duration::from_secs(self.longpoll_window_secs.max(1))
+    }
+
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
     }
@@ -129,6 +146,8 @@ impl Config {
             max_channels: 100,
             max_frame_bytes: 1024 * 1024,
             shutdown_timeout_secs: 10,
+            presence_interval_ms: 50,
+            longpoll_window_secs: 10,
             message_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
         }
     }

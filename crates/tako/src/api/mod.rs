@@ -7,6 +7,7 @@ pub mod jsonapi;
 mod leaderboard;
 pub mod openapi;
 mod operators;
+mod presence;
 mod users;
 
 use std::sync::Arc;
@@ -46,6 +47,7 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .route("/api/messages/{id}", get(operators::message_status))
         .route("/api/broadcasts", post(operators::broadcast))
         .route("/api/ping", post(operators::ping))
+        .route("/api/presence/{topic}", get(presence::list))
         .route_layer(from_fn(jsonapi::negotiate))
         .route_layer(from_fn_with_state(state.tokens.clone(), auth::authenticate));
 

@@ -4,19 +4,19 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{error, leaderboard, operators, users};
+use super::{error, leaderboard, operators, presence, users};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tako", description = "Accounts and leaderboard of the HoloQuest stamp rally"),
     paths(
         users::create, users::show, users::update, users::delete, users::list, leaderboard::leaderboard, open_api,
-        operators::send_message, operators::message_status, operators::broadcast, operators::ping,
+        operators::send_message, operators::message_status, operators::broadcast, operators::ping, presence::list,
     ),
     components(schemas(error::ErrorDocument)),
     modifiers(&BearerAuth),
     tags((name = "users", description = "The JSON:API `user` resource"), (name = "leaderboard"),
-        (name = "operators", description = "Admin token: messages, broadcasts, ping"))
+        (name = "operators", description = "Admin token: messages, broadcasts, ping, presence"))
 )]
 pub struct ApiDoc;
 

@@ -345,6 +345,9 @@ pub async fn update(
         state.store.update(id, &changes).await?
     };
     let user = user.ok_or_else(ApiError::not_found)?;
+    if changes.nickname.is_some() {
+        state.realtime.nickname_changed(user.id, user.nickname.as_ref().map(|n| n.as_str()));
+    }
     Ok(JsonApi(StatusCode::OK, document(&user)))
 }
 

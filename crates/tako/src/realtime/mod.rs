@@ -4,6 +4,7 @@
 mod directory;
 mod mailbox;
 mod notifications;
+mod presence;
 mod sockets;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::storage::{Store, StoreError};
 pub use directory::UserDirectory;
 pub use mailbox::Mailbox;
 pub use notifications::{is_notifications_topic, NOTIFICATIONS};
+pub use presence::handle as presence_handle;
 pub use sockets::SocketUser;
 use sockets::TakoSockets;
 
@@ -32,19 +34,22 @@ pub struct Realtime {
 impl Realtime {
     pub fn new(store: Arc<dyn Store>, config: &Config) -> Realtime {
         let directory = UserDirectory::spawn(store.clone());
+        let tracker = Arc::new(presence::PresenceTracker::new(store.clone()));
         let mailbox = Mailbox::spawn(store, config.message_ttl);
-        let handler = TakoSockets::new(directory.clone(), mailbox.clone());
+        let handler = TakoSockets::new(directory.clone(), mailbox.clone(), tracker);
         let endpoint_config = EndpointConfig {
             heartbeat_timeout: config.heartbeat_timeout(),
             max_channels: config.max_channels,
             max_frame_bytes: config.max_frame_bytes,
             shutdown_timeout: config.shutdown_timeout(),
+            presence_interval: config.presence_interval(),
+            longpoll_window: config.longpoll_window(),
             ..EndpointConfig::default()
         };
         Realtime { endpoint: Endpoint::new(handler, endpoint_config), directory, mailbox }
     }
 
-    /// `/websocket` (and later `/longpoll`), to nest under `/socket`.
+    /// `/websocket` and `/longpoll`, to nest under `/socket`.
     pub fn routes(&self) -> axum::Router {
         self.endpoint.routes()
     }
@@ -68,6 +73,13 @@ impl Realtime {
     /// Remember a user that was just registered, so its first connect needs no query.
     pub fn user_registered(&self, user: UserId) {
         self.directory.remember(user);
+    }
+
+    /// The user's nickname changed: their live presences (every notifications topic, every
+    /// tab) get the new one, as a leave of the old meta and a join of the new. Returns how many
+    /// metas changed.
+    pub fn nickname_changed(&self, user: UserId, nickname: Option<&str>) -> usize {
+        self.hub().presence_update_user(&user.to_string(), &presence::nickname_patch(nickname))
     }
 
     /// Any event to everyone on `topic`.

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 use super::mailbox::Mailbox;
+use super::presence::PresenceTracker;
 use super::sockets::SocketUser;
 
 pub const NOTIFICATIONS: &str = "notifications";
@@ -17,11 +18,12 @@ pub fn is_notifications_topic(topic: &str) -> bool {
 
 pub struct NotificationsChannel {
     mailbox: Arc<Mailbox>,
+    presence: Arc<PresenceTracker>,
 }
 
 impl NotificationsChannel {
-    pub fn new(mailbox: Arc<Mailbox>) -> NotificationsChannel {
-        NotificationsChannel { mailbox }
+    pub fn new(mailbox: Arc<Mailbox>, presence: Arc<PresenceTracker>) -> NotificationsChannel {
+        NotificationsChannel { mailbox, presence }
     }
 }
 
@@ -48,6 +50,8 @@ fn nickname(payload: &Payload) -> Result<&str, HandleIn> {
 #[async_trait]
 impl Channel<SocketUser> for NotificationsChannel {
     async fn join(&self, _topic: &str, _payload: Payload, ctx: &ChannelContext<SocketUser>) -> Result<Value, Value> {
+        // Everyone on the topic sees who joined; the joiner gets the list after its reply.
+        self.presence.track(ctx).await;
         // Messages that waited for this user go out once the join is done (the task's first
         // query takes longer than the engine needs to subscribe and reply).
         let (mailbox, ctx) = (self.mailbox.clone(), ctx.clone());

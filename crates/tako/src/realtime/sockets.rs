@@ -7,6 +7,7 @@ use channels::{async_trait, Channel, ConnectInfo, Connection, Refusal, SocketHan
 use super::directory::UserDirectory;
 use super::mailbox::Mailbox;
 use super::notifications::{is_notifications_topic, NotificationsChannel};
+use super::presence::PresenceTracker;
 use crate::accounts::UserId;
 
 /// What a Tako socket knows about itself.
@@ -20,8 +21,8 @@ pub struct TakoSockets {
 }
 
 impl TakoSockets {
-    pub fn new(directory: Arc<UserDirectory>, mailbox: Arc<Mailbox>) -> TakoSockets {
-        TakoSockets { directory, notifications: Arc::new(NotificationsChannel::new(mailbox)) }
+    pub fn new(directory: Arc<UserDirectory>, mailbox: Arc<Mailbox>, presence: Arc<PresenceTracker>) -> TakoSockets {
+        TakoSockets { directory, notifications: Arc::new(NotificationsChannel::new(mailbox, presence)) }
     }
 }
 

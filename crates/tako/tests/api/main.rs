@@ -6,5 +6,6 @@ mod jsonapi;
 mod leaderboard;
 mod openapi;
 mod operators;
+mod presence;
 mod storage;
 mod users;
