@@ -279,7 +279,16 @@ pub async fn run_ws(kind: Kind, n: usize, paths: &Paths, plan: &WsPlan) -> anyho
     let target = Target { addr: ([127, 0, 0, 1], server.port).into(), ..target };
     let result = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
+        let overflows = crate::stats::listen_overflows();
         let (clients, joined) = Clients::connect(target, n, None).await?;
+        if let (Some(a), Some(b)) = (overflows, crate::stats::listen_overflows()) {
+            if b > a {
+                row.notes.push(format!(
+                    "storm: the kernel counted {} listen-queue overflows (SYNs dropped, retried by the client after 1 s, 3 s, …)",
+                    b - a
+                ));
+            }
+        }
         row.storm = Some(joined.all_joined);
         row.storm_joined = joined.joined;
         row.storm_median = crate::stats::percentile(&joined.join_times, 50.0);

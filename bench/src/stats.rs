@@ -68,6 +68,20 @@ fn children_of(pid: u32) -> Vec<u32> {
     out
 }
 
+/// `TcpExt: ListenOverflows` from the text of `/proc/net/netstat` (a header line of names,
+/// then a line of values).
+pub fn parse_listen_overflows(netstat: &str) -> Option<u64> {
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let names = lines.next()?;
+    let values = lines.next()?;
+    let i = names.split_whitespace().position(|n| n == "ListenOverflows")?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
+pub fn listen_overflows() -> Option<u64> {
+    parse_listen_overflows(&std::fs::read_to_string("/proc/net/netstat").ok()?)
+}
+
 /// `1234` → `"1.2 µs"`-style human durations with three significant-ish digits.
 pub fn fmt_duration(d: Duration) -> String {
     let us = d.as_secs_f64() * 1e6;
@@ -135,6 +149,13 @@ mod tests {
         assert_eq!(parse_vmrss(status), Some(12345 * 1024));
         assert_eq!(parse_vmrss("Name: x\n"), None);
         assert!(rss_of(std::process::id()).unwrap() > 0);
+    }
+
+    #[test]
+    fn listen_overflows_from_netstat() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 5 17 17\nIpExt: A\nIpExt: 1\n";
+        assert_eq!(parse_listen_overflows(text), Some(17));
+        assert_eq!(parse_listen_overflows("IpExt: A\nIpExt: 1\n"), None);
     }
 
     #[test]
