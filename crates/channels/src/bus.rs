@@ -35,6 +35,13 @@ pub trait Bus: Send + Sync + 'static {
     /// Deliver `msg` everywhere it belongs. Returns what this node's delivery counted
     /// (subscriptions written to, or sockets closed); other nodes' counts are not known.
     fn publish(&self, hub: &Hub, msg: BusMessage) -> usize;
+
+    /// The first socket of `user` connected to this node: a bus that routes user messages to
+    /// the nodes that hold the user starts listening for them. Default: nothing.
+    fn user_arrived(&self, _user: &str) {}
+
+    /// The last socket of `user` on this node is gone. Default: nothing.
+    fn user_left(&self, _user: &str) {}
 }
 
 /// A single-node bus: delivers into this node's hub, synchronously.

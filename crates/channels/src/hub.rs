@@ -356,7 +356,14 @@ impl Hub {
         });
         self.inner.sockets.write().insert(conn, socket.clone());
         if let Some(user) = &socket.user {
-            insert(&self.inner.users, user, &socket);
+            // The bus hears of arrivals and departures under the index lock, so it sees them
+            // in the order they happened.
+            let mut users = self.inner.users.write();
+            let sockets = users.entry(user.clone()).or_default();
+            if sockets.is_empty() {
+                self.inner.bus.user_arrived(user);
+            }
+            sockets.insert(socket.conn, socket.clone());
         }
         if let Some(id) = &socket.socket_id {
             insert(&self.inner.ids, id, &socket);
@@ -370,7 +377,13 @@ impl Hub {
             remove(&self.inner.topics, &topic, socket.conn);
         }
         if let Some(user) = &socket.user {
-            remove(&self.inner.users, user, socket.conn);
+            let mut users = self.inner.users.write();
+            if let Some(sockets) = users.get_mut(user.as_ref()) {
+                if sockets.remove(&socket.conn).is_some() && sockets.is_empty() {
+                    users.remove(user.as_ref());
+                    self.inner.bus.user_left(user);
+                }
+            }
         }
         if let Some(id) = &socket.socket_id {
             remove(&self.inner.ids, id, socket.conn);
