@@ -1,10 +1,14 @@
 //! Endpoint settings.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::limits::{CheckOrigin, InboundRate};
+use crate::observer::Observer;
 
 pub(crate) const DEFAULT_PRESENCE_INTERVAL: Duration = Duration::from_millis(50);
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EndpointConfig {
     /// A socket silent for longer is closed (clients send a heartbeat every 30 s). Default 60 s.
     pub heartbeat_timeout: Duration,
@@ -22,6 +26,39 @@ pub struct EndpointConfig {
     /// How long a LongPoll GET waits for messages before answering 204. It is kept under half
     /// the heartbeat timeout, so a client that polls is never taken for dead. Default 10 s.
     pub longpoll_window: Duration,
+    /// Origins allowed to open sockets (WebSocket upgrades and LongPoll requests); others get
+    /// 403. Default: any.
+    pub check_origin: CheckOrigin,
+    /// Sockets (WebSocket and LongPoll) this endpoint holds at most; more are refused with
+    /// 503. Default: no cap.
+    pub max_connections: Option<usize>,
+    /// Sockets one client address holds at most; more are refused with 429. Default: no cap.
+    pub max_connections_per_client: Option<usize>,
+    /// Take the client address from `X-Forwarded-For` (only behind a proxy that sets it).
+    pub trust_forwarded_for: bool,
+    /// Inbound message budget per socket. Default: none.
+    pub inbound_rate: Option<InboundRate>,
+    /// Told about messages in and out and fan-out times. Default: nothing.
+    pub observer: Arc<dyn Observer>,
+}
+
+impl std::fmt::Debug for EndpointConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointConfig")
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("max_channels", &self.max_channels)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("outbound_queue", &self.outbound_queue)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("presence_interval", &self.presence_interval)
+            .field("longpoll_window", &self.longpoll_window)
+            .field("check_origin", &self.check_origin)
+            .field("max_connections", &self.max_connections)
+            .field("max_connections_per_client", &self.max_connections_per_client)
+            .field("trust_forwarded_for", &self.trust_forwarded_for)
+            .field("inbound_rate", &self.inbound_rate)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for EndpointConfig {
@@ -34,6 +71,12 @@ impl Default for EndpointConfig {
             shutdown_timeout: Duration::from_secs(10),
             presence_interval: DEFAULT_PRESENCE_INTERVAL,
             longpoll_window: Duration::from_secs(10),
+            check_origin: CheckOrigin::Any,
+            max_connections: None,
+            max_connections_per_client: None,
+            trust_forwarded_for: false,
+            inbound_rate: None,
+            observer: Arc::new(crate::observer::Nothing),
         }
     }
 }

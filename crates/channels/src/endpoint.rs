@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use crate::bus::{Bus, LocalBus};
 use crate::config::EndpointConfig;
 use crate::hub::Hub;
+use crate::limits::{client_ip, Admission, ClientSlot, Refused};
 use crate::outbox::Close;
 use crate::socket::SocketHandler;
 use crate::transport;
@@ -21,6 +22,7 @@ pub struct Endpoint<H: SocketHandler> {
     pub(crate) hub: Hub,
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) longpoll: transport::longpoll::Sessions,
+    admission: Arc<Admission>,
 }
 
 /// Whether the endpoint accepts sockets, and how many socket tasks are alive.
@@ -42,6 +44,20 @@ impl Lifecycle {
         self.live.fetch_add(1, Ordering::SeqCst);
         LiveGuard { lifecycle: self.clone() }
     }
+
+    /// As `track`, unless `max` are alive already.
+    fn try_track(self: &Arc<Self>, max: usize) -> Option<LiveGuard> {
+        self.live
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| LiveGuard { lifecycle: self.clone() })
+    }
+}
+
+/// A socket's place on this endpoint, from before its connect callback until its task ends.
+pub(crate) struct Admitted {
+    _live: LiveGuard,
+    _client: Option<ClientSlot>,
 }
 
 pub(crate) struct LiveGuard {
@@ -64,13 +80,14 @@ impl<H: SocketHandler> Endpoint<H> {
 
     /// An endpoint whose deliveries travel through `bus` (e.g. to other nodes).
     pub fn with_bus(handler: H, config: EndpointConfig, bus: Arc<dyn Bus>) -> Arc<Self> {
-        let hub = Hub::with_presence_interval(bus, config.presence_interval);
+        let hub = Hub::with_observer(bus, config.presence_interval, config.observer.clone());
         Arc::new(Endpoint {
             handler: Arc::new(handler),
             config,
             hub,
             lifecycle: Arc::default(),
             longpoll: Default::default(),
+            admission: Arc::default(),
         })
     }
 
@@ -101,6 +118,43 @@ impl<H: SocketHandler> Endpoint<H> {
     /// Live LongPoll sessions.
     pub fn longpoll_sessions(&self) -> usize {
         self.longpoll.len()
+    }
+
+    /// Sockets connected over WebSocket (all sockets but the LongPoll sessions).
+    pub fn websocket_count(&self) -> usize {
+        self.hub.socket_count().saturating_sub(self.longpoll.len())
+    }
+
+    /// Once [`Endpoint::shutdown`] has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.lifecycle.is_shutting_down()
+    }
+
+    /// The checks before a new socket's connect callback: origin (403), the node's cap (503),
+    /// the client address's cap (429).
+    pub(crate) fn admit(&self, headers: &axum::http::HeaderMap, peer: Option<std::net::SocketAddr>) -> Result<Admitted, Refused> {
+        self.check_origin(headers)?;
+        let live = match self.config.max_connections {
+            Some(max) => self.lifecycle.try_track(max).ok_or(Refused::Full)?,
+            None => self.lifecycle.track(),
+        };
+        let client = match self.config.max_connections_per_client {
+            Some(max) => match client_ip(headers, peer, self.config.trust_forwarded_for) {
+                Some(ip) => Some(self.admission.take(ip, max).ok_or(Refused::TooManyFromClient)?),
+                None => None,
+            },
+            None => None,
+        };
+        Ok(Admitted { _live: live, _client: client })
+    }
+
+    pub(crate) fn check_origin(&self, headers: &axum::http::HeaderMap) -> Result<(), Refused> {
+        if self.config.check_origin.allows(headers) {
+            Ok(())
+        } else {
+            tracing::info!(origin = ?headers.get(axum::http::header::ORIGIN), "socket refused: origin not allowed");
+            Err(Refused::Origin)
+        }
     }
 
     /// Starts (once, from inside the runtime) the task that closes silent sockets. It checks

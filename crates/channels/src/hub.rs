@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::bus::{Bus, BusMessage, SocketRef};
 use crate::channel::Payload;
+use crate::observer::{Nothing, Observer};
 use crate::outbox::{Close, Outbox, Pushed};
 use crate::presence::{Presence, PresenceEntry, PresenceError};
 use crate::serializer::{Frame, Serializer};
@@ -99,6 +100,7 @@ struct HubInner {
     users: RwLock<HashMap<Arc<str>, Sockets>>,
     ids: RwLock<HashMap<Arc<str>, Sockets>>,
     presence: Presence,
+    observer: Arc<dyn Observer>,
 }
 
 /// A message encoded at most once per serializer, whatever the number of subscribers.
@@ -148,6 +150,11 @@ impl Hub {
     /// A hub whose presence diffs are coalesced per topic over `interval` (zero: one diff per
     /// change, as Phoenix does).
     pub fn with_presence_interval(bus: Arc<dyn Bus>, interval: Duration) -> Hub {
+        Hub::with_observer(bus, interval, Arc::new(Nothing))
+    }
+
+    /// As [`Hub::with_presence_interval`], telling `observer` about deliveries.
+    pub fn with_observer(bus: Arc<dyn Bus>, interval: Duration, observer: Arc<dyn Observer>) -> Hub {
         let mut hasher = RandomState::new().build_hasher();
         hasher.write_u32(std::process::id());
         Hub {
@@ -162,6 +169,7 @@ impl Hub {
                 users: RwLock::default(),
                 ids: RwLock::default(),
                 presence: Presence::new(interval),
+                observer,
             }),
         }
     }
@@ -205,6 +213,26 @@ impl Hub {
     /// Apply a delivery to this node's sockets (called by the bus). Returns the number of
     /// subscriptions written to, or of sockets closed for a disconnect.
     pub fn deliver(&self, msg: BusMessage) -> usize {
+        let started = Instant::now();
+        let fanout = !matches!(msg, BusMessage::Disconnect { .. });
+        let event = match &msg {
+            BusMessage::Broadcast { event, .. }
+            | BusMessage::BroadcastMatching { event, .. }
+            | BusMessage::User { event, .. } => Some(event.clone()),
+            _ => None,
+        };
+        let count = self.deliver_here(msg);
+        if fanout {
+            let observer = &self.inner.observer;
+            observer.fanout(started.elapsed(), count);
+            if let Some(event) = event {
+                observer.outbound(&event, count);
+            }
+        }
+        count
+    }
+
+    fn deliver_here(&self, msg: BusMessage) -> usize {
         match msg {
             BusMessage::Broadcast { topic, event, payload, except } => {
                 let except = except.filter(|r| r.node == self.inner.node).map(|r: SocketRef| r.socket);
@@ -311,6 +339,20 @@ impl Hub {
 
     pub(crate) fn presence(&self) -> &Presence {
         &self.inner.presence
+    }
+
+    pub(crate) fn observer(&self) -> &dyn Observer {
+        &*self.inner.observer
+    }
+
+    /// Distinct users (the hub's user key) with a socket on this node.
+    pub fn user_count(&self) -> usize {
+        self.inner.users.read().len()
+    }
+
+    /// Every topic with local subscriptions, and how many.
+    pub fn topic_counts(&self) -> Vec<(String, usize)> {
+        self.inner.topics.read().iter().map(|(t, s)| (t.to_string(), s.len())).collect()
     }
 
     /// Sockets connected to this node.

@@ -26,6 +26,8 @@ impl Close {
     pub const HEARTBEAT_TIMEOUT: Close = Close { code: 1008, reason: "heartbeat timeout" };
     pub const TOO_BIG: Close = Close { code: 1009, reason: "message too big" };
     pub const SLOW_CONSUMER: Close = Close { code: 1013, reason: "slow consumer" };
+    /// Policy violation: kept sending over its inbound budget after error replies.
+    pub const RATE_LIMITED: Close = Close { code: 1008, reason: "rate limited" };
 }
 
 #[derive(Debug, PartialEq, Eq)]

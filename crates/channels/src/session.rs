@@ -10,6 +10,8 @@ use serde_json::{json, Value};
 
 use crate::channel::{Channel, ChannelContext, HandleIn, Payload};
 use crate::hub::{Hub, SocketShared};
+use crate::limits::{InboundBudget, InboundRate, Verdict};
+use crate::outbox::Close;
 use crate::serializer::{Inbound, Malformed, Status};
 use crate::socket::SocketHandler;
 
@@ -27,6 +29,7 @@ pub(crate) struct Session<H: SocketHandler> {
     max_channels: usize,
     /// Few per socket: a Vec is smaller than a map and as fast at this size.
     channels: Vec<Joined<H::Assigns>>,
+    inbound: Option<InboundBudget>,
 }
 
 const PHOENIX: &str = "phoenix";
@@ -39,7 +42,32 @@ impl<H: SocketHandler> Session<H> {
         hub: Hub,
         max_channels: usize,
     ) -> Self {
-        Session { handler, assigns: Arc::new(assigns), socket, hub, max_channels, channels: Vec::new() }
+        Session { handler, assigns: Arc::new(assigns), socket, hub, max_channels, channels: Vec::new(), inbound: None }
+    }
+
+    /// Inbound messages over `rate` get error replies, and a socket that persists is closed.
+    pub(crate) fn with_inbound_rate(mut self, rate: Option<InboundRate>) -> Self {
+        self.inbound = rate.map(InboundBudget::new);
+        self
+    }
+
+    /// Whether a message may be handled; answers and counts it when not.
+    fn within_budget(&mut self, event: &str, topic: Option<&str>, join_ref: Option<&str>, reference: Option<&str>) -> bool {
+        let Some(budget) = &mut self.inbound else { return true };
+        match budget.check() {
+            Verdict::Allowed => true,
+            verdict => {
+                self.hub.observer().inbound(event, false);
+                if verdict == Verdict::Close {
+                    tracing::info!(conn = self.socket.conn, "socket over its inbound message budget: closing");
+                    self.socket.outbox.close(Close::RATE_LIMITED);
+                } else if reference.is_some() {
+                    let reason = Payload::Json(json!({ "reason": "rate limited" }));
+                    self.reply(join_ref, reference, topic.unwrap_or(PHOENIX), Status::Error, &reason);
+                }
+                false
+            }
+        }
     }
 
     pub(crate) async fn handle_text(&mut self, text: &str) {
@@ -54,8 +82,21 @@ impl<H: SocketHandler> Session<H> {
 
     async fn handle_decoded(&mut self, decoded: Result<Inbound, Malformed>) {
         match decoded {
-            Ok(msg) => self.handle(msg).await,
-            Err(bad) => self.malformed(bad),
+            Ok(msg) => {
+                let heartbeat = msg.topic == PHOENIX && msg.event == "heartbeat";
+                if !heartbeat
+                    && !self.within_budget(&msg.event, Some(&msg.topic), msg.join_ref.as_deref(), msg.reference.as_deref())
+                {
+                    return;
+                }
+                self.hub.observer().inbound(&msg.event, true);
+                self.handle(msg).await
+            }
+            Err(bad) => {
+                if self.within_budget("malformed", bad.topic.as_deref(), bad.join_ref.as_deref(), bad.reference.as_deref()) {
+                    self.malformed(bad)
+                }
+            }
         }
     }
 
@@ -207,7 +248,9 @@ impl<H: SocketHandler> Session<H> {
     fn reply(&self, join_ref: Option<&str>, reference: Option<&str>, topic: &str, status: Status, response: &Payload) {
         match self.socket.serializer.encode_reply(join_ref, reference, topic, status, response) {
             Some(frame) => {
-                self.socket.send(frame);
+                if self.socket.send(frame) {
+                    self.hub.observer().outbound("phx_reply", 1);
+                }
             }
             None => tracing::warn!(
                 conn = self.socket.conn,

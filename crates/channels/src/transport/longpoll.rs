@@ -35,7 +35,8 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::endpoint::{Endpoint, LiveGuard};
+use crate::endpoint::{Admitted, Endpoint};
+use crate::limits::Refused;
 use crate::hub::{Hub, SocketShared};
 use crate::outbox::Close;
 use crate::serializer::{Frame, Serializer};
@@ -146,6 +147,12 @@ pub(crate) async fn preflight(headers: HeaderMap) -> Response {
     response
 }
 
+/// A refused origin: 403, in the HTTP line and the body (the client then stops, as for a
+/// refused connect).
+fn forbidden_origin() -> Response {
+    bad(StatusCode::FORBIDDEN)
+}
+
 /// Any other method.
 pub(crate) async fn other_method() -> Response {
     bad(StatusCode::BAD_REQUEST)
@@ -153,6 +160,9 @@ pub(crate) async fn other_method() -> Response {
 
 /// `GET`: poll a live session, or start one.
 pub(crate) async fn poll<H: SocketHandler>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request) -> Response {
+    if endpoint.check_origin(request.headers()).is_err() {
+        return forbidden_origin();
+    }
     let Some(params) = query(&request) else { return bad(StatusCode::BAD_REQUEST) };
     let token = params.iter().rev().find(|(k, _)| k == "token").map(|(_, v)| v.clone());
     if let Some(token) = &token {
@@ -201,6 +211,17 @@ async fn connect<H: SocketHandler>(endpoint: Arc<Endpoint<H>>, request: Request,
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|info| info.0);
+    let guard = match endpoint.admit(&parts.headers, peer) {
+        Ok(admitted) => admitted,
+        // The client retries on 500 (it knows no status for "busy").
+        Err(refused) => {
+            tracing::debug!(?refused, "longpoll session not admitted");
+            return match refused {
+                Refused::Origin => forbidden_origin(),
+                Refused::Full | Refused::TooManyFromClient => status_json(500, json!({})),
+            };
+        }
+    };
     let info = ConnectInfo { params, auth_token, headers: parts.headers, peer };
     let connection = match endpoint.handler.connect(&info).await {
         Ok(connection) => connection,
@@ -218,7 +239,6 @@ async fn connect<H: SocketHandler>(endpoint: Arc<Endpoint<H>>, request: Request,
         return status_json(500, json!({}));
     };
     endpoint.start_sweeper();
-    let guard = endpoint.lifecycle.track();
     let (tx, rx) = mpsc::channel(COMMANDS);
     let hub = endpoint.hub.clone();
     let socket = hub.register(serializer, connection.id.clone(), connection.user.clone(), endpoint.config.outbound_queue);
@@ -233,6 +253,9 @@ async fn connect<H: SocketHandler>(endpoint: Arc<Endpoint<H>>, request: Request,
 
 /// `POST`: frames from the client.
 pub(crate) async fn publish<H: SocketHandler>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request) -> Response {
+    if endpoint.check_origin(request.headers()).is_err() {
+        return forbidden_origin();
+    }
     let Some(params) = query(&request) else { return bad(StatusCode::BAD_REQUEST) };
     let token = params.iter().rev().find(|(k, _)| k == "token").map(|(_, v)| v.clone());
     let Some(session) = token.as_deref().and_then(|t| endpoint.longpoll.get(t)) else {
@@ -319,13 +342,14 @@ async fn run<H: SocketHandler>(
     socket: Arc<SocketShared>,
     token: String,
     mut commands: mpsc::Receiver<Command>,
-    _guard: LiveGuard,
+    _guard: Admitted,
 ) {
     let hub = endpoint.hub.clone();
     let registration = Registration { endpoint: &endpoint, hub: hub.clone(), socket: socket.clone(), token };
     let config = &endpoint.config;
     let window = config.longpoll_window.min(config.heartbeat_timeout / 2);
-    let mut session = Session::new(endpoint.handler.clone(), connection.assigns, socket.clone(), hub, config.max_channels);
+    let mut session = Session::new(endpoint.handler.clone(), connection.assigns, socket.clone(), hub, config.max_channels)
+        .with_inbound_rate(config.inbound_rate);
     let mut waiting: Option<(oneshot::Sender<Polled>, Instant)> = None;
     // Frames taken from the outbox whose poll went away before it could take them.
     let mut unsent: VecDeque<Frame> = VecDeque::new();

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use futures_util::SinkExt;
 
-use crate::endpoint::{Endpoint, LiveGuard};
+use crate::endpoint::{Admitted, Endpoint};
 use crate::hub::SocketShared;
 use crate::outbox::Close;
 use crate::serializer::{Frame, Serializer};
@@ -47,6 +47,17 @@ pub(crate) async fn upgrade<H: SocketHandler>(State(endpoint): State<Arc<Endpoin
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|info| info.0);
+    let guard = match endpoint.admit(&parts.headers, peer) {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            tracing::debug!(?refused, "socket not admitted");
+            let mut response = refused.status().into_response();
+            if refused != crate::limits::Refused::Origin {
+                response.headers_mut().insert(header::RETRY_AFTER, crate::limits::RETRY_AFTER.as_secs().into());
+            }
+            return response;
+        }
+    };
     let info = ConnectInfo { params, auth_token, headers: parts.headers, peer };
     let connection = match endpoint.handler.connect(&info).await {
         Ok(connection) => connection,
@@ -67,7 +78,6 @@ pub(crate) async fn upgrade<H: SocketHandler>(State(endpoint): State<Arc<Endpoin
         ws = ws.protocols([SUBPROTOCOL]);
     }
     endpoint.start_sweeper();
-    let guard = endpoint.lifecycle.track();
     let endpoint = endpoint.clone();
     ws.on_failed_upgrade(|error| tracing::debug!(%error, "websocket upgrade failed"))
         .on_upgrade(move |socket| run(socket, endpoint, connection, serializer, guard))
@@ -105,7 +115,7 @@ async fn run<H: SocketHandler>(
     endpoint: Arc<Endpoint<H>>,
     connection: crate::socket::Connection<H::Assigns>,
     serializer: Serializer,
-    _guard: LiveGuard,
+    _guard: Admitted,
 ) {
     let hub = endpoint.hub.clone();
     let config = &endpoint.config;
@@ -123,7 +133,8 @@ async fn run<H: SocketHandler>(
         socket.clone(),
         hub.clone(),
         config.max_channels,
-    );
+    )
+    .with_inbound_rate(config.inbound_rate);
 
     let end = drive(&mut ws, &mut session, &socket).await;
     Box::pin(session.terminate_all()).await;
