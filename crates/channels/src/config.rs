@@ -32,7 +32,8 @@ pub struct EndpointConfig {
     /// Sockets (WebSocket and LongPoll) this endpoint holds at most; more are refused with
     /// 503. Default: no cap.
     pub max_connections: Option<usize>,
-    /// Sockets one client address holds at most; more are refused with 429. Default: no cap.
+    /// Sockets one client address holds at most; more are refused with 429. Loopback
+    /// addresses are not capped (a local proxy or load generator). Default: no cap.
     pub max_connections_per_client: Option<usize>,
     /// Take the client address from `X-Forwarded-For` (only behind a proxy that sets it).
     pub trust_forwarded_for: bool,

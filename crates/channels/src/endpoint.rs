@@ -140,8 +140,9 @@ impl<H: SocketHandler> Endpoint<H> {
         };
         let client = match self.config.max_connections_per_client {
             Some(max) => match client_ip(headers, peer, self.config.trust_forwarded_for) {
-                Some(ip) => Some(self.admission.take(ip, max).ok_or(Refused::TooManyFromClient)?),
-                None => None,
+                // A loopback peer is a local proxy or load generator, not one client.
+                Some(ip) if !ip.is_loopback() => Some(self.admission.take(ip, max).ok_or(Refused::TooManyFromClient)?),
+                _ => None,
             },
             None => None,
         };

@@ -78,11 +78,21 @@ async fn one_address_may_hold_only_so_many_sockets() {
     })
     .await;
     let url = server.url("vsn=2.0.0&token=ok");
-    let mut first = server.v2("").await;
-    first.heartbeat("1").await;
-    assert_eq!(upgrade_status(&url, &[]).await, Err(429));
-    // Behind a trusted proxy each forwarded address has its own count.
-    assert_eq!(upgrade_status(&url, &[("x-forwarded-for", "203.0.113.9")]).await, Ok(()));
+    let first = [("x-forwarded-for", "203.0.113.9")];
+    let mut request = url.as_str().into_client_request().unwrap();
+    request.headers_mut().insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+    let (_held, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(upgrade_status(&url, &first).await, Err(429));
+    // Each forwarded address has its own count; loopback peers (a local proxy) none.
+    assert_eq!(upgrade_status(&url, &[("x-forwarded-for", "203.0.113.10")]).await, Ok(()));
+    let (mut a, mut b) = (server.v2("").await, server.v2("").await);
+    a.heartbeat("1").await;
+    b.heartbeat("1").await;
+    // Without trust, X-Forwarded-For is ignored (and the peer here is loopback).
+    let untrusting = Server::start_with(EndpointConfig { max_connections_per_client: Some(1), ..Default::default() }).await;
+    let url = untrusting.url("vsn=2.0.0&token=ok");
+    assert_eq!(upgrade_status(&url, &first).await, Ok(()));
+    assert_eq!(upgrade_status(&url, &first).await, Ok(()));
 }
 
 #[derive(Default)]
