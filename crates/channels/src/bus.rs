@@ -42,6 +42,10 @@ pub trait Bus: Send + Sync + 'static {
 
     /// The last socket of `user` on this node is gone. Default: nothing.
     fn user_left(&self, _user: &str) {}
+
+    /// Presences tracked on this node changed on `topic`: a cluster bus publishes this node's
+    /// share of the topic (see [`Hub::presence_merge`]). Default: nothing.
+    fn presence_changed(&self, _topic: &str) {}
 }
 
 /// A single-node bus: delivers into this node's hub, synchronously.

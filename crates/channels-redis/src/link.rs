@@ -1,0 +1,312 @@
+//! The task that owns the Redis connections: publishes what this node sends, delivers what
+//! the others send, heartbeats, replicates presence, and reconnects with backoff.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use channels::Hub;
+use futures_util::StreamExt;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use tokio::sync::mpsc;
+
+use crate::wire::{self, Incoming};
+use crate::{Command, RedisBusConfig};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Presence changes are published at most this often per topic (they coalesce meanwhile).
+const SHARE_EVERY: Duration = Duration::from_millis(50);
+/// Commands sent to Redis in one pipeline at most.
+const PIPELINE: usize = 512;
+
+/// Shared with [`crate::RedisBus::status`].
+#[derive(Debug)]
+pub struct LinkState {
+    pub connected: bool,
+    pub error: Option<String>,
+    /// Other nodes and when they were last heard from.
+    pub nodes: HashMap<u64, Instant>,
+}
+
+impl LinkState {
+    pub(crate) fn new(_now: Instant) -> LinkState {
+        LinkState { connected: false, error: None, nodes: HashMap::new() }
+    }
+}
+
+struct Link {
+    config: RedisBusConfig,
+    hub: Hub,
+    node: u64,
+    state: Arc<Mutex<LinkState>>,
+    /// User channels this node wants, whether or not Redis is up right now.
+    users: HashSet<String>,
+    /// Topics where this node's presence changed since it last published its share.
+    dirty: HashSet<String>,
+    /// Topics where this node has (or had) presences: what a sync republishes.
+    presence_topics: HashSet<String>,
+    leaving: bool,
+}
+
+fn lock(state: &Mutex<LinkState>) -> std::sync::MutexGuard<'_, LinkState> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) async fn run(config: RedisBusConfig, hub: Hub, mut rx: mpsc::UnboundedReceiver<Command>, state: Arc<Mutex<LinkState>>) {
+    let node = hub.node_id();
+    let mut link = Link { config, hub, node, state, users: HashSet::new(), dirty: HashSet::new(), presence_topics: HashSet::new(), leaving: false };
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        match link.connect().await {
+            Ok((sink, stream, conn)) => {
+                tracing::info!(node = format!("{node:016x}"), "cluster bus connected to Redis");
+                {
+                    let mut state = lock(&link.state);
+                    state.connected = true;
+                    state.error = None;
+                }
+                backoff = MIN_BACKOFF;
+                let error = link.serve(sink, stream, conn, &mut rx).await;
+                let mut state = lock(&link.state);
+                state.connected = false;
+                match error {
+                    None => return,
+                    Some(error) => {
+                        tracing::warn!(%error, "cluster bus lost Redis; deliveries stay local until it is back");
+                        state.error = Some(error);
+                    }
+                }
+            }
+            Err(error) => {
+                let mut state = lock(&link.state);
+                if state.error.as_deref() != Some(error.as_str()) {
+                    tracing::warn!(%error, retry_in = ?backoff, "cluster bus cannot reach Redis");
+                }
+                state.error = Some(error);
+            }
+        }
+        if !link.wait_offline(backoff, &mut rx).await {
+            return;
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+impl Link {
+    fn channel(&self, name: &str) -> String {
+        format!("{}:{name}", self.config.prefix)
+    }
+
+    async fn connect(&self) -> Result<(PubSubSink, PubSubStream, MultiplexedConnection), String> {
+        let client = redis::Client::open(self.config.url.as_str()).map_err(|e| e.to_string())?;
+        let timeout = Duration::from_secs(3);
+        let connect = async {
+            let pubsub = client.get_async_pubsub().await?;
+            let conn = client.get_multiplexed_async_connection().await?;
+            Ok::<_, redis::RedisError>((pubsub, conn))
+        };
+        let (pubsub, conn) = tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| "timed out connecting".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let (mut sink, stream) = pubsub.split();
+        let mut channels = vec![self.channel("all"), self.channel("presence")];
+        channels.extend(self.users.iter().cloned());
+        for chunk in channels.chunks(1000) {
+            sink.subscribe(chunk).await.map_err(|e| e.to_string())?;
+        }
+        Ok((sink, stream, conn))
+    }
+
+    /// Serves one connection; `None` when the bus is gone (stop), else why the connection ended.
+    async fn serve(
+        &mut self,
+        mut sink: PubSubSink,
+        mut stream: PubSubStream,
+        mut conn: MultiplexedConnection,
+        rx: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> Option<String> {
+        // Ask everyone for their shares, and offer ours (others may have dropped this node).
+        let mut hello = vec![(self.channel("presence"), wire::sync(self.node))];
+        hello.extend(self.all_shares());
+        if let Err(error) = self.send(&mut conn, hello).await {
+            return Some(error);
+        }
+        let mut beat = tokio::time::interval(self.config.heartbeat);
+        let mut share = tokio::time::interval(SHARE_EVERY);
+        share.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                command = rx.recv() => {
+                    let Some(command) = command else { return None };
+                    let mut batch = vec![command];
+                    while batch.len() < PIPELINE {
+                        match rx.try_recv() {
+                            Ok(command) => batch.push(command),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(error) = self.apply(batch, &mut sink, &mut conn).await {
+                        return Some(error);
+                    }
+                    if self.leaving {
+                        return None;
+                    }
+                }
+                message = stream.next() => {
+                    let Some(message) = message else { return Some("connection closed".into()) };
+                    let mut replies = Vec::new();
+                    self.receive(message.get_payload_bytes(), &mut replies);
+                    if let Err(error) = self.send(&mut conn, replies).await {
+                        return Some(error);
+                    }
+                }
+                _ = beat.tick() => {
+                    self.expire_nodes();
+                    if let Err(error) = self.send(&mut conn, vec![(self.channel("presence"), wire::heartbeat(self.node))]).await {
+                        return Some(error);
+                    }
+                }
+                _ = share.tick(), if !self.dirty.is_empty() => {
+                    let topics: Vec<String> = self.dirty.drain().collect();
+                    let shares = topics.iter().map(|t| self.share(t)).collect();
+                    if let Err(error) = self.send(&mut conn, shares).await {
+                        return Some(error);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn apply(&mut self, batch: Vec<Command>, sink: &mut PubSubSink, conn: &mut MultiplexedConnection) -> Result<(), String> {
+        let mut publishes = Vec::new();
+        for command in batch {
+            match command {
+                Command::Publish { channel, bytes } => publishes.push((channel, bytes)),
+                Command::Subscribe(channel) => {
+                    if self.users.insert(channel.clone()) {
+                        sink.subscribe(&channel).await.map_err(|e| e.to_string())?;
+                    }
+                }
+                Command::Unsubscribe(channel) => {
+                    if self.users.remove(&channel) {
+                        sink.unsubscribe(&channel).await.map_err(|e| e.to_string())?;
+                    }
+                }
+                Command::PresenceChanged(topic) => self.presence_changed(topic),
+                Command::Leave => {
+                    publishes.push((self.channel("presence"), wire::bye(self.node)));
+                    self.leaving = true;
+                }
+            }
+        }
+        self.send(conn, publishes).await
+    }
+
+    fn presence_changed(&mut self, topic: String) {
+        self.presence_topics.insert(topic.clone());
+        self.dirty.insert(topic);
+    }
+
+    /// While Redis is away: keep the wanted subscriptions and presence topics current, drop
+    /// publishes (they were delivered locally), expire silent nodes. False when the bus is gone.
+    async fn wait_offline(&mut self, wait: Duration, rx: &mut mpsc::UnboundedReceiver<Command>) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            self.expire_nodes();
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Err(_) => return true,
+                Ok(None) => return false,
+                Ok(Some(Command::Subscribe(channel))) => {
+                    self.users.insert(channel);
+                }
+                Ok(Some(Command::Unsubscribe(channel))) => {
+                    self.users.remove(&channel);
+                }
+                Ok(Some(Command::PresenceChanged(topic))) => self.presence_changed(topic),
+                Ok(Some(Command::Publish { .. })) => {}
+                Ok(Some(Command::Leave)) => return false,
+            }
+        }
+    }
+
+    /// Applies what another node sent; `replies` gets what to publish in answer.
+    fn receive(&mut self, bytes: &[u8], replies: &mut Vec<(String, Vec<u8>)>) {
+        let Some((from, incoming)) = wire::decode(bytes) else {
+            tracing::warn!(bytes = bytes.len(), "cluster bus: malformed message from Redis ignored");
+            return;
+        };
+        if from == self.node {
+            return;
+        }
+        match incoming {
+            Incoming::Delivery(msg) => {
+                self.hub.deliver(msg);
+            }
+            Incoming::Heartbeat => self.heard(from),
+            Incoming::Sync => {
+                self.heard(from);
+                replies.extend(self.all_shares());
+            }
+            Incoming::Share { topic, entries } => {
+                self.heard(from);
+                if let Err(error) = self.hub.presence_merge(from, &topic, entries) {
+                    tracing::warn!(%error, "cluster bus: presence share refused");
+                }
+            }
+            Incoming::Bye => {
+                lock(&self.state).nodes.remove(&from);
+                let left = self.hub.presence_drop_node(from);
+                tracing::info!(node = format!("{from:016x}"), presences = left, "node left the cluster");
+            }
+        }
+    }
+
+    fn heard(&self, node: u64) {
+        let mut state = lock(&self.state);
+        if state.nodes.insert(node, Instant::now()).is_none() {
+            tracing::info!(node = format!("{node:016x}"), "node joined the cluster");
+        }
+    }
+
+    fn expire_nodes(&self) {
+        let now = Instant::now();
+        let gone: Vec<u64> = {
+            let mut state = lock(&self.state);
+            let gone: Vec<u64> = state.nodes.iter().filter(|(_, seen)| now.duration_since(**seen) > self.config.node_timeout).map(|(n, _)| *n).collect();
+            for node in &gone {
+                state.nodes.remove(node);
+            }
+            gone
+        };
+        for node in gone {
+            let left = self.hub.presence_drop_node(node);
+            tracing::warn!(node = format!("{node:016x}"), presences = left, "node silent past the timeout: dropped from the cluster");
+        }
+    }
+
+    /// This node's presences on `topic`, as a share message.
+    fn share(&self, topic: &str) -> (String, Vec<u8>) {
+        let mine: Vec<_> = self.hub.presence_entries(topic).into_iter().filter(|e| e.node == self.node).collect();
+        (self.channel("presence"), wire::share(self.node, topic, &mine))
+    }
+
+    fn all_shares(&self) -> Vec<(String, Vec<u8>)> {
+        self.presence_topics.iter().map(|t| self.share(t)).collect()
+    }
+
+    async fn send(&self, conn: &mut MultiplexedConnection, messages: Vec<(String, Vec<u8>)>) -> Result<(), String> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (channel, bytes) in messages {
+            pipe.cmd("PUBLISH").arg(channel).arg(bytes).ignore();
+        }
+        tokio::time::timeout(Duration::from_secs(3), pipe.query_async::<()>(conn))
+            .await
+            .map_err(|_| "timed out publishing".to_owned())?
+            .map_err(|e| e.to_string())
+    }
+}
