@@ -32,6 +32,9 @@ enum Wire {
     /// Close the sockets with this id.
     #[serde(rename = "d")]
     Disconnect { s: String },
+    /// An application signal.
+    #[serde(rename = "s")]
+    Signal { s: String, d: Value },
     /// The sender is alive.
     #[serde(rename = "h")]
     Heartbeat,
@@ -133,6 +136,7 @@ pub fn delivery(node: u64, msg: &BusMessage) -> Vec<u8> {
             Wire::User { u: user.clone(), m: match_out(topics), e: event.clone(), p: payload_out(payload) }
         }
         BusMessage::Disconnect { socket_id } => Wire::Disconnect { s: socket_id.clone() },
+        BusMessage::Signal { name, data } => Wire::Signal { s: name.clone(), d: data.clone() },
     };
     seal(node, body)
 }
@@ -174,6 +178,7 @@ pub fn decode(bytes: &[u8]) -> Option<(u64, Incoming)> {
             Incoming::Delivery(BusMessage::User { user: u, topics: match_in(m), event: e, payload: payload_in(p)? })
         }
         Wire::Disconnect { s } => Incoming::Delivery(BusMessage::Disconnect { socket_id: s }),
+        Wire::Signal { s, d } => Incoming::Delivery(BusMessage::Signal { name: s, data: d }),
         Wire::Heartbeat => Incoming::Heartbeat,
         Wire::Bye => Incoming::Bye,
         Wire::Sync => Incoming::Sync,
@@ -212,6 +217,7 @@ mod tests {
         round_trip(BusMessage::BroadcastMatching { topics: TopicMatch::Prefix("notifications".into()), event: "ping".into(), payload: Payload::Json(json!({"msg": "ping"})) });
         round_trip(BusMessage::User { user: "u1".into(), topics: TopicMatch::Any, event: "msg".into(), payload: Payload::Json(json!({})) });
         round_trip(BusMessage::Disconnect { socket_id: "user_socket:x".into() });
+        round_trip(BusMessage::Signal { name: "mailbox".into(), data: json!({"user": "u1"}) });
     }
 
     #[test]

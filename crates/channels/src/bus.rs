@@ -28,6 +28,9 @@ pub enum BusMessage {
     User { user: String, topics: TopicMatch, event: String, payload: Payload },
     /// Close every socket whose id is `socket_id`.
     Disconnect { socket_id: String },
+    /// A note from the application to itself on every node (e.g. "work waits for this user"),
+    /// handed to the hub's signal handler; reaches no socket.
+    Signal { name: String, data: serde_json::Value },
 }
 
 /// Carries [`BusMessage`]s to every node, this one included.

@@ -101,7 +101,11 @@ struct HubInner {
     ids: RwLock<HashMap<Arc<str>, Sockets>>,
     presence: Presence,
     observer: Arc<dyn Observer>,
+    signals: RwLock<Option<SignalHandler>>,
 }
+
+/// What the application does with a [`BusMessage::Signal`] reaching this node.
+pub type SignalHandler = Arc<dyn Fn(&Hub, &str, &Value) + Send + Sync>;
 
 /// A message encoded at most once per serializer, whatever the number of subscribers.
 struct Outgoing<'a> {
@@ -170,6 +174,7 @@ impl Hub {
                 ids: RwLock::default(),
                 presence: Presence::new(interval),
                 observer,
+                signals: RwLock::new(None),
             }),
         }
     }
@@ -214,7 +219,7 @@ impl Hub {
     /// subscriptions written to, or of sockets closed for a disconnect.
     pub fn deliver(&self, msg: BusMessage) -> usize {
         let started = Instant::now();
-        let fanout = !matches!(msg, BusMessage::Disconnect { .. });
+        let fanout = !matches!(msg, BusMessage::Disconnect { .. } | BusMessage::Signal { .. });
         let event = match &msg {
             BusMessage::Broadcast { event, .. }
             | BusMessage::BroadcastMatching { event, .. }
@@ -296,7 +301,31 @@ impl Hub {
                 };
                 sockets.iter().filter(|s| s.outbox.close(Close::DISCONNECTED)).count()
             }
+            BusMessage::Signal { name, data } => {
+                let handler = self.inner.signals.read().clone();
+                match handler {
+                    Some(handler) => handler(self, &name, &data),
+                    None => tracing::debug!(name, "signal with no handler ignored"),
+                }
+                0
+            }
         }
+    }
+
+    /// Sends an application signal to every node (this one included), through the bus.
+    pub fn signal(&self, name: &str, data: Value) {
+        self.inner.bus.publish(self, BusMessage::Signal { name: name.to_owned(), data });
+    }
+
+    /// Sets what this node does with signals; it runs on the delivering task, so it should
+    /// only look and spawn.
+    pub fn on_signal(&self, handler: SignalHandler) {
+        *self.inner.signals.write() = Some(handler);
+    }
+
+    /// Whether `user` (the hub's user key) has a socket on this node.
+    pub fn has_user(&self, user: &str) -> bool {
+        self.inner.users.read().contains_key(user)
     }
 
     /// Who is on `topic` (every node's entries this node knows), in the `presence_state`

@@ -27,7 +27,7 @@ pub use bus::{Bus, BusMessage, LocalBus, SocketRef};
 pub use channel::{Channel, ChannelContext, HandleIn, Payload};
 pub use config::EndpointConfig;
 pub use endpoint::Endpoint;
-pub use hub::{Hub, TopicMatch};
+pub use hub::{Hub, SignalHandler, TopicMatch};
 pub use limits::{client_ip, AllowedOrigin, CheckOrigin, InboundRate, InvalidOrigin};
 pub use observer::Observer;
 pub use presence::{PresenceEntry, PresenceError};
