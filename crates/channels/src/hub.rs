@@ -323,6 +323,12 @@ impl Hub {
         *self.inner.signals.write() = Some(handler);
     }
 
+    /// This node's own presences on `topic` changed (not another node's share): the bus may
+    /// want to tell the cluster.
+    pub(crate) fn local_presence_changed(&self, topic: &str) {
+        self.inner.bus.presence_changed(topic);
+    }
+
     /// Whether `user` (the hub's user key) has a socket on this node.
     pub fn has_user(&self, user: &str) -> bool {
         self.inner.users.read().contains_key(user)

@@ -27,6 +27,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
 
+use crate::bus::BusMessage;
 use crate::channel::Payload;
 use crate::hub::{Hub, SocketShared};
 use crate::serializer::{Frame, Serializer};
@@ -200,7 +201,7 @@ impl Presence {
         }
         if self.interval.is_zero() {
             if let Some(diff) = tp.take_diff() {
-                hub.broadcast(topic, DIFF_EVENT, Payload::Json(diff));
+                send_diff(hub, topic, diff);
             }
             return;
         }
@@ -219,7 +220,7 @@ impl Presence {
             // Outside a runtime nothing could flush later: send now.
             Err(_) => {
                 if let Some(diff) = tp.take_diff() {
-                    hub.broadcast(topic, DIFF_EVENT, Payload::Json(diff));
+                    send_diff(hub, topic, diff);
                 }
             }
         }
@@ -230,7 +231,7 @@ impl Presence {
         let Some(tp) = topics.get_mut(topic) else { return };
         tp.flush_scheduled = false;
         if let Some(diff) = tp.take_diff() {
-            hub.broadcast(topic, DIFF_EVENT, Payload::Json(diff));
+            send_diff(hub, topic, diff);
         }
         if tp.is_empty() {
             topics.remove(topic);
@@ -267,6 +268,7 @@ impl Presence {
         let tp = topics.entry(topic.clone()).or_default();
         tp.add(Entry { key: Arc::from(key), phx_ref: phx_ref.clone(), node, conn, meta: Arc::new(meta) });
         self.changed(hub, &topic, tp);
+        hub.local_presence_changed(&topic);
         Ok(phx_ref.to_string())
     }
 
@@ -279,6 +281,7 @@ impl Presence {
             tp.remove(&key, &phx_ref);
         }
         self.changed(hub, &topic, tp);
+        hub.local_presence_changed(&topic);
         if tp.is_empty() {
             topics.remove(&topic);
         }
@@ -354,6 +357,7 @@ impl Presence {
         for topic in touched {
             if let Some(tp) = topics.get_mut(&**topic) {
                 self.changed(hub, topic, tp);
+                hub.local_presence_changed(topic);
             }
         }
         count
@@ -449,6 +453,12 @@ impl GetKeyValueMut for HashMap<Arc<str>, TopicPresence> {
         let name = self.get_key_value(key)?.0.clone();
         self.get_mut(key).map(|tp| (name, tp))
     }
+}
+
+/// Diffs go to this node's subscribers only: every node computes the diffs of its own view
+/// (its tracks and the shares merged from other nodes), so nothing is sent twice.
+fn send_diff(hub: &Hub, topic: &str, diff: Value) {
+    hub.deliver(BusMessage::Broadcast { topic: topic.to_owned(), event: DIFF_EVENT.to_owned(), payload: Payload::Json(diff), except: None });
 }
 
 #[cfg(test)]
