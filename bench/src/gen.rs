@@ -23,7 +23,9 @@ use crate::proto::{user_id, Incoming, Proto, Step};
 const SLOTS: usize = 4096;
 /// Source addresses 127.0.0.2 … 127.0.0.(1+SOURCES).
 const SOURCES: usize = 16;
-const STEP_TIMEOUT: Duration = Duration::from_secs(15);
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Consecutive timed-out steps after which a phase gives up (a server that fell over).
+const GIVE_UP_AFTER: usize = 2;
 
 struct Slot {
     count: AtomicU32,
@@ -319,6 +321,9 @@ impl Clients {
             let slot = &self.shared.broadcasts[seq as usize % SLOTS];
             if !self.wait_slot(slot, expected, Instant::now() + STEP_TIMEOUT).await {
                 incomplete += 1;
+                if incomplete >= GIVE_UP_AFTER && firsts.len() < incomplete {
+                    break;
+                }
                 continue;
             }
             firsts.push(Duration::from_nanos(slot.first.load(Ordering::Acquire).saturating_sub(sent)));
@@ -412,6 +417,9 @@ impl Clients {
                 samples.push(Duration::from_nanos(slot.first.load(Ordering::Acquire).saturating_sub(sent)));
             } else {
                 lost += 1;
+                if lost >= GIVE_UP_AFTER && samples.len() < lost {
+                    break;
+                }
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }

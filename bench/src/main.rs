@@ -2,8 +2,11 @@
 //! every server in turn and prints one table (see BENCHMARKS.md). Subcommands:
 //!
 //! - `all [--sizes 1000,10000] [--servers tako,floor,socketio] [--http-users 1000000] [--no-http]`
+//!   `[--tako-baseline REV]` (also measure Tako built at REV) `[--max-rss-mib 4096]` (kill a
+//!   server past this RSS: the machine is shared)
 //! - `ws …` (scenarios 1–4 only), `http …` (scenario 5 only)
 //! - `floor --port P`: the raw tokio-tungstenite floor server
+//! - `axum-floor --port P`: the same job through axum's WebSocketUpgrade (Tako's web stack)
 //! - `http-floor --port P --database-url URL`: the minimal axum+sqlx handler of scenario 5
 //!
 //! Every load is bounded in count and time, on loopback only; every server it starts is
@@ -49,18 +52,20 @@ fn sh(cmd: &mut Command) -> anyhow::Result<String> {
 
 /// The Tako binary to measure: `TAKO_BIN`, or a release build of the committed `HEAD` (built
 /// from `git archive` so that others' uncommitted edits neither break nor blur the run).
-fn prepare_tako(work: &Path) -> anyhow::Result<(PathBuf, String)> {
-    if let Ok(bin) = std::env::var("TAKO_BIN") {
-        return Ok((PathBuf::from(bin), "TAKO_BIN".into()));
+fn prepare_tako(work: &Path, rev: &str) -> anyhow::Result<(PathBuf, String)> {
+    if rev == "HEAD" {
+        if let Ok(bin) = std::env::var("TAKO_BIN") {
+            return Ok((PathBuf::from(bin), "TAKO_BIN".into()));
+        }
     }
     let root = repo_root();
-    let rev = sh(Command::new("git").arg("-C").arg(&root).args(["rev-parse", "--short", "HEAD"]))?;
-    let src = work.join("src");
+    let rev = sh(Command::new("git").arg("-C").arg(&root).args(["rev-parse", "--short", rev]))?;
+    let src = work.join(format!("src-{rev}"));
     std::fs::create_dir_all(&src)?;
     let archive = Command::new("git")
         .arg("-C")
         .arg(&root)
-        .args(["archive", "--format=tar", "HEAD"])
+        .args(["archive", "--format=tar", &rev])
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     let status = Command::new("tar").arg("-x").arg("-C").arg(&src).stdin(archive.stdout.expect("piped")).status()?;
@@ -79,7 +84,7 @@ fn prepare_tako(work: &Path) -> anyhow::Result<(PathBuf, String)> {
         bail!("building Tako at {rev} failed");
     }
     // Copy it out at once: others build into the same target directory.
-    let bin = work.join("tako");
+    let bin = work.join(format!("tako-{rev}"));
     std::fs::copy(Path::new(&target).join("release/tako"), &bin)?;
     Ok((bin, rev))
 }
@@ -111,7 +116,7 @@ async fn all(args: &Args, ws: bool, http: bool) -> anyhow::Result<()> {
     }
     let servers: Vec<Kind> = args
         .value("--servers")
-        .unwrap_or_else(|| "tako,floor,socketio".into())
+        .unwrap_or_else(|| "tako,floor,axum-floor,socketio".into())
         .split(',')
         .map(|s| Kind::parse(s.trim()).with_context(|| format!("unknown server {s}")))
         .collect::<anyhow::Result<_>>()?;
@@ -127,9 +132,25 @@ async fn all(args: &Args, ws: bool, http: bool) -> anyhow::Result<()> {
     let work = std::env::temp_dir().join(format!("tako-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let result = async {
-        let (tako, rev) = prepare_tako(&work)?;
+        let (tako, rev) = prepare_tako(&work, "HEAD")?;
+        let _ = runner::TAKO_LABEL.set(Box::leak(format!("Tako {rev} (HEAD)").into_boxed_str()));
+        let mut servers = servers.clone();
+        let tako_baseline = match args.value("--tako-baseline") {
+            Some(base) => {
+                let (bin, base_rev) = prepare_tako(&work, &base)?;
+                let _ = runner::BASELINE_LABEL.set(Box::leak(format!("Tako {base_rev} (baseline)").into_boxed_str()));
+                if let Some(i) = servers.iter().position(|k| *k == Kind::Tako) {
+                    servers.insert(i + 1, Kind::TakoBaseline);
+                }
+                Some(bin)
+            }
+            None => None,
+        };
+        let max_rss_mib: u64 = args.value("--max-rss-mib").map(|v| v.parse()).transpose()?.unwrap_or(4096);
         let paths = Paths {
             tako,
+            tako_baseline,
+            max_rss: max_rss_mib * 1024 * 1024,
             bench: std::env::current_exe()?,
             socketio_dir: repo_root().join("bench/socketio"),
             work: work.clone(),
@@ -197,13 +218,17 @@ async fn main() -> anyhow::Result<()> {
         "http" => all(&args, false, true).await,
         "floor" => {
             let port = args.value("--port").or_else(|| std::env::var("PORT").ok()).context("--port")?.parse()?;
-            floor::serve(port).await
+            floor::serve_raw(port).await
+        }
+        "axum-floor" => {
+            let port = args.value("--port").or_else(|| std::env::var("PORT").ok()).context("--port")?.parse()?;
+            floor::serve_axum(port).await
         }
         "http-floor" => {
             let port = args.value("--port").context("--port")?.parse()?;
             let url = args.value("--database-url").context("--database-url")?;
             httpfloor::serve(port, &url).await
         }
-        other => bail!("unknown command {other}; try all, ws, http, floor, http-floor"),
+        other => bail!("unknown command {other}; try all, ws, http, floor, axum-floor, http-floor"),
     }
 }

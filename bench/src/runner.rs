@@ -12,10 +12,17 @@ use crate::gen::{Clients, Target};
 use crate::proto::{user_id, Proto};
 use crate::stats::{fmt_bytes, fmt_duration, fmt_rate, quantiles, rss_of_tree, Quantiles};
 
+/// "Tako <rev> (…)" for the baseline build, set once by main.
+pub static BASELINE_LABEL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+pub static TAKO_LABEL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Tako,
+    /// Another build of Tako (`--tako-baseline REV`), for before/after.
+    TakoBaseline,
     Floor,
+    AxumFloor,
     SocketIo,
 }
 
@@ -24,21 +31,24 @@ impl Kind {
         match s {
             "tako" => Some(Kind::Tako),
             "floor" | "raw" => Some(Kind::Floor),
+            "axum-floor" => Some(Kind::AxumFloor),
             "socketio" | "socket.io" => Some(Kind::SocketIo),
             _ => None,
         }
     }
     pub fn label(self) -> &'static str {
         match self {
-            Kind::Tako => "Tako",
+            Kind::Tako => TAKO_LABEL.get().copied().unwrap_or("Tako"),
+            Kind::TakoBaseline => BASELINE_LABEL.get().copied().unwrap_or("Tako baseline"),
             Kind::Floor => "raw floor (tokio-tungstenite)",
+            Kind::AxumFloor => "axum floor (axum WebSocketUpgrade)",
             Kind::SocketIo => "Socket.IO 4.8 (Node 20)",
         }
     }
     fn proto(self) -> Proto {
         match self {
-            Kind::Tako => Proto::Phoenix,
-            Kind::Floor => Proto::Raw,
+            Kind::Tako | Kind::TakoBaseline => Proto::Phoenix,
+            Kind::Floor | Kind::AxumFloor => Proto::Raw,
             Kind::SocketIo => Proto::SocketIo,
         }
     }
@@ -46,6 +56,9 @@ impl Kind {
 
 pub struct Paths {
     pub tako: PathBuf,
+    pub tako_baseline: Option<PathBuf>,
+    /// A server whose RSS passes this is killed and the phase reported as failed.
+    pub max_rss: u64,
     pub bench: PathBuf,
     pub socketio_dir: PathBuf,
     pub work: PathBuf,
@@ -106,7 +119,11 @@ fn log_file(work: &Path, name: &str) -> anyhow::Result<Stdio> {
 }
 
 fn tako_command(paths: &Paths, database_url: &str) -> Command {
-    let mut cmd = Command::new(&paths.tako);
+    tako_command_with(&paths.tako, database_url)
+}
+
+fn tako_command_with(bin: &Path, database_url: &str) -> Command {
+    let mut cmd = Command::new(bin);
     cmd.env("DATABASE_URL", database_url)
         .env("TAKO_BIND", "127.0.0.1")
         .env_remove("HOLOQUEST_API_TOKEN")
@@ -125,9 +142,18 @@ pub async fn start(kind: Kind, paths: &Paths, database_url: &str) -> anyhow::Res
     let port = free_port()?;
     let (mut cmd, http) = match kind {
         Kind::Tako => (tako_command(paths, database_url), true),
+        Kind::TakoBaseline => {
+            let bin = paths.tako_baseline.as_ref().context("no baseline build")?;
+            (tako_command_with(bin, database_url), true)
+        }
         Kind::Floor => {
             let mut c = Command::new(&paths.bench);
             c.arg("floor").arg("--port").arg(port.to_string());
+            (c, false)
+        }
+        Kind::AxumFloor => {
+            let mut c = Command::new(&paths.bench);
+            c.arg("axum-floor").arg("--port").arg(port.to_string());
             (c, false)
         }
         Kind::SocketIo => {
@@ -152,13 +178,14 @@ pub async fn start(kind: Kind, paths: &Paths, database_url: &str) -> anyhow::Res
 }
 
 /// A SQLite database with users 0..=n (n is the control connection), migrated by Tako itself.
-pub async fn sqlite_with_users(paths: &Paths, n: usize) -> anyhow::Result<String> {
-    let file = paths.work.join(format!("users-{n}.db"));
+pub async fn sqlite_with_users(paths: &Paths, n: usize, kind: Kind) -> anyhow::Result<String> {
+    let file = paths.work.join(format!("users-{kind:?}-{n}.db"));
     let url = format!("sqlite://{}", file.display());
     if file.exists() {
         return Ok(url);
     }
-    let status = tako_command(paths, &url).arg("migrate").stdout(Stdio::null()).status().await?;
+    let bin = if kind == Kind::TakoBaseline { paths.tako_baseline.clone().context("no baseline")? } else { paths.tako.clone() };
+    let status = tako_command_with(&bin, &url).arg("migrate").stdout(Stdio::null()).status().await?;
     if !status.success() {
         bail!("tako migrate failed: {status}");
     }
@@ -218,15 +245,18 @@ pub struct WsPlan {
 /// Scenarios 1–3 on one fresh server, then scenario 4 on another fresh one.
 pub async fn run_ws(kind: Kind, n: usize, paths: &Paths, plan: &WsPlan) -> anyhow::Result<Row> {
     let mut row = Row { kind: Some(kind), n, ..Row::default() };
-    let db = if kind == Kind::Tako { sqlite_with_users(paths, n).await? } else { String::new() };
+    let is_tako = matches!(kind, Kind::Tako | Kind::TakoBaseline);
+    // Each Tako build migrates its own copy (a newer build may add tables).
+    let db = if is_tako { sqlite_with_users(paths, n, kind).await? } else { String::new() };
 
     // 1–3: paced connects (64 in flight), so the memory is that of idle joined sockets.
     let server = start(kind, paths, &db).await?;
     let target = Target {
         proto: kind.proto(),
         addr: ([127, 0, 0, 1], server.port).into(),
-        http_base: (kind == Kind::Tako).then(|| format!("http://127.0.0.1:{}", server.port)),
+        http_base: is_tako.then(|| format!("http://127.0.0.1:{}", server.port)),
     };
+    let watchdog = Watchdog::start(server.pid, paths.max_rss);
     let result = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         row.rss_before = rss_of_tree(server.pid).unwrap_or(0);
@@ -271,12 +301,16 @@ pub async fn run_ws(kind: Kind, n: usize, paths: &Paths, plan: &WsPlan) -> anyho
         anyhow::Ok(())
     }
     .await;
+    watchdog.finish(&mut row);
     server.stop().await;
-    result?;
+    if let Err(e) = result {
+        row.notes.push(format!("scenarios 1–3 stopped: {e:#}"));
+    }
 
     // 4: the storm, on a fresh server.
     let server = start(kind, paths, &db).await?;
     let target = Target { addr: ([127, 0, 0, 1], server.port).into(), ..target };
+    let watchdog = Watchdog::start(server.pid, paths.max_rss);
     let result = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let overflows = crate::stats::listen_overflows();
@@ -297,9 +331,49 @@ pub async fn run_ws(kind: Kind, n: usize, paths: &Paths, plan: &WsPlan) -> anyho
         anyhow::Ok(())
     }
     .await;
+    watchdog.finish(&mut row);
     server.stop().await;
-    result?;
+    if let Err(e) = result {
+        row.notes.push(format!("storm stopped: {e:#}"));
+    }
     Ok(row)
+}
+
+/// Kills a server whose RSS passes the limit (the machine is shared), and says so.
+struct Watchdog {
+    task: tokio::task::JoinHandle<Option<u64>>,
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Watchdog {
+    fn start(pid: u32, limit: u64) -> Watchdog {
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                match rss_of_tree(pid) {
+                    Some(rss) if rss > limit => {
+                        let _ = std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+                        return Some(rss);
+                    }
+                    Some(_) => {}
+                    None => return None,
+                }
+            }
+        });
+        Watchdog { task }
+    }
+
+    fn finish(self, row: &mut Row) {
+        let mut this = self;
+        if let Some(Ok(Some(rss))) = futures_util::FutureExt::now_or_never(&mut this.task) {
+            row.notes.push(format!("server killed by the harness: RSS {} passed the limit", fmt_bytes(rss as f64)));
+        }
+    }
 }
 
 fn q(q: Option<Quantiles>) -> String {
@@ -378,6 +452,15 @@ pub fn targets(rows: &[Row], http: &[HttpRow]) -> String {
         let floor = find(rows, Kind::Floor, n);
         if let Some(t) = tako.and_then(Row::per_socket) {
             let _ = writeln!(out, "| memory per idle joined socket ≤ 4 KiB (N={n}) | {} | {} |", fmt_bytes(t), verdict(t <= 4096.0));
+            if let Some(a) = find(rows, Kind::AxumFloor, n).and_then(Row::per_socket) {
+                let _ = writeln!(
+                    out,
+                    "| (for the analysis) Tako − axum floor: Tako's own state per socket (N={n}) | {} − {} = {} | – |",
+                    fmt_bytes(t),
+                    fmt_bytes(a),
+                    fmt_bytes(t - a)
+                );
+            }
             if let Some(s) = sio.and_then(Row::per_socket) {
                 let _ = writeln!(
                     out,
