@@ -44,6 +44,10 @@ pub struct Config {
     #[arg(long, env = "TAKO_PUBSUB_URL")]
     pub pubsub_url: Option<String>,
 
+    /// Cluster mode: seconds after which a node not heard from is dropped (its users leave).
+    #[arg(long, env = "TAKO_NODE_TIMEOUT", default_value_t = 5)]
+    pub node_timeout_secs: u64,
+
     /// Comma-separated origins allowed by CORS; any origin when unset.
     #[arg(long, env = "TAKO_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
@@ -73,6 +77,39 @@ pub struct Config {
     #[arg(long, env = "TAKO_LONGPOLL_WINDOW", default_value_t = 10)]
     pub longpoll_window_secs: u64,
 
+    /// Origins allowed to open sockets (Phoenix's check_origin): `https://quest.example.com`,
+    /// `//*.example.com`, …, or `*` for any. Required in prod; any origin in dev when unset.
+    #[arg(long, env = "TAKO_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Sockets this node holds at most (WebSocket and LongPoll); more get 503. 0: no cap.
+    #[arg(long, env = "TAKO_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Sockets one client address holds at most; more get 429. 0: no cap. Loopback is exempt.
+    #[arg(long, env = "TAKO_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
+    pub max_connections_per_ip: usize,
+
+    /// Registrations one client address may make per minute; more get 429. 0: no limit.
+    #[arg(long, env = "TAKO_REGISTRATIONS_PER_MINUTE", default_value_t = 300)]
+    pub registrations_per_minute: u32,
+
+    /// Inbound messages per second one socket may send on average (0: no limit) …
+    #[arg(long, env = "TAKO_SOCKET_RATE", default_value_t = 20)]
+    pub socket_rate: u32,
+
+    /// … and at once. Over it: error replies, then a close with 1008 "rate limited".
+    #[arg(long, env = "TAKO_SOCKET_BURST", default_value_t = 60)]
+    pub socket_burst: u32,
+
+    /// Behind a proxy: take the client address from `X-Forwarded-For`.
+    #[arg(long, env = "TAKO_TRUST_PROXY", default_value_t = false, value_parser = clap::builder::FalseyValueParser::new())]
+    pub trust_proxy: bool,
+
+    /// A second listener (e.g. `127.0.0.1:9090`) serving `GET /metrics` without a token.
+    #[arg(long, env = "TAKO_METRICS_BIND")]
+    pub metrics_bind: Option<std::net::SocketAddr>,
+
     /// Seconds given to open sockets to close on shutdown.
     #[arg(long, env = "TAKO_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
@@ -84,6 +121,8 @@ pub enum ConfigError {
     MissingInProd(&'static str),
     #[error("HOLOQUEST_API_TOKEN and TAKO_ADMIN_TOKEN must differ: the client token is public")]
     SameTokens,
+    #[error("TAKO_ALLOWED_ORIGINS: {0}")]
+    Origins(#[from] channels::InvalidOrigin),
 }
 
 impl Config {
@@ -94,12 +133,17 @@ impl Config {
         self.pubsub_url = self.pubsub_url.filter(|t| !t.is_empty());
         self.database_url = self.database_url.filter(|t| !t.is_empty());
         self.cors_origins.retain(|o| !o.trim().is_empty());
+        self.allowed_origins.retain(|o| !o.trim().is_empty());
+        self.check_origin()?;
         if self.environment == Environment::Prod {
             if self.api_token.is_none() {
                 return Err(ConfigError::MissingInProd("HOLOQUEST_API_TOKEN"));
             }
             if self.admin_token.is_none() {
                 return Err(ConfigError::MissingInProd("TAKO_ADMIN_TOKEN"));
+            }
+            if self.allowed_origins.is_empty() {
+                return Err(ConfigError::MissingInProd("TAKO_ALLOWED_ORIGINS (or `*` for any origin)"));
             }
             if self.database_url.is_none() {
                 return Err(ConfigError::MissingInProd("DATABASE_URL"));
@@ -127,6 +171,14 @@ impl Config {
         Duration::from_secs(self.longpoll_window_secs.max(1))
     }
 
+    /// Which origins may open sockets: any when unset or `*`.
+    pub fn check_origin(&self) -> Result<channels::CheckOrigin, channels::InvalidOrigin> {
+        if self.allowed_origins.is_empty() || self.allowed_origins.iter().any(|o| o.trim() == "*") {
+            return Ok(channels::CheckOrigin::Any);
+        }
+        channels::CheckOrigin::list(self.allowed_origins.iter().map(|o| o.trim()))
+    }
+
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
     }
@@ -141,6 +193,7 @@ impl Config {
             admin_token: None,
             environment: Environment::Dev,
             pubsub_url: None,
+            node_timeout_secs: 5,
             cors_origins: Vec::new(),
             heartbeat_timeout_secs: 60,
             max_channels: 100,
@@ -148,6 +201,14 @@ impl Config {
             shutdown_timeout_secs: 10,
             presence_interval_ms: 50,
             longpoll_window_secs: 10,
+            allowed_origins: Vec::new(),
+            max_connections: 100_000,
+            max_connections_per_ip: 1000,
+            registrations_per_minute: 300,
+            socket_rate: 20,
+            socket_burst: 60,
+            trust_proxy: false,
+            metrics_bind: None,
             message_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
         }
     }

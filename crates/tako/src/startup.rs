@@ -8,7 +8,8 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::storage::{self, Store};
-use crate::api::{self, auth::Tokens, AppState};
+use crate::api::{self, auth::Tokens, ops::HttpLimits, AppState};
+use crate::metrics::Metrics;
 use crate::config::Config;
 use crate::realtime::Realtime;
 
@@ -18,6 +19,29 @@ pub struct Application {
     store: Arc<dyn Store>,
     realtime: Realtime,
     shutdown_timeout: std::time::Duration,
+    /// `TAKO_METRICS_BIND`: its own listener, `GET /metrics` without a token.
+    metrics_listener: Option<(TcpListener, axum::Router)>,
+}
+
+/// Every HTTP request gets an `x-request-id` (the caller's, or a new UUID, echoed in the
+/// answer), a span carrying it (see `telemetry::http_span`: no query strings, no UUIDs), an
+/// info log line with its status and latency, and its place in the HTTP metrics.
+fn observed(router: axum::Router, metrics: Arc<Metrics>) -> axum::Router {
+    use axum::middleware::{from_fn, from_fn_with_state};
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    use tower_http::trace::{DefaultOnResponse, TraceLayer};
+    let request_id = axum::http::HeaderName::from_static("x-request-id");
+    router
+        .route_layer(from_fn(crate::metrics::mark_route))
+        .layer(from_fn_with_state(metrics, crate::metrics::track_http))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(crate::telemetry::http_span)
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }
 
 impl Application {
@@ -26,12 +50,29 @@ impl Application {
         let store = open_store(&config).await?;
         let tokens = Tokens { client: config.api_token.clone(), admin: config.admin_token.clone() };
         warn_about_open_access(&tokens);
-        let realtime = Realtime::new(store.clone(), &config);
-        let state = AppState { store: store.clone(), tokens: Arc::new(tokens), realtime: realtime.clone() };
-        let router = api::router(state, &config.cors_origins).nest("/socket", realtime.routes());
+        let metrics = Arc::new(Metrics::new());
+        let realtime = Realtime::new(store.clone(), &config, metrics.clone());
+        let state = AppState {
+            store: store.clone(),
+            tokens: Arc::new(tokens),
+            realtime: realtime.clone(),
+            metrics: metrics.clone(),
+            limits: Arc::new(HttpLimits::new(config.registrations_per_minute, config.trust_proxy)),
+        };
+        let router = api::router(state.clone(), &config.cors_origins)
+            .nest("/socket", realtime.routes())
+            .merge(crate::dashboard::routes(state.clone()));
+        let router = observed(router, metrics);
         let address = SocketAddr::new(config.bind, config.port);
         let listener = TcpListener::bind(address).await.with_context(|| format!("binding {address}"))?;
-        Ok(Application { listener, router, store, realtime, shutdown_timeout: config.shutdown_timeout() })
+        let metrics_listener = match config.metrics_bind {
+            Some(address) => Some((
+                TcpListener::bind(address).await.with_context(|| format!("binding TAKO_METRICS_BIND {address}"))?,
+                api::ops::metrics_only(state),
+            )),
+            None => None,
+        };
+        Ok(Application { listener, router, store, realtime, shutdown_timeout: config.shutdown_timeout(), metrics_listener })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -50,6 +91,17 @@ impl Application {
     /// and lets HTTP requests in flight finish, all within the shutdown timeout.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         tracing::info!(address = %self.local_addr(), backend = self.store.backend(), "tako listening");
+        if let Some((listener, router)) = self.metrics_listener {
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!(%address, "metrics listening (no token)");
+            }
+            // Ends with the process; it holds nothing that needs a graceful stop.
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, router).await {
+                    tracing::error!(%error, "metrics listener failed");
+                }
+            });
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;

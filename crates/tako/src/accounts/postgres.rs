@@ -88,6 +88,18 @@ impl UserStore for PostgresStore {
         Ok((users, total as u64))
     }
 
+    async fn search_nickname(&self, text: &str, limit: u32) -> Result<Vec<User>, StoreError> {
+        let pattern = format!("%{}%", crate::accounts::escape_like(text));
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE nickname ILIKE $1 ESCAPE '\\' ORDER BY nickname, id LIMIT $2"
+        ))
+        .bind(pattern)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
+    }
+
     async fn leaderboard(&self, limit: u32) -> Result<Vec<LeaderboardEntry>, StoreError> {
         let rows = sqlx::query(
             "SELECT nickname, stamps_collected FROM users

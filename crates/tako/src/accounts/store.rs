@@ -15,6 +15,9 @@ pub trait UserStore: Send + Sync + 'static {
     async fn delete(&self, id: UserId) -> Result<bool, StoreError>;
     /// Users in registration order, and how many there are in all.
     async fn list(&self, limit: u32, offset: u64) -> Result<(Vec<User>, u64), StoreError>;
+    /// Users whose nickname contains `text` (case-insensitive), by nickname; for operators
+    /// looking someone up.
+    async fn search_nickname(&self, text: &str, limit: u32) -> Result<Vec<User>, StoreError>;
     /// Best first; users without a nickname are left out. Served by an index.
     async fn leaderboard(&self, limit: u32) -> Result<Vec<LeaderboardEntry>, StoreError>;
     /// Which of `ids` exist: one query for a whole batch of socket connects.

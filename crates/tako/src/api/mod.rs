@@ -7,6 +7,7 @@ pub mod jsonapi;
 mod leaderboard;
 pub mod openapi;
 mod operators;
+pub mod ops;
 mod presence;
 mod users;
 
@@ -14,13 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
-use tower_http::trace::TraceLayer;
 
 use crate::storage::Store;
 use crate::realtime::Realtime;
@@ -33,13 +34,15 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub tokens: Arc<Tokens>,
     pub realtime: Realtime,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub limits: Arc<ops::HttpLimits>,
 }
 
 /// The HTTP routes of Tako (sockets are nested in by `startup`).
 pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     let jsonapi = Router::new()
-        .route(users::BASE, get(users::list).post(users::create))
-        .route(&format!("{}/", users::BASE), get(users::list).post(users::create))
+        .route(users::BASE, get(users::list).post(users::create.layer(from_fn_with_state(state.clone(), ops::limit_registrations))))
+        .route(&format!("{}/", users::BASE), get(users::list).post(users::create.layer(from_fn_with_state(state.clone(), ops::limit_registrations))))
         .route(&format!("{}/{{id}}", users::BASE), get(users::show).patch(users::update).delete(users::delete))
         .route("/api/json/leaderboard", get(leaderboard::leaderboard))
         .route("/api/json/open_api", get(openapi::open_api))
@@ -47,18 +50,20 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .route("/api/messages/{id}", get(operators::message_status))
         .route("/api/broadcasts", post(operators::broadcast))
         .route("/api/ping", post(operators::ping))
+        .route("/api/users/search", get(ops::search_users))
         .route("/api/presence/{topic}", get(presence::list))
         .route_layer(from_fn(jsonapi::negotiate))
         .route_layer(from_fn_with_state(state.tokens.clone(), auth::authenticate));
 
     Router::new()
         .route("/healthz", get(health::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
         .merge(jsonapi)
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed().into_response() })
         .layer(DefaultBodyLimit::max(jsonapi::MAX_BODY_BYTES))
         .layer(cors(cors_origins))
-        .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 

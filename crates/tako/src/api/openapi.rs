@@ -4,14 +4,14 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{error, leaderboard, operators, presence, users};
+use super::{error, leaderboard, operators, ops, presence, users};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tako", description = "Accounts and leaderboard of the HoloQuest stamp rally"),
     paths(
         users::create, users::show, users::update, users::delete, users::list, leaderboard::leaderboard, open_api,
-        operators::send_message, operators::message_status, operators::broadcast, operators::ping, presence::list,
+        operators::send_message, operators::message_status, operators::broadcast, operators::ping, ops::search_users, presence::list,
     ),
     components(schemas(error::ErrorDocument)),
     modifiers(&BearerAuth),

@@ -259,6 +259,7 @@ fn parse_id(id: Result<Path<String>, PathRejection>) -> Result<UserId, ApiError>
         (status = 409, description = "Wrong resource type", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 413, description = "Body over 64 KiB", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 415, description = "Unsupported Content-Type", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 429, description = "Too many registrations from this client address (`TAKO_REGISTRATIONS_PER_MINUTE`); see Retry-After", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 503, description = "Database unavailable", body = ErrorDocument, content_type = "application/vnd.api+json"),
     ),
     security(("bearer" = []))

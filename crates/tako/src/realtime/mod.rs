@@ -32,7 +32,8 @@ pub struct Realtime {
 }
 
 impl Realtime {
-    pub fn new(store: Arc<dyn Store>, config: &Config) -> Realtime {
+    /// `observer` hears of messages in and out (the metrics).
+    pub fn new(store: Arc<dyn Store>, config: &Config, observer: Arc<dyn channels::Observer>) -> Realtime {
         let directory = UserDirectory::spawn(store.clone());
         let tracker = Arc::new(presence::PresenceTracker::new(store.clone()));
         let mailbox = Mailbox::spawn(store, config.message_ttl);
@@ -44,6 +45,17 @@ impl Realtime {
             shutdown_timeout: config.shutdown_timeout(),
             presence_interval: config.presence_interval(),
             longpoll_window: config.longpoll_window(),
+            // Validated by `Config::normalize`; a config built in code that skipped it gets
+            // the strictest reading: no origin at all.
+            check_origin: config.check_origin().unwrap_or_else(|_| channels::CheckOrigin::List(Vec::new())),
+            max_connections: (config.max_connections > 0).then_some(config.max_connections),
+            max_connections_per_client: (config.max_connections_per_ip > 0).then_some(config.max_connections_per_ip),
+            trust_forwarded_for: config.trust_proxy,
+            inbound_rate: (config.socket_rate > 0).then(|| channels::InboundRate {
+                per_second: f64::from(config.socket_rate),
+                burst: config.socket_burst.max(1),
+            }),
+            observer,
             ..EndpointConfig::default()
         };
         Realtime { endpoint: Endpoint::new(handler, endpoint_config), directory, mailbox }
@@ -56,6 +68,16 @@ impl Realtime {
 
     pub fn hub(&self) -> Hub {
         self.endpoint.hub()
+    }
+
+    /// Open sockets: (WebSocket, LongPoll).
+    pub fn sockets_by_transport(&self) -> (usize, usize) {
+        (self.endpoint.websocket_count(), self.endpoint.longpoll_sessions())
+    }
+
+    /// Once shutdown has begun (readiness then fails, so balancers stop sending).
+    pub fn is_shutting_down(&self) -> bool {
+        self.endpoint.is_shutting_down()
     }
 
     /// Stores a message for `user` and pushes `msg` `{"user_id","message",…extra,"id",

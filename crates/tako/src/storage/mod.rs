@@ -5,6 +5,7 @@
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -18,11 +19,35 @@ use crate::messages::MessageStore;
 pub enum StoreError {
     /// The database could not be reached or failed; the caller answers "try again later".
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported DATABASE_URL scheme (use sqlite:// or postgres://): {0}")]
     UnsupportedUrl(String),
+}
+
+/// Every database failure passes through here, so it is counted once (`tako_db_query_errors`).
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        QUERY_ERRORS.fetch_add(1, Ordering::Relaxed);
+        StoreError::Database(error)
+    }
+}
+
+static QUERY_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// Database errors since the process started (every store of the process).
+pub fn query_errors() -> u64 {
+    QUERY_ERRORS.load(Ordering::Relaxed)
+}
+
+/// The connection pool right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections open (idle or in use).
+    pub size: u32,
+    pub idle: u32,
+    pub max: u32,
 }
 
 #[async_trait]
@@ -31,6 +56,7 @@ pub trait Store: UserStore + MessageStore {
     async fn migrate(&self) -> Result<(), StoreError>;
     /// Answers when the database does.
     async fn ping(&self) -> Result<(), StoreError>;
+    fn pool(&self) -> PoolStats;
     /// Short backend name for logs.
     fn backend(&self) -> &'static str;
 }

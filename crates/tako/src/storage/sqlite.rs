@@ -42,7 +42,15 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn backend(&self) -> &'static str {
+    fn pool(&self) -> super::PoolStats {
+        super::PoolStats {
+            size: self.pool.size(),
+            idle: self.pool.num_idle() as u32,
+            max: self.pool.options().get_max_connections(),
+        }
+    }
+
+        fn backend(&self) -> &'static str {
         "sqlite"
     }
 }

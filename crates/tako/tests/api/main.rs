@@ -6,6 +6,7 @@ mod jsonapi;
 mod leaderboard;
 mod openapi;
 mod operators;
+mod ops;
 mod presence;
 mod storage;
 mod users;
