@@ -131,6 +131,9 @@ mod tests {
         async fn leaderboard(&self, _: u32) -> Result<Vec<LeaderboardEntry>, StoreError> {
             unreachable!("not used by the directory")
         }
+        async fn search_nickname(&self, _: &str, _: u32) -> Result<Vec<User>, StoreError> {
+            unreachable!("not used by the directory")
+        }
         async fn existing(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError> {
             self.queries.fetch_add(1, Ordering::SeqCst);
             // A database round trip, so concurrent connects pile up behind it.
