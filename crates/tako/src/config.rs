@@ -44,6 +44,11 @@ pub struct Config {
     #[arg(long, env = "TAKO_PUBSUB_URL")]
     pub pubsub_url: Option<String>,
 
+    /// Cluster mode: the cluster's name, which namespaces its Redis channels (several clusters,
+    /// or test runs, can share one Redis).
+    #[arg(long, env = "TAKO_CLUSTER", default_value = "tako")]
+    pub cluster_name: String,
+
     /// Cluster mode: seconds after which a node not heard from is dropped (its users leave).
     #[arg(long, env = "TAKO_NODE_TIMEOUT", default_value_t = 5)]
     pub node_timeout_secs: u64,
@@ -194,6 +199,7 @@ impl Config {
             environment: Environment::Dev,
             pubsub_url: None,
             node_timeout_secs: 5,
+            cluster_name: "tako".into(),
             cors_origins: Vec::new(),
             heartbeat_timeout_secs: 60,
             max_channels: 100,

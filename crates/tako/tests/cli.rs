@@ -4,7 +4,7 @@ use std::process::Command;
 
 fn tako() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tako"));
-    for var in ["HOLOQUEST_API_TOKEN", "TAKO_ADMIN_TOKEN", "DATABASE_URL", "TAKO_ENV", "PORT", "TAKO_PUBSUB_URL"] {
+    for var in ["HOLOQUEST_API_TOKEN", "TAKO_ADMIN_TOKEN", "DATABASE_URL", "TAKO_ENV", "PORT", "TAKO_PUBSUB_URL", "TAKO_ALLOWED_ORIGINS"] {
         command.env_remove(var);
     }
     command
@@ -30,10 +30,11 @@ fn migrate_defaults_to_tako_db_in_the_working_directory() {
 
 #[test]
 fn prod_refuses_to_start_without_tokens_and_database() {
-    let cases: [(&[(&str, &str)], &str); 3] = [
-        (&[("TAKO_ADMIN_TOKEN", "a"), ("DATABASE_URL", "sqlite://x.db")], "HOLOQUEST_API_TOKEN"),
-        (&[("HOLOQUEST_API_TOKEN", "c"), ("DATABASE_URL", "sqlite://x.db")], "TAKO_ADMIN_TOKEN"),
-        (&[("HOLOQUEST_API_TOKEN", "c"), ("TAKO_ADMIN_TOKEN", "a")], "DATABASE_URL"),
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (&[("TAKO_ADMIN_TOKEN", "a"), ("DATABASE_URL", "sqlite://x.db"), ("TAKO_ALLOWED_ORIGINS", "*")], "HOLOQUEST_API_TOKEN"),
+        (&[("HOLOQUEST_API_TOKEN", "c"), ("DATABASE_URL", "sqlite://x.db"), ("TAKO_ALLOWED_ORIGINS", "*")], "TAKO_ADMIN_TOKEN"),
+        (&[("HOLOQUEST_API_TOKEN", "c"), ("TAKO_ADMIN_TOKEN", "a"), ("TAKO_ALLOWED_ORIGINS", "*")], "DATABASE_URL"),
+        (&[("HOLOQUEST_API_TOKEN", "c"), ("TAKO_ADMIN_TOKEN", "a"), ("DATABASE_URL", "sqlite://x.db")], "TAKO_ALLOWED_ORIGINS"),
     ];
     let dir = tempfile::tempdir().unwrap();
     for (env, missing) in cases {

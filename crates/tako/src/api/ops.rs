@@ -82,6 +82,17 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_js
     if state.realtime.is_shutting_down() {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reason": "shutting down"})));
     }
+    // In cluster mode, a node cut off from Redis still serves its own sockets but not the
+    // cluster: balancers should send new clients elsewhere until it is back.
+    if let Some(cluster) = state.realtime.cluster_status() {
+        if !cluster.connected {
+            let error = cluster.error.unwrap_or_else(|| "connecting".into());
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable", "reason": format!("redis unreachable: {error}"), "checks": {"redis": "error"}})),
+            );
+        }
+    }
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, Json(json!({"status": "ready", "checks": {"database": "ok"}}))),
         Ok(Err(error)) => {

@@ -105,9 +105,17 @@ impl Message {
 pub trait MessageStore: Send + Sync + 'static {
     async fn insert_message(&self, message: &Message) -> Result<(), StoreError>;
     async fn message(&self, id: MessageId) -> Result<Option<Message>, StoreError>;
-    /// Undelivered, unexpired messages of `user`, oldest first.
-    async fn pending_messages(&self, user: UserId, now: Timestamp, limit: u32) -> Result<Vec<Message>, StoreError>;
-    async fn mark_delivered(&self, ids: &[MessageId], at: Timestamp) -> Result<(), StoreError>;
+    /// Hands `user`'s undelivered, unexpired messages (at most `limit`), oldest first, to
+    /// `push` until it returns false, and marks the pushed ones delivered at `now` — all in one
+    /// transaction that holds those rows, so concurrent deliveries for the same user (on other
+    /// nodes) wait and never push a message twice or out of order. Returns the pushed ids.
+    async fn deliver_waiting(
+        &self,
+        user: UserId,
+        now: Timestamp,
+        limit: u32,
+        push: &(dyn for<'m> Fn(&'m Message) -> bool + Send + Sync),
+    ) -> Result<Vec<MessageId>, StoreError>;
     /// Deletes every message past its expiry; returns how many.
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError>;
 }

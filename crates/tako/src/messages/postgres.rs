@@ -50,28 +50,44 @@ impl MessageStore for PostgresStore {
         Ok(row.as_ref().map(message_from_row).transpose()?)
     }
 
-    async fn pending_messages(&self, user: UserId, now: Timestamp, limit: u32) -> Result<Vec<Message>, StoreError> {
+    async fn deliver_waiting(
+        &self,
+        user: UserId,
+        now: Timestamp,
+        limit: u32,
+        push: &(dyn for<'m> Fn(&'m Message) -> bool + Send + Sync),
+    ) -> Result<Vec<MessageId>, StoreError> {
+        // FOR UPDATE holds the rows until the commit: another node delivering to the same user
+        // waits here, then sees them delivered and goes on with the next ones, in order.
+        let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM messages
              WHERE user_id = $1 AND delivered_at IS NULL AND expires_at > $2
-             ORDER BY seq LIMIT $3"
+             ORDER BY seq LIMIT $3 FOR UPDATE"
         ))
         .bind(user.as_uuid())
         .bind(naive(now))
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        Ok(rows.iter().map(message_from_row).collect::<Result<_, _>>()?)
-    }
-
-    async fn mark_delivered(&self, ids: &[MessageId], at: Timestamp) -> Result<(), StoreError> {
-        let uuids: Vec<Uuid> = ids.iter().map(MessageId::as_uuid).collect();
-        sqlx::query("UPDATE messages SET delivered_at = $2 WHERE id = ANY($1) AND delivered_at IS NULL")
-            .bind(&uuids)
-            .bind(naive(at))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let mut pushed = Vec::new();
+        for row in &rows {
+            let message = message_from_row(row)?;
+            if !push(&message) {
+                break;
+            }
+            pushed.push(message.id);
+        }
+        if !pushed.is_empty() {
+            let uuids: Vec<Uuid> = pushed.iter().map(MessageId::as_uuid).collect();
+            sqlx::query("UPDATE messages SET delivered_at = $2 WHERE id = ANY($1)")
+                .bind(&uuids)
+                .bind(naive(now))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(pushed)
     }
 
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {

@@ -54,7 +54,15 @@ impl MessageStore for SqliteStore {
         Ok(row.as_ref().map(message_from_row).transpose()?)
     }
 
-    async fn pending_messages(&self, user: UserId, now: Timestamp, limit: u32) -> Result<Vec<Message>, StoreError> {
+    async fn deliver_waiting(
+        &self,
+        user: UserId,
+        now: Timestamp,
+        limit: u32,
+        push: &(dyn for<'m> Fn(&'m Message) -> bool + Send + Sync),
+    ) -> Result<Vec<MessageId>, StoreError> {
+        // One node: the mailbox's per-user lock already orders deliveries of a user.
+        let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM messages
              WHERE user_id = ?1 AND delivered_at IS NULL AND expires_at > ?2
@@ -63,22 +71,25 @@ impl MessageStore for SqliteStore {
         .bind(user.to_string())
         .bind(now.as_micros())
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        Ok(rows.iter().map(message_from_row).collect::<Result<_, _>>()?)
-    }
-
-    async fn mark_delivered(&self, ids: &[MessageId], at: Timestamp) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for id in ids {
-            sqlx::query("UPDATE messages SET delivered_at = ?2 WHERE id = ?1 AND delivered_at IS NULL")
+        let mut pushed = Vec::new();
+        for row in &rows {
+            let message = message_from_row(row)?;
+            if !push(&message) {
+                break;
+            }
+            pushed.push(message.id);
+        }
+        for id in &pushed {
+            sqlx::query("UPDATE messages SET delivered_at = ?2 WHERE id = ?1")
                 .bind(id.to_string())
-                .bind(at.as_micros())
+                .bind(now.as_micros())
                 .execute(&mut *tx)
                 .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(pushed)
     }
 
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {

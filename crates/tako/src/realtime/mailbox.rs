@@ -1,9 +1,10 @@
 //! Messages for one user: stored first, then pushed to the user's live notifications sockets,
 //! in order and once. A user who is offline gets what waits for them when they next join.
 //!
-//! Every push of stored messages for a user (on send, on join) runs under that user's lock and
-//! marks what it pushed as delivered before the lock is released, so two paths never push the
-//! same message, and a message sent while a join is flushing queues behind it.
+//! Every push of stored messages for a user (on send, on join, on another node's signal) runs
+//! under that user's lock on this node and, in the database, in a transaction holding the
+//! messages it pushes (other nodes wait on those rows), and marks them delivered before
+//! letting go: a message is never pushed twice, and a user's messages go out in order.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -11,7 +12,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use channels::{ChannelContext, Hub, Payload};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 use tokio::sync::Mutex;
 
 use super::notifications_topics;
@@ -25,17 +26,47 @@ const STRIPES: usize = 1024;
 /// Messages read per query while flushing.
 const BATCH: u32 = 100;
 
+/// The signal that tells every node "messages wait for this user".
+const SIGNAL: &str = "tako.mailbox";
+/// In a cluster, how long a send waits to learn whether another node delivered it.
+const REMOTE_WAIT: Duration = Duration::from_millis(500);
+
 pub struct Mailbox {
     store: Arc<dyn Store>,
     ttl: Duration,
     stripes: Vec<Mutex<()>>,
+    /// Other nodes may hold the user's sockets.
+    clustered: bool,
 }
 
 impl Mailbox {
-    pub fn spawn(store: Arc<dyn Store>, ttl: Duration) -> Arc<Mailbox> {
-        let mailbox = Arc::new(Mailbox { store, ttl, stripes: (0..STRIPES).map(|_| Mutex::new(())).collect() });
+    pub fn spawn(store: Arc<dyn Store>, ttl: Duration, clustered: bool) -> Arc<Mailbox> {
+        let stripes = (0..STRIPES).map(|_| Mutex::new(())).collect();
+        let mailbox = Arc::new(Mailbox { store, ttl, stripes, clustered });
         tokio::spawn(purge_expired(Arc::downgrade(&mailbox), purge_interval(ttl)));
         mailbox
+    }
+
+    /// Listens for other nodes' "messages wait for this user" signals on `hub`.
+    pub fn listen(self: &Arc<Self>, hub: &Hub) {
+        let mailbox = self.clone();
+        hub.on_signal(Arc::new(move |hub: &Hub, name: &str, data: &Value| {
+            if name != SIGNAL {
+                return;
+            }
+            let Some(user) = data.get("user").and_then(Value::as_str).and_then(|u| u.parse::<UserId>().ok()) else {
+                return;
+            };
+            if !hub.has_user(&user.to_string()) {
+                return;
+            }
+            let (mailbox, hub) = (mailbox.clone(), hub.clone());
+            tokio::spawn(async move {
+                if let Err(error) = mailbox.flush(&hub, user).await {
+                    tracing::warn!(%error, "delivering waiting messages failed; they stay waiting");
+                }
+            });
+        }));
     }
 
     fn stripe(&self, user: UserId) -> &Mutex<()> {
@@ -45,48 +76,61 @@ impl Mailbox {
     }
 
     /// Stores a message for `user` and pushes what waits for them (this one included) to
-    /// their live notifications sockets. Returns the message and whether it was delivered.
+    /// their live notifications sockets, wherever they are. Returns the message and whether it
+    /// was delivered.
     pub async fn send(&self, hub: &Hub, user: UserId, text: String, extra: Map<String, Value>) -> Result<(Message, bool), StoreError> {
         let now = Timestamp::now();
-        let expires_at = Timestamp::from_micros(now.as_micros().saturating_add(self.ttl.as_micros().min(i64::MAX as u128) as i64));
+        let ttl = i64::try_from(self.ttl.as_micros()).unwrap_or(i64::MAX);
+        let expires_at = Timestamp::from_micros(now.as_micros().saturating_add(ttl));
         let mut message = Message { id: MessageId::generate(), user_id: user, text, extra, inserted_at: now, expires_at, delivered_at: None };
         self.store.insert_message(&message).await?;
-        let key = user.to_string();
-        let delivered = self
-            .flush(user, |payload| hub.send_to_user(&key, notifications_topics(), "msg", payload) > 0)
-            .await?;
-        if let Some(at) = delivered.iter().find(|(id, _)| *id == message.id).map(|(_, at)| *at) {
-            message.delivered_at = Some(at);
+        if hub.has_user(&user.to_string()) && self.flush(hub, user).await?.contains(&message.id) {
+            message.delivered_at = Some(now);
+        } else if self.clustered {
+            // The user may be on another node: the nodes holding it deliver.
+            hub.signal(SIGNAL, json!({ "user": user.to_string() }));
+            let deadline = tokio::time::Instant::now() + REMOTE_WAIT;
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                if let Some(stored) = self.store.message(message.id).await? {
+                    if stored.delivered_at.is_some() {
+                        message = stored;
+                        break;
+                    }
+                }
+            }
         }
-        Ok((message.clone(), message.delivered_at.is_some()))
+        let delivered = message.delivered_at.is_some();
+        Ok((message, delivered))
     }
 
     /// Pushes what waits for the user of `ctx` to that channel (called when it joins).
     pub async fn deliver_waiting(&self, ctx: &ChannelContext<SocketUser>) -> Result<usize, StoreError> {
-        let delivered = self.flush(ctx.assigns().id, |payload| ctx.push("msg", payload)).await?;
-        Ok(delivered.len())
+        let user = ctx.assigns().id;
+        let _guard = self.stripe(user).lock().await;
+        let push = |message: &Message| ctx.push("msg", Payload::Json(message.payload()));
+        let mut delivered = 0;
+        loop {
+            let pushed = self.store.deliver_waiting(user, Timestamp::now(), BATCH, &push).await?;
+            delivered += pushed.len();
+            if pushed.len() < BATCH as usize {
+                return Ok(delivered);
+            }
+        }
     }
 
-    /// Under the user's lock: push waiting messages oldest first with `push` until it fails,
-    /// and mark the pushed ones delivered.
-    async fn flush(&self, user: UserId, push: impl Fn(Payload) -> bool) -> Result<Vec<(MessageId, Timestamp)>, StoreError> {
+    /// Under the user's lock: pushes what waits for `user` to all its notifications sockets
+    /// (this node's and, through the bus, the others') oldest first; returns what was pushed.
+    async fn flush(&self, hub: &Hub, user: UserId) -> Result<Vec<MessageId>, StoreError> {
         let _guard = self.stripe(user).lock().await;
+        let key = user.to_string();
+        let push = |message: &Message| hub.send_to_user(&key, notifications_topics(), "msg", Payload::Json(message.payload())) > 0;
         let mut delivered = Vec::new();
         loop {
-            let now = Timestamp::now();
-            let waiting = self.store.pending_messages(user, now, BATCH).await?;
-            let mut pushed = Vec::new();
-            for message in &waiting {
-                if !push(Payload::Json(message.payload())) {
-                    break;
-                }
-                pushed.push(message.id);
-            }
-            if !pushed.is_empty() {
-                self.store.mark_delivered(&pushed, now).await?;
-                delivered.extend(pushed.iter().map(|id| (*id, now)));
-            }
-            if pushed.len() < BATCH as usize {
+            let pushed = self.store.deliver_waiting(user, Timestamp::now(), BATCH, &push).await?;
+            let done = pushed.len() < BATCH as usize;
+            delivered.extend(pushed);
+            if done {
                 return Ok(delivered);
             }
         }

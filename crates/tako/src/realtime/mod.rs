@@ -9,7 +9,10 @@ mod sockets;
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use channels::{Endpoint, EndpointConfig, Hub, Payload, TopicMatch};
+use channels_redis::{BusStatus, RedisBus, RedisBusConfig};
 use serde_json::{json, Map, Value};
 
 use crate::accounts::UserId;
@@ -29,6 +32,8 @@ pub struct Realtime {
     endpoint: Arc<Endpoint<TakoSockets>>,
     directory: Arc<UserDirectory>,
     mailbox: Arc<Mailbox>,
+    /// The Redis bus, in cluster mode.
+    cluster: Option<Arc<RedisBus>>,
 }
 
 impl Realtime {
@@ -36,7 +41,13 @@ impl Realtime {
     pub fn new(store: Arc<dyn Store>, config: &Config, observer: Arc<dyn channels::Observer>) -> Realtime {
         let directory = UserDirectory::spawn(store.clone());
         let tracker = Arc::new(presence::PresenceTracker::new(store.clone()));
-        let mailbox = Mailbox::spawn(store, config.message_ttl);
+        let cluster = config.pubsub_url.as_ref().map(|url| {
+            let mut bus = RedisBusConfig::new(url.clone());
+            bus.prefix = config.cluster_name.clone();
+            bus.node_timeout = Duration::from_secs(config.node_timeout_secs.max(1));
+            RedisBus::new(bus)
+        });
+        let mailbox = Mailbox::spawn(store, config.message_ttl, cluster.is_some());
         let handler = TakoSockets::new(directory.clone(), mailbox.clone(), tracker);
         let endpoint_config = EndpointConfig {
             heartbeat_timeout: config.heartbeat_timeout(),
@@ -58,7 +69,15 @@ impl Realtime {
             observer,
             ..EndpointConfig::default()
         };
-        Realtime { endpoint: Endpoint::new(handler, endpoint_config), directory, mailbox }
+        let endpoint = match &cluster {
+            Some(bus) => Endpoint::with_bus(handler, endpoint_config, bus.clone()),
+            None => Endpoint::new(handler, endpoint_config),
+        };
+        mailbox.listen(&endpoint.hub());
+        if let Some(bus) = &cluster {
+            bus.start(endpoint.hub());
+        }
+        Realtime { endpoint, directory, mailbox, cluster }
     }
 
     /// `/websocket` and `/longpoll`, to nest under `/socket`.
@@ -122,8 +141,18 @@ impl Realtime {
         self.hub().disconnect(&sockets::socket_id(user))
     }
 
+    /// In cluster mode, the link to Redis (`None` on a single node).
+    pub fn cluster_status(&self) -> Option<BusStatus> {
+        self.cluster.as_ref().map(|bus| bus.status())
+    }
+
     /// Closes every socket with 1001 and waits for them, bounded by the shutdown timeout.
     pub async fn shutdown(&self) {
+        // Leaving first: the other nodes drop this node's presences at once, not after the
+        // node timeout, and its clients reconnect to them.
+        if let Some(bus) = &self.cluster {
+            bus.leave();
+        }
         self.endpoint.shutdown().await;
     }
 }

@@ -1,0 +1,233 @@
+// Several real Tako processes over the machine's Redis and one PostgreSQL database: clients on
+// different nodes see each other as if there were one server. Needs TAKO_TEST_DATABASE_URL and
+// TAKO_TEST_REDIS_URL (scripts/test sets both) and fails loudly without them.
+import assert from "node:assert/strict";
+import { execFileSync, spawn } from "node:child_process";
+import { createServer } from "node:net";
+import { after, before, describe, it } from "node:test";
+import { Presence } from "phoenix";
+import { collect, connect, eventually, join, makeSocket, push, sleep, startTako } from "./helpers.js";
+
+const PG = process.env.TAKO_TEST_DATABASE_URL;
+const REDIS = process.env.TAKO_TEST_REDIS_URL;
+if (!PG || !REDIS) throw new Error("cluster tests need TAKO_TEST_DATABASE_URL and TAKO_TEST_REDIS_URL (scripts/test sets them)");
+
+const ADMIN = "cluster-admin-token";
+const CLIENT = "cluster-client-token";
+
+/** A fresh PostgreSQL database next to the one the run was given. */
+function freshDatabase() {
+  const name = `tako_test_cluster_${process.pid}_${Date.now()}`;
+  execFileSync("psql", [PG, "-q", "-c", `CREATE DATABASE ${name}`]);
+  return PG.replace(/\/[^/?]*(\?.*)?$/, `/${name}`);
+}
+
+async function freePort() {
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Nodes of one cluster: same database, same Redis, same cluster name. */
+async function startCluster(count, { redis = REDIS, extra = {} } = {}) {
+  const env = {
+    DATABASE_URL: freshDatabase(),
+    TAKO_PUBSUB_URL: redis,
+    TAKO_CLUSTER: `compat_${process.pid}_${Date.now()}`,
+    TAKO_NODE_TIMEOUT: "2",
+    TAKO_ADMIN_TOKEN: ADMIN,
+    HOLOQUEST_API_TOKEN: CLIENT,
+    ...extra,
+  };
+  const nodes = [];
+  for (let i = 0; i < count; i++) nodes.push(await startTako(env));
+  // Let the nodes hear each other's first heartbeats.
+  await sleep(300);
+  return nodes;
+}
+
+async function sendMessage(node, userId, message) {
+  const res = await fetch(`${node.url}/api/messages`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${ADMIN}` },
+    body: JSON.stringify({ user_id: userId, message }),
+  });
+  assert.equal(res.status, 202);
+  return res.json();
+}
+
+function presentOn(socket, topic = "notifications") {
+  const channel = socket.channel(topic, {});
+  const presence = new Presence(channel);
+  const names = () => presence.list((_k, { metas }) => metas.map((m) => m.nickname)).flat().sort();
+  const joined = new Promise((resolve, reject) => channel.join().receive("ok", resolve).receive("error", reject));
+  return { channel, presence, names, joined };
+}
+const same = (view, expected) => JSON.stringify(view.names()) === JSON.stringify(expected);
+const live = (node, id) => makeSocket(node, { userToken: id }, { heartbeatIntervalMs: 300 });
+
+describe("a cluster of three nodes", () => {
+  let nodes;
+  before(async () => {
+    nodes = await startCluster(3);
+  });
+  after(async () => {
+    for (const node of nodes) await node.cleanup();
+  });
+
+  it("carries every notifications event between clients on different nodes", async () => {
+    const [a, b, c] = nodes;
+    const aliceId = await a.register("ClusterAlice");
+    const bobId = await b.register("ClusterBob");
+    const alice = await connect(makeSocket(a, { userToken: aliceId }));
+    const bob = await connect(makeSocket(b, { userToken: bobId }));
+    for (const topic of ["notifications", "notifications:scans"]) {
+      const ac = await join(alice, topic);
+      const bc = await join(bob, topic);
+      const aCollected = collect(ac, "collected-broadcast");
+      const bCollected = collect(bc, "collected-broadcast");
+      const aCompleted = collect(ac, "rally-completed");
+      const aShout = collect(ac, "shout");
+      const bPing = collect(bc, "ping");
+
+      await push(bc, "collected", { nickname: "ClusterBob" });
+      await eventually(() => aCollected.length === 1 && bCollected.length === 1, "collected-broadcast on both nodes");
+      assert.deepEqual(aCollected[0], { nickname: "ClusterBob" });
+      await push(bc, "rally-completed", { nickname: "ClusterBob" });
+      await eventually(() => aCompleted.length === 1, "rally-completed across nodes");
+      await push(bc, "shout", { body: "from B" });
+      await eventually(() => aShout.length === 1, "shout across nodes");
+      assert.deepEqual(aShout[0], { body: "from B" });
+      assert.deepEqual(await push(ac, "ping", { n: 1 }), ["ok", { n: 1 }]);
+
+      // The server-wide ping, asked of node C, reaches B's client.
+      const res = await fetch(`${c.url}/api/ping`, { method: "POST", headers: { authorization: `Bearer ${ADMIN}` } });
+      assert.equal(res.status, 202);
+      await eventually(() => bPing.length >= 1, "ping from node C");
+      ac.leave();
+      bc.leave();
+    }
+
+    // A message sent through node C reaches Alice on node A only, live.
+    const aliceChannel = await join(alice, "notifications");
+    const bobChannel = await join(bob, "notifications");
+    const aMsg = collect(aliceChannel, "msg");
+    const bMsg = collect(bobChannel, "msg");
+    const status = await sendMessage(c, aliceId, "hello from C");
+    assert.equal(status.delivered, true);
+    await eventually(() => aMsg.length === 1, "msg across nodes");
+    assert.equal(aMsg[0].message, "hello from C");
+    await sleep(200);
+    assert.equal(bMsg.length, 0);
+    alice.disconnect();
+    bob.disconnect();
+  });
+
+  it("keeps messages for offline users and delivers them once, on whichever node they join", async () => {
+    const [a, b, c] = nodes;
+    const carolId = await a.register("ClusterCarol");
+    const first = await sendMessage(a, carolId, "one");
+    const second = await sendMessage(c, carolId, "two");
+    assert.equal(first.delivered, false);
+    assert.equal(second.delivered, false);
+    const carol = await connect(makeSocket(b, { userToken: carolId }));
+    const got = collect(await join(carol, "notifications"), "msg");
+    await eventually(() => got.length === 2, "both waiting messages on node B");
+    assert.deepEqual(got.map((m) => m.message), ["one", "two"]);
+    const again = await connect(makeSocket(c, { userToken: carolId }));
+    const later = collect(await join(again, "notifications"), "msg");
+    await sleep(300);
+    assert.equal(later.length, 0, "delivered once");
+    carol.disconnect();
+    again.disconnect();
+  });
+
+  it("shows one presence list on every node, and heals when a node is killed", async () => {
+    const [a, b, c] = nodes;
+    const ids = [await a.register("PresA"), await b.register("PresB"), await c.register("PresC")];
+    const sockets = await Promise.all(ids.map((id, i) => connect(live(nodes[i], id))));
+    const views = sockets.map((s) => presentOn(s, "notifications:presence"));
+    await Promise.all(views.map((v) => v.joined));
+    for (const view of views) await eventually(() => same(view, ["PresA", "PresB", "PresC"]), `all three everywhere (saw ${view.names()})`);
+
+    // The admin route of any node lists users of every node.
+    const res = await fetch(`${a.url}/api/presence/notifications:presence`, { headers: { authorization: `Bearer ${ADMIN}` } });
+    assert.equal(res.status, 200);
+    const listed = JSON.stringify(await res.json());
+    for (const name of ["PresA", "PresB", "PresC"]) assert.ok(listed.includes(name), `${name} in ${listed}`);
+
+    // kill -9 node C: its user leaves A's and B's lists within the node timeout (2 s).
+    sockets[2].disconnect();
+    c.proc.kill("SIGKILL");
+    for (const view of views.slice(0, 2)) await eventually(() => same(view, ["PresA", "PresB"]), `C's user gone (saw ${view.names()})`, 8000);
+    sockets[0].disconnect();
+    sockets[1].disconnect();
+  });
+});
+
+describe("Redis going away", () => {
+  let redis, port, nodes;
+  const startRedis = () => {
+    redis = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+    return eventually(() => {
+      try {
+        return execFileSync("redis-cli", ["-p", String(port), "ping"]).toString().includes("PONG");
+      } catch {
+        return false;
+      }
+    }, "redis up");
+  };
+  before(async () => {
+    port = await freePort();
+    await startRedis();
+    nodes = await startCluster(2, { redis: `redis://127.0.0.1:${port}` });
+  });
+  after(async () => {
+    for (const node of nodes) await node.cleanup();
+    redis?.kill("SIGKILL");
+  });
+
+  it("keeps local delivery, reports it in readiness, and heals when Redis returns", async () => {
+    const [a, b] = nodes;
+    const u1 = await a.register("RedisOne");
+    const u2 = await b.register("RedisTwo");
+    const s1 = await connect(live(a, u1));
+    const s2 = await connect(live(b, u2));
+    const v1 = presentOn(s1, "notifications:redis");
+    const v2 = presentOn(s2, "notifications:redis");
+    await Promise.all([v1.joined, v2.joined]);
+    await eventually(() => same(v1, ["RedisOne", "RedisTwo"]), "presence across nodes before the outage");
+    const got1 = collect(v1.channel, "collected-broadcast");
+
+    redis.kill("SIGKILL");
+    await sleep(500);
+    // Local delivery still works on node A, and nothing crashed.
+    await push(v1.channel, "collected", { nickname: "RedisOne" });
+    await eventually(() => got1.length === 1, "local broadcast during the outage");
+    const health = await fetch(`${a.url}/healthz`);
+    assert.equal(health.status, 200);
+    const ready = await fetch(`${a.url}/readyz`);
+    assert.equal(ready.status, 503);
+    assert.match(await ready.text(), /redis/i);
+
+    await startRedis();
+    // The link reconnects by itself and presence resyncs.
+    const deadline = Date.now() + 15000;
+    while ((await fetch(`${a.url}/readyz`)).status !== 200) {
+      assert.ok(Date.now() < deadline, "node A ready again after Redis returned");
+      await sleep(100);
+    }
+    await eventually(() => same(v1, ["RedisOne", "RedisTwo"]) && same(v2, ["RedisOne", "RedisTwo"]), `presence healed (saw ${v1.names()} / ${v2.names()})`, 15000);
+    const got2 = collect(v2.channel, "collected-broadcast");
+    await push(v1.channel, "collected", { nickname: "RedisOne" });
+    await eventually(() => got2.length === 1, "cross-node broadcast after Redis returned", 5000);
+    assert.equal(a.proc.exitCode, null);
+    assert.equal(b.proc.exitCode, null);
+    s1.disconnect();
+    s2.disconnect();
+  });
+});
