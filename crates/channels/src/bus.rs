@@ -34,6 +34,10 @@ pub enum BusMessage {
 }
 
 /// Carries [`BusMessage`]s to every node, this one included.
+///
+/// The hub calls the notification hooks (`user_arrived`, `user_left`, `presence_changed`) with
+/// its index or presence locks held, so that the bus sees changes in the order they happened:
+/// a hook must only record or enqueue, never call back into the hub.
 pub trait Bus: Send + Sync + 'static {
     /// Deliver `msg` everywhere it belongs. Returns what this node's delivery counted
     /// (subscriptions written to, or sockets closed); other nodes' counts are not known.
