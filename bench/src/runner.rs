@@ -230,8 +230,10 @@ pub struct Row {
 }
 
 impl Row {
+    /// `None` unless every socket joined and both RSS readings exist (a killed server has none).
     pub fn per_socket(&self) -> Option<f64> {
-        (self.joined > 0).then(|| (self.rss_after as f64 - self.rss_before as f64) / self.joined as f64)
+        (self.joined > 0 && self.joined == self.n && self.rss_before > 0 && self.rss_after > 0)
+            .then(|| (self.rss_after as f64 - self.rss_before as f64) / self.joined as f64)
     }
 }
 
@@ -437,91 +439,101 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
-/// The issue's targets, each as a ratio between rows of this run.
+/// The issue's targets, each as a ratio between rows of this run, for each Tako build measured.
 pub fn targets(rows: &[Row], http: &[HttpRow]) -> String {
-    let mut out = String::from("| target | measured (same run) | verdict |\n|---|---|---|\n");
+    let mut out = String::from("| Tako build | target | measured (same run) | verdict |\n|---|---|---|---|\n");
     let sizes: Vec<usize> = {
         let mut s: Vec<usize> = rows.iter().map(|r| r.n).collect();
         s.sort_unstable();
         s.dedup();
         s
     };
-    for &n in &sizes {
-        let tako = find(rows, Kind::Tako, n);
-        let sio = find(rows, Kind::SocketIo, n);
-        let floor = find(rows, Kind::Floor, n);
-        if let Some(t) = tako.and_then(Row::per_socket) {
-            let _ = writeln!(out, "| memory per idle joined socket ≤ 4 KiB (N={n}) | {} | {} |", fmt_bytes(t), verdict(t <= 4096.0));
-            if let Some(a) = find(rows, Kind::AxumFloor, n).and_then(Row::per_socket) {
-                let _ = writeln!(
-                    out,
-                    "| (for the analysis) Tako − axum floor: Tako's own state per socket (N={n}) | {} − {} = {} | – |",
-                    fmt_bytes(t),
-                    fmt_bytes(a),
-                    fmt_bytes(t - a)
-                );
-            }
-            if let Some(s) = sio.and_then(Row::per_socket) {
-                let _ = writeln!(
-                    out,
-                    "| memory < ⅓ of Socket.IO's (N={n}) | Tako / Socket.IO = {} / {} = {:.2} | {} |",
-                    fmt_bytes(t),
-                    fmt_bytes(s),
-                    t / s,
-                    verdict(t < s / 3.0)
-                );
-            }
+    for build in [Kind::Tako, Kind::TakoBaseline] {
+        if !rows.iter().any(|r| r.kind == Some(build)) {
+            continue;
         }
-        if let Some(t) = tako.and_then(|r| r.deliveries_per_sec) {
-            if let Some(s) = sio.and_then(|r| r.deliveries_per_sec) {
-                let _ = writeln!(
-                    out,
-                    "| deliveries/s ≥ 3× Socket.IO's (N={n}) | {} / {} = {:.2}× | {} |",
-                    fmt_rate(t),
-                    fmt_rate(s),
-                    t / s,
-                    verdict(t >= 3.0 * s)
-                );
-            }
-            if let Some(f) = floor.and_then(|r| r.deliveries_per_sec) {
-                let _ = writeln!(
-                    out,
-                    "| deliveries/s ≥ 80% of the raw floor (N={n}) | {} / {} = {:.0}% | {} |",
-                    fmt_rate(t),
-                    fmt_rate(f),
-                    100.0 * t / f,
-                    verdict(t >= 0.8 * f)
-                );
-            }
-        }
-        if let (Some(t), Some(d)) = (tako, tako.and_then(|r| r.storm)) {
-            if n >= 10_000 {
-                let ok = t.storm_joined == n && d < Duration::from_secs(5);
-                let _ = writeln!(out, "| connect storm of {n}: all joined < 5 s | {} of {n} in {} | {} |", t.storm_joined, fmt_duration(d), verdict(ok));
-            }
-        }
-    }
-    if let (Some(&lo), Some(&hi)) = (sizes.first(), sizes.last()) {
-        if hi > lo {
-            let lo_t = find(rows, Kind::Tako, lo).and_then(|r| r.targeted);
-            let hi_t = find(rows, Kind::Tako, hi).and_then(|r| r.targeted);
-            match (lo_t, hi_t) {
-                (Some(a), Some(b)) => {
-                    let r50 = b.p50.as_secs_f64() / a.p50.as_secs_f64();
-                    let r99 = b.p99.as_secs_f64() / a.p99.as_secs_f64();
-                    let _ = writeln!(
-                        out,
-                        "| targeted latency at the largest N within 1.5× of N={lo} (issue: 50k; here N={hi}) | p50 {:.2}×, p99 {:.2}× | {} |",
-                        r50,
-                        r99,
-                        verdict(r50 <= 1.5 && r99 <= 1.5)
-                    );
+        let b = build.label();
+        for &n in &sizes {
+            let Some(tako) = find(rows, build, n) else { continue };
+            let sio = find(rows, Kind::SocketIo, n);
+            let floor = find(rows, Kind::Floor, n);
+            match tako.per_socket() {
+                Some(t) => {
+                    let _ = writeln!(out, "| {b} | memory per idle joined socket ≤ 4 KiB (N={n}) | {} | {} |", fmt_bytes(t), verdict(t <= 4096.0));
+                    if let Some(a) = find(rows, Kind::AxumFloor, n).and_then(Row::per_socket) {
+                        let _ = writeln!(
+                            out,
+                            "| {b} | (analysis) minus the axum floor = Tako's own state per socket (N={n}) | {} − {} = {} | – |",
+                            fmt_bytes(t),
+                            fmt_bytes(a),
+                            fmt_bytes(t - a)
+                        );
+                    }
+                    if let Some(s) = sio.and_then(Row::per_socket) {
+                        let _ = writeln!(
+                            out,
+                            "| {b} | memory < ⅓ of Socket.IO's (N={n}) | {} / {} = {:.2} | {} |",
+                            fmt_bytes(t),
+                            fmt_bytes(s),
+                            t / s,
+                            verdict(t < s / 3.0)
+                        );
+                    }
                 }
-                _ => {
-                    let why = find(rows, Kind::Tako, lo).and_then(|r| r.targeted_note.clone()).unwrap_or_else(|| "not measured".into());
-                    let _ = writeln!(out, "| targeted latency within 1.5× | not measured: {why} | – |");
+                None => {
+                    let _ = writeln!(out, "| {b} | memory per idle joined socket (N={n}) | not measured: {} of {n} joined{} | **missed** |",
+                        tako.joined, if tako.rss_after == 0 { ", server killed" } else { "" });
                 }
             }
+            match tako.deliveries_per_sec {
+                Some(t) => {
+                    if let Some(s) = sio.and_then(|r| r.deliveries_per_sec) {
+                        let _ = writeln!(
+                            out,
+                            "| {b} | deliveries/s ≥ 3× Socket.IO's (N={n}) | {} / {} = {:.2}× | {} |",
+                            fmt_rate(t),
+                            fmt_rate(s),
+                            t / s,
+                            verdict(t >= 3.0 * s)
+                        );
+                    }
+                    if let Some(f) = floor.and_then(|r| r.deliveries_per_sec) {
+                        let _ = writeln!(
+                            out,
+                            "| {b} | deliveries/s ≥ 80% of the raw floor (N={n}) | {} / {} = {:.0}% | {} |",
+                            fmt_rate(t),
+                            fmt_rate(f),
+                            100.0 * t / f,
+                            verdict(t >= 0.8 * f)
+                        );
+                    }
+                }
+                None => {
+                    let _ = writeln!(out, "| {b} | deliveries/s (N={n}) | not measured | **missed** |");
+                }
+            }
+            if let Some(d) = tako.storm {
+                if n >= 10_000 {
+                    let ok = tako.storm_joined == n && d < Duration::from_secs(5);
+                    let _ = writeln!(out, "| {b} | connect storm of {n}: all joined < 5 s | {} of {n} in {} | {} |", tako.storm_joined, fmt_duration(d), verdict(ok));
+                }
+            }
+        }
+        let with_targeted: Vec<&Row> = sizes.iter().filter_map(|&n| find(rows, build, n)).filter(|r| r.targeted.is_some()).collect();
+        if let (Some(lo), Some(hi)) = (with_targeted.first(), with_targeted.last()) {
+            if hi.n > lo.n {
+                let (a, c) = (lo.targeted.unwrap(), hi.targeted.unwrap());
+                let r50 = c.p50.as_secs_f64() / a.p50.as_secs_f64();
+                let r99 = c.p99.as_secs_f64() / a.p99.as_secs_f64();
+                let _ = writeln!(
+                    out,
+                    "| {b} | targeted latency at N={} within 1.5× of N={} (issue: 50k vs 1k) | p50 {} → {} = {r50:.2}×, p99 {} → {} = {r99:.2}× | {} |",
+                    hi.n, lo.n, fmt_duration(a.p50), fmt_duration(c.p50), fmt_duration(a.p99), fmt_duration(c.p99),
+                    verdict(r50 <= 1.5 && r99 <= 1.5)
+                );
+            }
+        } else if let Some(why) = rows.iter().filter(|r| r.kind == Some(build)).find_map(|r| r.targeted_note.clone()) {
+            let _ = writeln!(out, "| {b} | targeted latency within 1.5× | not measured: {why} | – |");
         }
     }
     for pair in ["leaderboard", "registrations"] {
@@ -530,7 +542,8 @@ pub fn targets(rows: &[Row], http: &[HttpRow]) -> String {
         if let (Some(t), Some(m)) = (t, m) {
             let _ = writeln!(
                 out,
-                "| HTTP {pair} ≥ 80% of minimal axum+sqlx | {:.0} / {:.0} req/s = {:.0}% | {} |",
+                "| {} | HTTP {pair} ≥ 80% of minimal axum+sqlx | {:.0} / {:.0} req/s = {:.0}% | {} |",
+                Kind::Tako.label(),
                 t.rps,
                 m.rps,
                 100.0 * t.rps / m.rps,
@@ -716,8 +729,11 @@ Transfer/sec:      5.00MB
 
     #[test]
     fn per_socket_memory() {
-        let row = Row { joined: 1000, rss_before: 10_000_000, rss_after: 13_000_000, ..Row::default() };
+        let row = Row { n: 1000, joined: 1000, rss_before: 10_000_000, rss_after: 13_000_000, ..Row::default() };
         assert_eq!(row.per_socket(), Some(3000.0));
         assert_eq!(Row::default().per_socket(), None);
+        // A server killed before the second reading, or a run where not everyone joined.
+        assert_eq!(Row { rss_after: 0, ..row.clone() }.per_socket(), None);
+        assert_eq!(Row { joined: 900, ..row }.per_socket(), None);
     }
 }
