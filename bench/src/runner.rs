@@ -134,6 +134,12 @@ fn tako_command_with(bin: &Path, database_url: &str) -> Command {
         // Bench clients send no heartbeats; no phase lasts this long.
         .env("TAKO_HEARTBEAT_TIMEOUT", "3600")
         .env("TAKO_SHUTDOWN_TIMEOUT", "3")
+        // Policy limits off, capacity measured: the control socket sends hundreds of pushes a
+        // second and wrk registers thousands of users a second, all from one address.
+        .env("TAKO_SOCKET_RATE", "0")
+        .env("TAKO_REGISTRATIONS_PER_MINUTE", "0")
+        .env("TAKO_MAX_CONNECTIONS_PER_IP", "0")
+        .env("TAKO_MAX_CONNECTIONS", "0")
         .kill_on_drop(true);
     cmd
 }
