@@ -2,6 +2,7 @@
 // leaves, a nickname change through the HTTP API, a killed client and a frozen one.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
 import { after, before, describe, it } from "node:test";
 import { Presence } from "phoenix";
 import { connect, eventually, makeSocket, startTako } from "./helpers.js";
@@ -39,7 +40,7 @@ function presentOn(socket, topic = "notifications") {
 
 /** A client in another process; resolves once it joined. */
 function spawnClient(id) {
-  const child = spawn(process.execPath, ["present-client.js", id, tako.socketUrl], { stdio: ["ignore", "pipe", "inherit"] });
+  const child = spawn(process.execPath, [fileURLToPath(new URL("./present-client.js", import.meta.url)), id, tako.socketUrl], { stdio: ["ignore", "pipe", "inherit"] });
   children.push(child);
   return new Promise((resolve, reject) => {
     child.stdout.on("data", (d) => String(d).includes("joined") && resolve(child));
