@@ -160,12 +160,45 @@ describe("a cluster of three nodes", () => {
     const listed = JSON.stringify(await res.json());
     for (const name of ["PresA", "PresB", "PresC"]) assert.ok(listed.includes(name), `${name} in ${listed}`);
 
+    // A rename through node B's API reaches the presence lists on every node.
+    const renamed = await fetch(`${b.url}/api/json/accounts/users/${ids[0]}`, {
+      method: "PATCH",
+      headers: b.headers(CLIENT),
+      body: '{"data":{"type":"user","attributes":{"nickname":"PresA2"}}}',
+    });
+    assert.equal(renamed.status, 200);
+    for (const view of views) await eventually(() => same(view, ["PresA2", "PresB", "PresC"]), `rename everywhere (saw ${view.names()})`);
+
     // kill -9 node C: its user leaves A's and B's lists within the node timeout (2 s).
     sockets[2].disconnect();
     c.proc.kill("SIGKILL");
-    for (const view of views.slice(0, 2)) await eventually(() => same(view, ["PresA", "PresB"]), `C's user gone (saw ${view.names()})`, 8000);
+    for (const view of views.slice(0, 2)) await eventually(() => same(view, ["PresA2", "PresB"]), `C's user gone (saw ${view.names()})`, 8000);
     sockets[0].disconnect();
     sockets[1].disconnect();
+  });
+});
+
+describe("deleting a user in a cluster", () => {
+  let nodes;
+  before(async () => {
+    nodes = await startCluster(2);
+  });
+  after(async () => {
+    for (const node of nodes) await node.cleanup();
+  });
+
+  it("closes its sockets on every node and no node lets it back in", async () => {
+    const [a, b] = nodes;
+    const id = await a.register("Doomed");
+    const socket = await connect(makeSocket(b, { userToken: id }, { reconnectAfterMs: () => 60000 }));
+    const closes = [];
+    socket.onClose((e) => closes.push(e?.code));
+    const res = await fetch(`${a.url}/api/json/accounts/users/${id}`, { method: "DELETE", headers: { authorization: `Bearer ${ADMIN}` } });
+    assert.equal(res.status, 204);
+    await eventually(() => closes.length > 0, "socket on node B closed");
+    socket.disconnect();
+    // Node B had the user in memory from its connect; it must ask again and refuse.
+    await assert.rejects(connect(makeSocket(b, { userToken: id })));
   });
 });
 

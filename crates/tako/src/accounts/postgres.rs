@@ -123,13 +123,13 @@ impl UserStore for PostgresStore {
             .map_err(StoreError::from)
     }
 
-    async fn existing(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError> {
+    async fn existing(&self, ids: &[UserId]) -> Result<Vec<(UserId, Option<Nickname>)>, StoreError> {
         let uuids: Vec<Uuid> = ids.iter().map(UserId::as_uuid).collect();
-        let found: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM users WHERE id = ANY($1)")
+        let found: Vec<(Uuid, Option<String>)> = sqlx::query_as("SELECT id, nickname FROM users WHERE id = ANY($1)")
             .bind(&uuids)
             .fetch_all(&self.pool)
             .await?;
-        Ok(found.into_iter().map(UserId::from).collect())
+        Ok(found.into_iter().map(|(id, nickname)| (UserId::from(id), nickname.map(Nickname::from_stored))).collect())
     }
 
 }

@@ -122,19 +122,19 @@ impl UserStore for SqliteStore {
             .map_err(StoreError::from)
     }
 
-    async fn existing(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError> {
+    async fn existing(&self, ids: &[UserId]) -> Result<Vec<(UserId, Option<Nickname>)>, StoreError> {
         let mut found = Vec::with_capacity(ids.len());
         // SQLite binds at most 32766 parameters; batches stay far below that.
         for chunk in ids.chunks(500) {
             let placeholders = vec!["?"; chunk.len()].join(",");
-            let sql = format!("SELECT id FROM users WHERE id IN ({placeholders})");
-            let mut query = sqlx::query_scalar::<_, String>(&sql);
+            let sql = format!("SELECT id, nickname FROM users WHERE id IN ({placeholders})");
+            let mut query = sqlx::query_as::<_, (String, Option<String>)>(&sql);
             for id in chunk {
                 query = query.bind(id.to_string());
             }
-            for id in query.fetch_all(&self.pool).await? {
+            for (id, nickname) in query.fetch_all(&self.pool).await? {
                 if let Ok(id) = id.parse() {
-                    found.push(id);
+                    found.push((id, nickname.map(Nickname::from_stored)));
                 }
             }
         }

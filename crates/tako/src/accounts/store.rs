@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use super::{LeaderboardEntry, User, UserChanges, UserId};
+use super::{LeaderboardEntry, Nickname, User, UserChanges, UserId};
 use crate::storage::StoreError;
 
 #[async_trait]
@@ -20,6 +20,7 @@ pub trait UserStore: Send + Sync + 'static {
     async fn search_nickname(&self, text: &str, limit: u32) -> Result<Vec<User>, StoreError>;
     /// Best first; users without a nickname are left out. Served by an index.
     async fn leaderboard(&self, limit: u32) -> Result<Vec<LeaderboardEntry>, StoreError>;
-    /// Which of `ids` exist: one query for a whole batch of socket connects.
-    async fn existing(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError>;
+    /// Which of `ids` exist, with their nicknames: one query for a whole batch of socket
+    /// connects (and the nicknames their presences will show).
+    async fn existing(&self, ids: &[UserId]) -> Result<Vec<(UserId, Option<Nickname>)>, StoreError>;
 }

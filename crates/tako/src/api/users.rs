@@ -279,7 +279,7 @@ pub async fn create(State(state): State<AppState>, body: ResourceObject) -> Resu
         updated_at: now,
     };
     state.store.create(&user).await?;
-    state.realtime.user_registered(user.id);
+    state.realtime.user_registered(user.id, user.nickname.clone());
     let mut response = JsonApi(StatusCode::CREATED, document(&user)).into_response();
     if let Ok(location) = HeaderValue::from_str(&self_link(user.id)) {
         response.headers_mut().insert(header::LOCATION, location);
@@ -347,7 +347,7 @@ pub async fn update(
     };
     let user = user.ok_or_else(ApiError::not_found)?;
     if changes.nickname.is_some() {
-        state.realtime.nickname_changed(user.id, user.nickname.as_ref().map(|n| n.as_str()));
+        state.realtime.nickname_changed(user.id, user.nickname.as_ref());
     }
     Ok(JsonApi(StatusCode::OK, document(&user)))
 }

@@ -1,20 +1,21 @@
-//! "Does this user exist?" for socket connects, without one query per socket.
+//! "Does this user exist, and what is its nickname?" for socket connects and joins, without
+//! one query per socket.
 //!
-//! After a restart thousands of clients reconnect at once. Known users are remembered (users
-//! are only ever deleted through this server, which calls `forget`), and concurrent lookups of
-//! unknown ids are coalesced: one batcher task answers everything queued so far with a single
-//! `WHERE id IN (…)` query.
+//! After a restart thousands of clients reconnect at once. Known users are remembered with
+//! their nicknames (kept current by renames, forgotten on deletion — on every node of a
+//! cluster, through signals), and concurrent lookups of unknown ids are coalesced: one batcher
+//! task answers everything queued so far with a single `WHERE id IN (…)` query.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::accounts::{UserId, UserStore};
+use crate::accounts::{Nickname, UserId, UserStore};
 
-/// More than this many remembered users and the memory is cleared (16 bytes each: a million
-/// users is 16 MB of ids plus the set's overhead).
-const MAX_REMEMBERED: usize = 2_000_000;
+/// More than this many remembered users and the memory is cleared (about 60 bytes each with a
+/// nickname: a million users is some 60 MB).
+const MAX_REMEMBERED: usize = 1_000_000;
 /// Ids answered by one query at most.
 const MAX_BATCH: usize = 1000;
 /// Lookups waiting for the batcher at most; past it, connects are refused as unavailable.
@@ -23,21 +24,25 @@ const QUEUE: usize = 20_000;
 type Answer = oneshot::Sender<Result<bool, ()>>;
 
 pub struct UserDirectory {
-    known: Mutex<HashSet<UserId>>,
+    known: Mutex<HashMap<UserId, Option<Nickname>>>,
     lookups: mpsc::Sender<(UserId, Answer)>,
 }
 
 impl UserDirectory {
     pub fn spawn(store: Arc<dyn UserStore>) -> Arc<UserDirectory> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let directory = Arc::new(UserDirectory { known: Mutex::new(HashSet::new()), lookups: tx });
+        let directory = Arc::new(UserDirectory { known: Mutex::new(HashMap::new()), lookups: tx });
         tokio::spawn(batcher(Arc::downgrade(&directory), store, rx));
         directory
     }
 
+    fn known(&self) -> MutexGuard<'_, HashMap<UserId, Option<Nickname>>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// `Err(())` when the database cannot answer.
     pub async fn exists(&self, id: UserId) -> Result<bool, ()> {
-        if self.known.lock().unwrap_or_else(|e| e.into_inner()).contains(&id) {
+        if self.known().contains_key(&id) {
             return Ok(true);
         }
         let (tx, rx) = oneshot::channel();
@@ -45,18 +50,30 @@ impl UserDirectory {
         rx.await.unwrap_or(Err(()))
     }
 
+    /// The nickname of a remembered user (`None` when the user is not remembered).
+    pub fn nickname(&self, id: UserId) -> Option<Option<Nickname>> {
+        self.known().get(&id).cloned()
+    }
+
     /// Remember a user known to exist (e.g. just registered).
-    pub fn remember(&self, id: UserId) {
-        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+    pub fn remember(&self, id: UserId, nickname: Option<Nickname>) {
+        let mut known = self.known();
         if known.len() >= MAX_REMEMBERED {
             known.clear();
         }
-        known.insert(id);
+        known.insert(id, nickname);
+    }
+
+    /// The user's nickname changed (remembered users only).
+    pub fn renamed(&self, id: UserId, nickname: Option<Nickname>) {
+        if let Some(known) = self.known().get_mut(&id) {
+            *known = nickname;
+        }
     }
 
     /// The user was deleted: the next connect asks the database.
     pub fn forget(&self, id: UserId) {
-        self.known.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.known().remove(&id);
     }
 }
 
@@ -74,22 +91,29 @@ async fn batcher(
         }
         let ids: Vec<UserId> = waiting.keys().copied().collect();
         let result = store.existing(&ids).await;
-        let found: HashSet<UserId> = match &result {
-            Ok(found) => found.iter().copied().collect(),
+        let found: HashSet<UserId> = match result {
+            Ok(found) => {
+                let ids = found.iter().map(|(id, _)| *id).collect();
+                if let Some(directory) = directory.upgrade() {
+                    for (id, nickname) in found {
+                        directory.remember(id, nickname);
+                    }
+                }
+                ids
+            }
             Err(error) => {
                 tracing::warn!(%error, "socket connect lookup failed");
-                HashSet::new()
+                for answers in waiting.into_values() {
+                    for tx in answers {
+                        let _ = tx.send(Err(()));
+                    }
+                }
+                continue;
             }
         };
-        if let Some(directory) = directory.upgrade() {
-            for id in &found {
-                directory.remember(*id);
-            }
-        }
         for (id, answers) in waiting {
-            let answer = if result.is_ok() { Ok(found.contains(&id)) } else { Err(()) };
             for tx in answers {
-                let _ = tx.send(answer);
+                let _ = tx.send(Ok(found.contains(&id)));
             }
         }
     }
@@ -134,11 +158,11 @@ mod tests {
         async fn search_nickname(&self, _: &str, _: u32) -> Result<Vec<User>, StoreError> {
             unreachable!("not used by the directory")
         }
-        async fn existing(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError> {
+        async fn existing(&self, ids: &[UserId]) -> Result<Vec<(UserId, Option<Nickname>)>, StoreError> {
             self.queries.fetch_add(1, Ordering::SeqCst);
             // A database round trip, so concurrent connects pile up behind it.
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            Ok(ids.iter().filter(|id| self.users.contains(id)).copied().collect())
+            Ok(ids.iter().filter(|id| self.users.contains(id)).map(|id| (*id, Nickname::parse("Known").unwrap())).collect())
         }
     }
 
@@ -168,6 +192,12 @@ mod tests {
         assert_eq!(store.queries.load(Ordering::SeqCst), storm);
         assert_eq!(directory.exists(unknown).await, Ok(false));
         assert_eq!(store.queries.load(Ordering::SeqCst), storm + 1);
+
+        // Nicknames came with the lookup, so joins need no query either; renames keep them current.
+        assert_eq!(directory.nickname(known[1]).flatten().map(|n| n.to_string()).as_deref(), Some("Known"));
+        directory.renamed(known[1], None);
+        assert_eq!(directory.nickname(known[1]), Some(None));
+        assert_eq!(directory.nickname(unknown), None);
 
         // A deleted user is forgotten and asked about again.
         directory.forget(known[0]);

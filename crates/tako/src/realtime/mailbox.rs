@@ -12,10 +12,11 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use channels::{ChannelContext, Hub, Payload};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tokio::sync::Mutex;
 
 use super::notifications_topics;
+use super::signals;
 use super::SocketUser;
 use crate::accounts::{Timestamp, UserId};
 use crate::messages::{Message, MessageId};
@@ -26,8 +27,6 @@ const STRIPES: usize = 1024;
 /// Messages read per query while flushing.
 const BATCH: u32 = 100;
 
-/// The signal that tells every node "messages wait for this user".
-const SIGNAL: &str = "tako.mailbox";
 /// In a cluster, how long a send waits to learn whether another node delivered it.
 const REMOTE_WAIT: Duration = Duration::from_millis(500);
 
@@ -47,26 +46,17 @@ impl Mailbox {
         mailbox
     }
 
-    /// Listens for other nodes' "messages wait for this user" signals on `hub`.
-    pub fn listen(self: &Arc<Self>, hub: &Hub) {
-        let mailbox = self.clone();
-        hub.on_signal(Arc::new(move |hub: &Hub, name: &str, data: &Value| {
-            if name != SIGNAL {
-                return;
+    /// Messages wait for `user` (another node's signal): deliver them if this node holds it.
+    pub fn user_has_mail(self: &Arc<Self>, hub: &Hub, user: UserId) {
+        if !hub.has_user(&user.to_string()) {
+            return;
+        }
+        let (mailbox, hub) = (self.clone(), hub.clone());
+        tokio::spawn(async move {
+            if let Err(error) = mailbox.flush(&hub, user).await {
+                tracing::warn!(%error, "delivering waiting messages failed; they stay waiting");
             }
-            let Some(user) = data.get("user").and_then(Value::as_str).and_then(|u| u.parse::<UserId>().ok()) else {
-                return;
-            };
-            if !hub.has_user(&user.to_string()) {
-                return;
-            }
-            let (mailbox, hub) = (mailbox.clone(), hub.clone());
-            tokio::spawn(async move {
-                if let Err(error) = mailbox.flush(&hub, user).await {
-                    tracing::warn!(%error, "delivering waiting messages failed; they stay waiting");
-                }
-            });
-        }));
+        });
     }
 
     fn stripe(&self, user: UserId) -> &Mutex<()> {
@@ -88,7 +78,7 @@ impl Mailbox {
             message.delivered_at = Some(now);
         } else if self.clustered {
             // The user may be on another node: the nodes holding it deliver.
-            hub.signal(SIGNAL, json!({ "user": user.to_string() }));
+            signals::messages_waiting(hub, user);
             let deadline = tokio::time::Instant::now() + REMOTE_WAIT;
             while tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(25)).await;

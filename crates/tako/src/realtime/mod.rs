@@ -5,6 +5,7 @@ mod directory;
 mod mailbox;
 mod notifications;
 mod presence;
+mod signals;
 mod sockets;
 
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use channels::{Endpoint, EndpointConfig, Hub, Payload, TopicMatch};
 use channels_redis::{BusStatus, RedisBus, RedisBusConfig};
 use serde_json::{json, Map, Value};
 
-use crate::accounts::UserId;
+use crate::accounts::{Nickname, UserId};
 use crate::config::Config;
 use crate::messages::{Message, MessageId};
 use crate::storage::{Store, StoreError};
@@ -40,7 +41,7 @@ impl Realtime {
     /// `observer` hears of messages in and out (the metrics).
     pub fn new(store: Arc<dyn Store>, config: &Config, observer: Arc<dyn channels::Observer>) -> Realtime {
         let directory = UserDirectory::spawn(store.clone());
-        let tracker = Arc::new(presence::PresenceTracker::new(store.clone()));
+        let tracker = Arc::new(presence::PresenceTracker::new(store.clone(), directory.clone()));
         let cluster = config.pubsub_url.as_ref().map(|url| {
             let mut bus = RedisBusConfig::new(url.clone());
             bus.prefix = config.cluster_name.clone();
@@ -73,7 +74,7 @@ impl Realtime {
             Some(bus) => Endpoint::with_bus(handler, endpoint_config, bus.clone()),
             None => Endpoint::new(handler, endpoint_config),
         };
-        mailbox.listen(&endpoint.hub());
+        signals::listen(&endpoint.hub(), mailbox.clone(), directory.clone());
         if let Some(bus) = &cluster {
             bus.start(endpoint.hub());
         }
@@ -112,15 +113,14 @@ impl Realtime {
     }
 
     /// Remember a user that was just registered, so its first connect needs no query.
-    pub fn user_registered(&self, user: UserId) {
-        self.directory.remember(user);
+    pub fn user_registered(&self, user: UserId, nickname: Option<Nickname>) {
+        self.directory.remember(user, nickname);
     }
 
     /// The user's nickname changed: their live presences (every notifications topic, every
-    /// tab) get the new one, as a leave of the old meta and a join of the new. Returns how many
-    /// metas changed.
-    pub fn nickname_changed(&self, user: UserId, nickname: Option<&str>) -> usize {
-        self.hub().presence_update_user(&user.to_string(), &presence::nickname_patch(nickname))
+    /// tab, every node) get the new one, as a leave of the old meta and a join of the new.
+    pub fn nickname_changed(&self, user: UserId, nickname: Option<&Nickname>) {
+        signals::renamed(&self.hub(), user, nickname);
     }
 
     /// Any event to everyone on `topic`.
@@ -138,6 +138,7 @@ impl Realtime {
     /// exists, so a deleted user cannot reconnect from the cache.
     pub fn disconnect_user(&self, user: UserId) -> usize {
         self.directory.forget(user);
+        signals::deleted(&self.hub(), user);
         self.hub().disconnect(&sockets::socket_id(user))
     }
 

@@ -12,6 +12,7 @@ use channels::ChannelContext;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::directory::UserDirectory;
 use super::sockets::SocketUser;
 use crate::accounts::UserId;
 use crate::storage::Store;
@@ -27,11 +28,12 @@ pub fn handle(user: UserId) -> String {
 /// Tracks joiners of notifications topics.
 pub struct PresenceTracker {
     store: Arc<dyn Store>,
+    directory: Arc<UserDirectory>,
 }
 
 impl PresenceTracker {
-    pub fn new(store: Arc<dyn Store>) -> PresenceTracker {
-        PresenceTracker { store }
+    pub fn new(store: Arc<dyn Store>, directory: Arc<UserDirectory>) -> PresenceTracker {
+        PresenceTracker { store, directory }
     }
 
     /// Called from the channel's join: the joiner then gets `presence_state` after its reply
@@ -39,13 +41,18 @@ impl PresenceTracker {
     /// nickname null rather than refusing the join.
     pub async fn track(&self, ctx: &ChannelContext<SocketUser>) {
         let user = ctx.assigns().id;
-        let nickname = match self.store.get(user).await {
-            Ok(found) => found.and_then(|u| u.nickname).map(|n| n.as_str().to_owned()),
-            Err(error) => {
-                tracing::warn!(%error, "nickname lookup for presence failed");
-                None
-            }
+        // The connect remembered the nickname (renames keep it current): no query per join.
+        let nickname = match self.directory.nickname(user) {
+            Some(nickname) => nickname,
+            None => match self.store.get(user).await {
+                Ok(found) => found.and_then(|u| u.nickname),
+                Err(error) => {
+                    tracing::warn!(%error, "nickname lookup for presence failed");
+                    None
+                }
+            },
         };
+        let nickname = nickname.map(|n| n.as_str().to_owned());
         let online_at = chrono::Utc::now().timestamp_millis();
         let meta = json!({ "nickname": nickname, "online_at": online_at });
         if let Err(error) = ctx.track(&handle(user), meta) {
