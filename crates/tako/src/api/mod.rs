@@ -21,12 +21,16 @@ use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::storage::Store;
 use crate::realtime::Realtime;
 use auth::Tokens;
 use error::ApiError;
+
+/// How long a request body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -63,6 +67,9 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed().into_response() })
         .layer(DefaultBodyLimit::max(jsonapi::MAX_BODY_BYTES))
+        // A client that announces a body and never sends it does not hold a connection (and a
+        // handler) forever: reading the body fails after this, and the request gets a 400.
+        .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
         .layer(cors(cors_origins))
         .with_state(state)
 }
