@@ -64,7 +64,7 @@ impl Application {
             .merge(crate::dashboard::routes(state.clone()));
         let router = observed(router, metrics);
         let address = SocketAddr::new(config.bind, config.port);
-        let listener = TcpListener::bind(address).await.with_context(|| format!("binding {address}"))?;
+        let listener = listen(address).with_context(|| format!("binding {address}"))?;
         let metrics_listener = match config.metrics_bind {
             Some(address) => Some((
                 TcpListener::bind(address).await.with_context(|| format!("binding TAKO_METRICS_BIND {address}"))?,
@@ -130,6 +130,17 @@ impl Application {
         tracing::info!("tako stopped");
         Ok(())
     }
+}
+
+/// Connections the kernel queues before accept. After a restart every client reconnects at
+/// once; with the usual 128 the kernel drops most of them and they retry seconds later.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
