@@ -94,12 +94,23 @@ impl<T: Clone + for<'a> From<&'a str>> Registry<T> {
     }
 }
 
+/// Tako's listen backlog (crates/tako/src/startup.rs); tokio's `TcpListener::bind` uses 128, so
+/// the floors bind the same way as Tako for storms to compare servers, not kernel SYN retries.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(port: u16) -> std::io::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(([127, 0, 0, 1], port).into())?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 fn uid_from_query(query: Option<&str>) -> String {
     query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("uid="))).unwrap_or("").to_owned()
 }
 
 pub async fn serve_raw(port: u16) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    let listener = listen(port)?;
     let registry = Arc::new(Registry::<Utf8Bytes>::new());
     eprintln!("floor listening on {}", listener.local_addr()?);
     let mut next_id = 0u64;
@@ -198,7 +209,7 @@ pub async fn serve_axum(port: u16) -> anyhow::Result<()> {
 
     let shared: Shared = Arc::new((Registry::new(), AtomicU64::new(0)));
     let app = axum::Router::new().route("/", axum::routing::get(upgrade)).with_state(shared);
-    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    let listener = listen(port)?;
     eprintln!("axum floor listening on {}", listener.local_addr()?);
     axum::serve(listener, app).await?;
     Ok(())

@@ -102,6 +102,12 @@ pub struct Clients {
     http: reqwest::Client,
 }
 
+/// The node of subscriber `i` when spread over `nodes`: alternating, so both halves get the
+/// same mix of source addresses and user indexes.
+pub fn node_of(i: usize, nodes: usize) -> usize {
+    i % nodes.max(1)
+}
+
 fn source_ip(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % SOURCES) as u8))
 }
@@ -221,6 +227,13 @@ impl Clients {
     /// Connects and joins `n` subscribers (user indexes 0..n) and the control connection (user
     /// index n). `concurrency` bounds connects in flight; `None` is the storm: all at once.
     pub async fn connect(target: Target, n: usize, concurrency: Option<usize>) -> anyhow::Result<(Clients, Joined)> {
+        Clients::connect_spread(vec![target], n, concurrency).await
+    }
+
+    /// As `connect`, with subscriber `i` on `targets[node_of(i, targets.len())]` (several nodes
+    /// of one cluster) and the control connection on `targets[0]`.
+    pub async fn connect_spread(targets: Vec<Target>, n: usize, concurrency: Option<usize>) -> anyhow::Result<(Clients, Joined)> {
+        let target = targets.first().cloned().context("no target")?;
         let shared = Arc::new(Shared {
             base: Instant::now(),
             proto: target.proto,
@@ -238,7 +251,7 @@ impl Clients {
         let gate = concurrency.map(|c| Arc::new(Semaphore::new(c)));
         let start = shared.now();
         let tasks: Vec<JoinHandle<()>> =
-            (0..n).map(|i| tokio::spawn(subscriber(shared.clone(), target.clone(), i, gate.clone()))).collect();
+            (0..n).map(|i| tokio::spawn(subscriber(shared.clone(), targets[node_of(i, targets.len())].clone(), i, gate.clone()))).collect();
         let deadline = Instant::now() + STEP_TIMEOUT * 4;
         loop {
             let done = shared.joined.load(Ordering::Acquire) + shared.join_errors.load(Ordering::Acquire);

@@ -65,7 +65,7 @@ pub struct Paths {
 }
 
 pub struct Server {
-    child: Child,
+    pub(crate) child: Child,
     pub pid: u32,
     pub port: u16,
 }
@@ -99,7 +99,7 @@ async fn wait_tcp(port: u16, child: &mut Child) -> anyhow::Result<()> {
     bail!("server on port {port} not ready within 30 s")
 }
 
-async fn wait_http(port: u16, child: &mut Child) -> anyhow::Result<()> {
+pub(crate) async fn wait_http(port: u16, child: &mut Child) -> anyhow::Result<()> {
     wait_tcp(port, child).await?;
     let url = format!("http://127.0.0.1:{port}/healthz");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -114,7 +114,7 @@ async fn wait_http(port: u16, child: &mut Child) -> anyhow::Result<()> {
     bail!("{url} not 200 within 30 s")
 }
 
-fn log_file(work: &Path, name: &str) -> anyhow::Result<Stdio> {
+pub(crate) fn log_file(work: &Path, name: &str) -> anyhow::Result<Stdio> {
     Ok(Stdio::from(std::fs::File::create(work.join(format!("{name}.log")))?))
 }
 
@@ -122,7 +122,7 @@ fn tako_command(paths: &Paths, database_url: &str) -> Command {
     tako_command_with(&paths.tako, database_url)
 }
 
-fn tako_command_with(bin: &Path, database_url: &str) -> Command {
+pub(crate) fn tako_command_with(bin: &Path, database_url: &str) -> Command {
     let mut cmd = Command::new(bin);
     cmd.env("DATABASE_URL", database_url)
         .env("TAKO_BIND", "127.0.0.1")
@@ -348,7 +348,7 @@ pub async fn run_ws(kind: Kind, n: usize, paths: &Paths, plan: &WsPlan) -> anyho
 }
 
 /// Kills a server whose RSS passes the limit (the machine is shared), and says so.
-struct Watchdog {
+pub(crate) struct Watchdog {
     task: tokio::task::JoinHandle<Option<u64>>,
 }
 
@@ -359,7 +359,7 @@ impl Drop for Watchdog {
 }
 
 impl Watchdog {
-    fn start(pid: u32, limit: u64) -> Watchdog {
+    pub(crate) fn start(pid: u32, limit: u64) -> Watchdog {
         let task = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -377,14 +377,20 @@ impl Watchdog {
     }
 
     fn finish(self, row: &mut Row) {
+        row.notes.extend(self.note());
+    }
+
+    /// Why the server was killed, if it was.
+    pub(crate) fn note(self) -> Option<String> {
         let mut this = self;
-        if let Some(Ok(Some(rss))) = futures_util::FutureExt::now_or_never(&mut this.task) {
-            row.notes.push(format!("server killed by the harness: RSS {} passed the limit", fmt_bytes(rss as f64)));
+        match futures_util::FutureExt::now_or_never(&mut this.task) {
+            Some(Ok(Some(rss))) => Some(format!("server killed by the harness: RSS {} passed the limit", fmt_bytes(rss as f64))),
+            _ => None,
         }
     }
 }
 
-fn q(q: Option<Quantiles>) -> String {
+pub(crate) fn q(q: Option<Quantiles>) -> String {
     match q {
         Some(q) => format!("{} / {}", fmt_duration(q.p50), fmt_duration(q.p99)),
         None => "–".to_owned(),
@@ -602,7 +608,7 @@ pub fn http_table(rows: &[HttpRow]) -> String {
     out
 }
 
-const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub(crate) const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const PG_BENCH: &str = "postgres://postgres@127.0.0.1:5432/tako_bench";
 
 async fn wrk(paths: &Paths, url: &str, lua: Option<&str>, secs: u64) -> anyhow::Result<String> {
