@@ -116,6 +116,8 @@ pub trait MessageStore: Send + Sync + 'static {
         limit: u32,
         push: &(dyn for<'m> Fn(&'m Message) -> bool + Send + Sync),
     ) -> Result<Vec<MessageId>, StoreError>;
+    /// Users with at least one undelivered, unexpired message.
+    async fn users_with_waiting_messages(&self, now: Timestamp) -> Result<Vec<UserId>, StoreError>;
     /// Deletes every message past its expiry; returns how many.
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError>;
 }

@@ -5,8 +5,14 @@
 //! under that user's lock on this node and, in the database, in a transaction holding the
 //! messages it pushes (other nodes wait on those rows), and marks them delivered before
 //! letting go: a message is never pushed twice, and a user's messages go out in order.
+//!
+//! A join asks the database only for users known to have messages waiting: the mailbox loads
+//! that set at start and every send (on any node, through the cluster signal) adds to it. After
+//! a restart, thousands of rejoining clients then cost no query each.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -36,18 +42,40 @@ pub struct Mailbox {
     stripes: Vec<Mutex<()>>,
     /// Other nodes may hold the user's sockets.
     clustered: bool,
+    /// Users that may have messages waiting (a superset: a stale entry costs one query).
+    waiting: std::sync::Mutex<HashSet<UserId>>,
+    /// Whether `waiting` was loaded from the database; until then every join asks.
+    loaded: AtomicBool,
 }
 
 impl Mailbox {
     pub fn spawn(store: Arc<dyn Store>, ttl: Duration, clustered: bool) -> Arc<Mailbox> {
         let stripes = (0..STRIPES).map(|_| Mutex::new(())).collect();
-        let mailbox = Arc::new(Mailbox { store, ttl, stripes, clustered });
+        let mailbox = Arc::new(Mailbox {
+            store,
+            ttl,
+            stripes,
+            clustered,
+            waiting: std::sync::Mutex::new(HashSet::new()),
+            loaded: AtomicBool::new(false),
+        });
         tokio::spawn(purge_expired(Arc::downgrade(&mailbox), purge_interval(ttl)));
+        tokio::spawn(load_waiting(Arc::downgrade(&mailbox)));
         mailbox
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashSet<UserId>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a join of `user` must ask the database.
+    fn may_have_mail(&self, user: UserId) -> bool {
+        !self.loaded.load(Ordering::Acquire) || self.waiting().contains(&user)
     }
 
     /// Messages wait for `user` (another node's signal): deliver them if this node holds it.
     pub fn user_has_mail(self: &Arc<Self>, hub: &Hub, user: UserId) {
+        self.waiting().insert(user);
         if !hub.has_user(&user.to_string()) {
             return;
         }
@@ -74,36 +102,66 @@ impl Mailbox {
         let expires_at = Timestamp::from_micros(now.as_micros().saturating_add(ttl));
         let mut message = Message { id: MessageId::generate(), user_id: user, text, extra, inserted_at: now, expires_at, delivered_at: None };
         self.store.insert_message(&message).await?;
+        self.waiting().insert(user);
         if hub.has_user(&user.to_string()) && self.flush(hub, user).await?.contains(&message.id) {
             message.delivered_at = Some(now);
-        } else if self.clustered {
-            // The user may be on another node: the nodes holding it deliver.
-            signals::messages_waiting(hub, user);
-            let deadline = tokio::time::Instant::now() + REMOTE_WAIT;
-            while tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(25)).await;
+        } else {
+            // Another path may have delivered it meanwhile (a join of this user flushing), or,
+            // in a cluster, the nodes holding the user will: ask them, and wait a little.
+            let wait = if self.clustered {
+                signals::messages_waiting(hub, user);
+                REMOTE_WAIT
+            } else {
+                Duration::ZERO
+            };
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
                 if let Some(stored) = self.store.message(message.id).await? {
                     if stored.delivered_at.is_some() {
                         message = stored;
                         break;
                     }
                 }
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
             }
         }
         let delivered = message.delivered_at.is_some();
         Ok((message, delivered))
     }
 
-    /// Pushes what waits for the user of `ctx` to that channel (called when it joins).
+    /// Pushes what waits for the user of `ctx` (called when it joins a notifications topic).
     pub async fn deliver_waiting(&self, ctx: &ChannelContext<SocketUser>) -> Result<usize, StoreError> {
         let user = ctx.assigns().id;
+        if !self.may_have_mail(user) {
+            return Ok(0);
+        }
         let _guard = self.stripe(user).lock().await;
-        let push = |message: &Message| ctx.push("msg", Payload::Json(message.payload()));
+        let failed = AtomicBool::new(false);
+        let key = user.to_string();
+        // To every joined notifications socket of the user (another tab may have joined while
+        // this flush waited for the lock), and at least to this one even if the engine has not
+        // yet indexed its join.
+        let push = |message: &Message| {
+            let payload = Payload::Json(message.payload());
+            let pushed = ctx.hub().send_to_user(&key, notifications_topics(), "msg", payload.clone()) > 0 || ctx.push("msg", payload);
+            if !pushed {
+                failed.store(true, Ordering::Relaxed);
+            }
+            pushed
+        };
         let mut delivered = 0;
         loop {
             let pushed = self.store.deliver_waiting(user, Timestamp::now(), BATCH, &push).await?;
             delivered += pushed.len();
             if pushed.len() < BATCH as usize {
+                // Nothing more waits, unless a push failed (the channel closed): then keep the
+                // marker for the next join. A send racing this re-adds it after its insert.
+                if !failed.load(Ordering::Relaxed) {
+                    self.waiting().remove(&user);
+                }
                 return Ok(delivered);
             }
         }
@@ -128,6 +186,25 @@ impl Mailbox {
 
     pub async fn message(&self, id: MessageId) -> Result<Option<Message>, StoreError> {
         self.store.message(id).await
+    }
+}
+
+/// Loads the users with messages waiting (retrying while the database is away).
+async fn load_waiting(mailbox: Weak<Mailbox>) {
+    let mut wait = Duration::from_millis(200);
+    loop {
+        let Some(mailbox) = mailbox.upgrade() else { return };
+        match mailbox.store.users_with_waiting_messages(Timestamp::now()).await {
+            Ok(users) => {
+                mailbox.waiting().extend(users);
+                mailbox.loaded.store(true, Ordering::Release);
+                return;
+            }
+            Err(error) => tracing::warn!(%error, "loading users with waiting messages failed; joins ask the database until it works"),
+        }
+        drop(mailbox);
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(10));
     }
 }
 

@@ -35,7 +35,7 @@ async fn a_message_reaches_only_its_user_live() {
         let response = admin_post(&app, "/api/messages", json!({"user_id": alice, "message": "Testiiing", "booth": "A-12"})).await;
         assert_eq!(response.status(), 202);
         let status: Value = response.json().await.unwrap();
-        assert_eq!(status["delivered"], true);
+        assert_eq!(status["delivered"], true, "on {:?}: {status}", app.backend);
         assert_eq!(status["user_id"], alice);
 
         for ws in [&mut alice_ws, &mut alice_scans] {
