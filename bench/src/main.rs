@@ -213,7 +213,7 @@ async fn all(args: &Args, ws: bool, http: bool, cluster: bool) -> anyhow::Result
         }
         println!("Date: {} · Tako {rev} · machine: {}", started.format("%Y-%m-%d %H:%M UTC"), machine());
         println!(
-            "Plan: N = {sizes:?}; broadcast latency over {} broadcasts one at a time; steady broadcast {} s with {} in flight; {} targeted messages\n",
+            "Plan: N = {sizes:?} (cluster: {cluster_sizes:?}); broadcast latency over {} broadcasts one at a time; steady broadcast {} s with {} in flight; {} targeted messages\n",
             plan.repeats, plan.throughput_secs, plan.window, plan.targeted_repeats
         );
         if ws {
@@ -230,8 +230,10 @@ async fn all(args: &Args, ws: bool, http: bool, cluster: bool) -> anyhow::Result
             println!("Scenario 5, HTTP on PostgreSQL with {http_users} users (wrk -t1 -c16 -d{http_secs}s):\n");
             println!("{}", runner::http_table(&http_rows));
         }
-        println!("Targets:\n");
-        println!("{}", runner::targets(&rows, &http_rows));
+        if ws || http {
+            println!("Targets:\n");
+            println!("{}", runner::targets(&rows, &http_rows));
+        }
         anyhow::Ok(())
     }
     .await;
