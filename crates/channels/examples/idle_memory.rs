@@ -5,6 +5,12 @@
 //! `cargo run --release --example idle_memory -- clients <port> <n>` opens n v2 sockets, joins each
 //! to one of ten topics, prints `ready`, and holds them until killed. Run them as two processes
 //! so the clients' memory is not counted.
+//!
+//! Presence mode: `… -- clients <port> <n> presence` joins every socket to the one topic
+//! `lobby` with a key and a nickname (~100 bytes of presence each, as HoloQuest's
+//! `notifications`); the server tracks each, so every joiner receives the whole state and
+//! every socket the diffs. The clients keep reading everything and print `ready` once every
+//! socket has its join reply and the last diff has had time to arrive.
 
 use std::sync::Arc;
 
@@ -32,7 +38,13 @@ impl SocketHandler for Handler {
 
 #[async_trait]
 impl Channel<()> for Room {
-    async fn join(&self, _topic: &str, _payload: Payload, _ctx: &ChannelContext<()>) -> Result<Value, Value> {
+    async fn join(&self, _topic: &str, payload: Payload, ctx: &ChannelContext<()>) -> Result<Value, Value> {
+        if let Payload::Json(Value::Object(params)) = payload {
+            if let (Some(Value::String(key)), Some(nickname)) = (params.get("key"), params.get("nickname")) {
+                let meta = serde_json::json!({"nickname": nickname, "online_at": 1_700_000_000_000u64});
+                ctx.track(key, meta).map_err(|e| Value::String(e.to_string()))?;
+            }
+        }
         Ok(Value::Null)
     }
     async fn handle_in(&self, _event: &str, _payload: Payload, _ctx: &ChannelContext<()>) -> HandleIn {
@@ -51,8 +63,11 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("server") => server().await,
+        Some("clients") if args.get(4).map(String::as_str) == Some("presence") => {
+            presence_clients(args[2].parse().unwrap(), args[3].parse().unwrap()).await
+        }
         Some("clients") => clients(args[2].parse().unwrap(), args[3].parse().unwrap()).await,
-        _ => eprintln!("usage: idle_memory server | clients <port> <n>"),
+        _ => eprintln!("usage: idle_memory server | clients <port> <n> [presence]"),
     }
 }
 
@@ -65,8 +80,16 @@ async fn server() {
     let hub = endpoint.hub();
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(_)) = lines.next_line().await {
-        let subscribers: usize = (0..10).map(|i| hub.subscriber_count(&format!("room:{i}"))).sum();
-        println!("sockets={} subscribers={} rss_kib={}", hub.socket_count(), subscribers, rss_kib());
+        let subscribers: usize =
+            (0..10).map(|i| hub.subscriber_count(&format!("room:{i}"))).sum::<usize>() + hub.subscriber_count("lobby");
+        let presences = hub.presence_list("lobby").as_object().map_or(0, |m| m.len());
+        println!(
+            "sockets={} subscribers={} presences={} rss_kib={}",
+            hub.socket_count(),
+            subscribers,
+            presences,
+            rss_kib()
+        );
     }
 }
 
@@ -81,5 +104,42 @@ async fn clients(port: u16, n: usize) {
         held.push(ws);
     }
     println!("ready");
+    std::future::pending::<()>().await;
+}
+
+async fn presence_clients(port: u16, n: usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let url = format!("ws://127.0.0.1:{port}/socket/websocket?vsn=2.0.0");
+    let replies = Arc::new(AtomicUsize::new(0));
+    let largest = Arc::new(AtomicUsize::new(0));
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
+        let (ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+        let (mut tx, mut rx) = ws.split();
+        let key = format!("user{i:06}");
+        let nickname = format!("{key} the long-nicknamed adventurer of HoloQuest");
+        let join = serde_json::json!(["1", "1", "lobby", "phx_join", {"key": key, "nickname": nickname}]);
+        tx.send(Message::text(join.to_string())).await.unwrap();
+        let (replies, largest) = (replies.clone(), largest.clone());
+        // Keep reading: a client that stops reading would be disconnected as a slow consumer.
+        held.push(tokio::spawn(async move {
+            let _tx = tx;
+            while let Some(Ok(message)) = rx.next().await {
+                let len = message.len();
+                largest.fetch_max(len, Ordering::Relaxed);
+                if let Message::Text(text) = message {
+                    if text.as_str().contains("\"phx_reply\"") {
+                        replies.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    while replies.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Let the last coalesced diffs arrive.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    println!("ready largest_frame={}", largest.load(Ordering::Relaxed));
     std::future::pending::<()>().await;
 }

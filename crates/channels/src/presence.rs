@@ -18,6 +18,15 @@
 //! receives because it subscribed before reading the state. Diffs are idempotent for the client
 //! (a join of a known `phx_ref` or a leave of an unknown one changes nothing), so overlaps are
 //! harmless.
+//!
+//! No presence frame is bigger than [`MAX_FRAME_BYTES`] (unless a single meta is): a socket's
+//! WebSocket write buffer keeps the size of the largest frame it ever wrote, so one 1 MB state
+//! would cost every socket 1 MB for as long as it lives. A big state goes out as a
+//! `presence_state` holding the first chunk of keys and `presence_diff`s joining the rest (the
+//! client folds diffs into its state, so its list ends exact; a client that had a state before,
+//! on a rejoin, sees the keys of later chunks leave and come back). A big diff goes out as
+//! several: its leaves, then its joins. Chunks keep a key's metas together unless they alone
+//! exceed the limit.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +43,9 @@ use crate::serializer::{Frame, Serializer};
 
 pub(crate) const STATE_EVENT: &str = "presence_state";
 pub(crate) const DIFF_EVENT: &str = "presence_diff";
+
+/// Largest presence frame (the encoded message, before the WebSocket header) sent to a socket.
+pub(crate) const MAX_FRAME_BYTES: usize = 16 * 1024;
 
 /// One meta of one key on one topic, as a cluster would replicate it.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,10 +83,17 @@ struct Entry {
     meta: Arc<Map<String, Value>>,
 }
 
-/// `presence_state` as of a flush, encoded at most once per serializer.
+/// `presence_state` as of a flush, encoded at most once per serializer: the first chunk as
+/// `presence_state`, the others as `presence_diff` joins.
 struct CachedState {
-    payload: Payload,
-    frames: [OnceLock<Option<Frame>>; 2],
+    payloads: Vec<Payload>,
+    frames: [OnceLock<Vec<Frame>>; 2],
+}
+
+impl CachedState {
+    fn empty() -> CachedState {
+        CachedState { payloads: vec![Payload::Json(Value::Object(Map::new()))], frames: Default::default() }
+    }
 }
 
 #[derive(Default)]
@@ -122,23 +141,34 @@ impl TopicPresence {
         Some(entry)
     }
 
-    /// Takes the pending changes as a `presence_diff` payload, and forgets the cached state.
-    fn take_diff(&mut self) -> Option<Value> {
+    /// Takes the pending changes as `presence_diff` payloads (one unless it would exceed the
+    /// frame limit on `topic`), and forgets the cached state.
+    fn take_diff(&mut self, topic: &str) -> Vec<Value> {
         if !self.has_pending() {
-            return None;
+            return Vec::new();
         }
         self.state = None;
-        let joins = group(std::mem::take(&mut self.pending_joins).into_values());
-        let leaves = group(std::mem::take(&mut self.pending_leaves).into_values());
-        let mut diff = Map::new();
-        diff.insert("joins".into(), joins);
-        diff.insert("leaves".into(), leaves);
-        Some(Value::Object(diff))
+        let joins = std::mem::take(&mut self.pending_joins);
+        let leaves = std::mem::take(&mut self.pending_leaves);
+        // A phx_ref that left and came back (a merged entry) must leave before it joins: the
+        // client applies a diff's joins before its leaves.
+        let overlap = leaves.keys().any(|r| joins.contains_key(r));
+        let budget = chunk_budget(topic);
+        let joins = chunk(joins.into_values(), budget);
+        let leaves = chunk(leaves.into_values(), budget);
+        let size = |chunks: &[(Map<String, Value>, usize)]| chunks.iter().map(|(_, n)| n).sum::<usize>();
+        if !overlap && joins.len() <= 1 && leaves.len() <= 1 && size(&joins) + size(&leaves) <= budget {
+            let single = |mut chunks: Vec<(Map<String, Value>, usize)>| chunks.pop().map(|(m, _)| m).unwrap_or_default();
+            return vec![diff(single(joins), single(leaves))];
+        }
+        let leaves = leaves.into_iter().map(|(m, _)| diff(Map::new(), m));
+        let joins = joins.into_iter().map(|(m, _)| diff(m, Map::new()));
+        leaves.chain(joins).collect()
     }
 
     /// The state as of the last flush: the current entries minus the pending joins, plus the
     /// pending leaves.
-    fn flushed_state(&mut self) -> Arc<CachedState> {
+    fn flushed_state(&mut self, topic: &str) -> Arc<CachedState> {
         if let Some(state) = &self.state {
             return state.clone();
         }
@@ -149,7 +179,10 @@ impl TopicPresence {
             .filter(|e| !self.pending_joins.contains_key(&e.phx_ref))
             .chain(self.pending_leaves.values())
             .cloned();
-        let state = Arc::new(CachedState { payload: Payload::Json(group(current)), frames: Default::default() });
+        let mut chunks = chunk(current, chunk_budget(topic)).into_iter().map(|(m, _)| m);
+        let first = Payload::Json(Value::Object(chunks.next().unwrap_or_default()));
+        let payloads = std::iter::once(first).chain(chunks.map(|m| Payload::Json(diff(m, Map::new())))).collect();
+        let state = Arc::new(CachedState { payloads, frames: Default::default() });
         self.state = Some(state.clone());
         state
     }
@@ -173,6 +206,111 @@ fn group(entries: impl Iterator<Item = Entry>) -> Value {
         }
     }
     Value::Object(out)
+}
+
+fn diff(joins: Map<String, Value>, leaves: Map<String, Value>) -> Value {
+    let mut diff = Map::new();
+    diff.insert("joins".into(), Value::Object(joins));
+    diff.insert("leaves".into(), Value::Object(leaves));
+    Value::Object(diff)
+}
+
+/// Bytes a value takes as JSON, without writing it anywhere.
+fn json_len<T: serde::Serialize + ?Sized>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Serializing a `Value` or a string into a writer that cannot fail does not fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// Bytes a chunk (`{key: {"metas": […]}, …}`) may take so that its frame, `presence_state` or
+/// `presence_diff` in either serializer, stays within [`MAX_FRAME_BYTES`].
+fn chunk_budget(topic: &str) -> usize {
+    let empty = Payload::Json(diff(Map::new(), Map::new()));
+    // The diff's envelope (with its two empty maps) is larger than the state's.
+    let envelope = [Serializer::V1, Serializer::V2]
+        .into_iter()
+        .filter_map(|s| s.encode_broadcast(topic, DIFF_EVENT, &empty))
+        .map(|f| f.len())
+        .max()
+        .unwrap_or(0);
+    MAX_FRAME_BYTES.saturating_sub(envelope).max(2)
+}
+
+/// `{key: {"metas": [meta, …]}, …}` maps of at most `budget` bytes of JSON each (a single meta
+/// bigger than that gets a chunk of its own), with each one's size. A key's metas stay in one
+/// chunk unless they alone exceed the budget. Nothing in, no chunk out.
+fn chunk(entries: impl Iterator<Item = Entry>, budget: usize) -> Vec<(Map<String, Value>, usize)> {
+    // Group by key, in the order keys come.
+    let mut order: Vec<(Arc<str>, Vec<Arc<Map<String, Value>>>)> = Vec::new();
+    let mut index: HashMap<Arc<str>, usize> = HashMap::new();
+    for entry in entries {
+        let slot = *index.entry(entry.key.clone()).or_insert_with(|| {
+            order.push((entry.key.clone(), Vec::new()));
+            order.len() - 1
+        });
+        order[slot].1.push(entry.meta);
+    }
+    // `{"metas":[` … `]}`
+    const WRAP: usize = 12;
+    let mut chunks = Vec::new();
+    let mut current: Map<String, Value> = Map::new();
+    let mut used = 2; // `{}`
+    let mut cut = |current: &mut Map<String, Value>, used: &mut usize| {
+        if !current.is_empty() {
+            chunks.push((std::mem::take(current), *used));
+            *used = 2;
+        }
+    };
+    for (key, metas) in order {
+        let key_len = json_len(&*key) + 1; // `"key":`
+        let lens: Vec<usize> = metas.iter().map(|m| json_len(&**m)).collect();
+        let whole = key_len + WRAP + lens.iter().sum::<usize>() + lens.len().saturating_sub(1);
+        let sep = usize::from(!current.is_empty());
+        if used + sep + whole > budget && 2 + whole <= budget {
+            cut(&mut current, &mut used);
+        }
+        if used + usize::from(!current.is_empty()) + whole <= budget {
+            used += usize::from(!current.is_empty()) + whole;
+            let metas = metas.iter().map(|m| Value::Object((**m).clone())).collect();
+            current.insert(key.to_string(), metas_value(metas));
+            continue;
+        }
+        // Too many metas for one chunk: spread them over several.
+        let mut open = false; // whether `current` holds this key
+        for (meta, len) in metas.iter().zip(lens) {
+            let cost = if open { 1 + len } else { usize::from(!current.is_empty()) + key_len + WRAP + len };
+            if used + cost > budget && !current.is_empty() {
+                cut(&mut current, &mut used);
+                open = false;
+            }
+            let cost = if open { 1 + len } else { usize::from(!current.is_empty()) + key_len + WRAP + len };
+            used += cost;
+            let slot = current.entry(key.to_string()).or_insert_with(|| metas_value(Vec::new()));
+            if let Some(Value::Array(list)) = slot.get_mut("metas") {
+                list.push(Value::Object((**meta).clone()));
+            }
+            open = true;
+        }
+    }
+    cut(&mut current, &mut used);
+    chunks
+}
+
+fn metas_value(metas: Vec<Value>) -> Value {
+    let mut wrap = Map::new();
+    wrap.insert("metas".into(), Value::Array(metas));
+    Value::Object(wrap)
 }
 
 /// This node's presence, all topics.
@@ -200,9 +338,7 @@ impl Presence {
             return;
         }
         if self.interval.is_zero() {
-            if let Some(diff) = tp.take_diff() {
-                send_diff(hub, topic, diff);
-            }
+            send_diffs(hub, topic, tp.take_diff(topic));
             return;
         }
         if tp.flush_scheduled {
@@ -218,11 +354,7 @@ impl Presence {
                 });
             }
             // Outside a runtime nothing could flush later: send now.
-            Err(_) => {
-                if let Some(diff) = tp.take_diff() {
-                    send_diff(hub, topic, diff);
-                }
-            }
+            Err(_) => send_diffs(hub, topic, tp.take_diff(topic)),
         }
     }
 
@@ -230,9 +362,7 @@ impl Presence {
         let mut topics = self.topics.lock();
         let Some(tp) = topics.get_mut(topic) else { return };
         tp.flush_scheduled = false;
-        if let Some(diff) = tp.take_diff() {
-            send_diff(hub, topic, diff);
-        }
+        send_diffs(hub, topic, tp.take_diff(topic));
         if tp.is_empty() {
             topics.remove(topic);
         }
@@ -287,17 +417,21 @@ impl Presence {
         }
     }
 
-    /// Pushes the topic's state (as of the last flush) to `socket`, as a broadcast-form frame
-    /// shared by every joiner until the next flush.
+    /// Pushes the topic's state (as of the last flush) to `socket`, as broadcast-form frames
+    /// (`presence_state`, then `presence_diff`s for a big state) shared by every joiner until
+    /// the next flush.
     pub(crate) fn push_state(&self, topic: &str, socket: &SocketShared) {
         let mut topics = self.topics.lock();
         let state = match topics.get_mut(topic) {
-            Some(tp) => tp.flushed_state(),
-            None => Arc::new(CachedState { payload: Payload::Json(Value::Object(Map::new())), frames: Default::default() }),
+            Some(tp) => tp.flushed_state(topic),
+            None => Arc::new(CachedState::empty()),
         };
-        // Pushed under the lock: no diff of this topic can slip between reading and queueing.
-        if let Some(frame) = state_frame(&state, topic, socket.serializer) {
-            socket.send(frame);
+        // Pushed under the lock: no diff of this topic can slip between reading and queueing,
+        // nor between the chunks.
+        for frame in state_frames(&state, topic, socket.serializer) {
+            if !socket.send(frame.clone()) {
+                break;
+            }
         }
     }
 
@@ -437,10 +571,16 @@ impl Presence {
     }
 }
 
-fn state_frame(state: &CachedState, topic: &str, serializer: Serializer) -> Option<Frame> {
-    state.frames[serializer.index()]
-        .get_or_init(|| serializer.encode_broadcast(topic, STATE_EVENT, &state.payload))
-        .clone()
+fn state_frames<'a>(state: &'a CachedState, topic: &str, serializer: Serializer) -> &'a [Frame] {
+    state.frames[serializer.index()].get_or_init(|| {
+        let events = std::iter::once(STATE_EVENT).chain(std::iter::repeat(DIFF_EVENT));
+        state
+            .payloads
+            .iter()
+            .zip(events)
+            .filter_map(|(payload, event)| serializer.encode_broadcast(topic, event, payload))
+            .collect()
+    })
 }
 
 /// `HashMap::get_key_value` with mutable access to the value.
@@ -457,8 +597,16 @@ impl GetKeyValueMut for HashMap<Arc<str>, TopicPresence> {
 
 /// Diffs go to this node's subscribers only: every node computes the diffs of its own view
 /// (its tracks and the shares merged from other nodes), so nothing is sent twice.
-fn send_diff(hub: &Hub, topic: &str, diff: Value) {
-    hub.deliver(BusMessage::Broadcast { topic: topic.to_owned(), event: DIFF_EVENT.to_owned(), payload: Payload::Json(diff), except: None });
+/// Several diffs go out in order, each encoded once for all subscribers.
+fn send_diffs(hub: &Hub, topic: &str, diffs: Vec<Value>) {
+    for diff in diffs {
+        hub.deliver(BusMessage::Broadcast {
+            topic: topic.to_owned(),
+            event: DIFF_EVENT.to_owned(),
+            payload: Payload::Json(diff),
+            except: None,
+        });
+    }
 }
 
 #[cfg(test)]
@@ -645,6 +793,36 @@ mod tests {
     }
 
     #[test]
+    fn a_phx_ref_that_leaves_and_comes_back_in_one_interval_leaves_first() {
+        let hub = hub(0);
+        let watcher = hub.register(Serializer::V2, None, None, 64);
+        hub.subscribe(&watcher, "t");
+        let remote = hub.node_id().wrapping_add(1);
+        let entry = |nick: &str| PresenceEntry {
+            key: "x".into(),
+            node: remote,
+            meta: json!({"phx_ref": "r1", "nick": nick}).as_object().unwrap().clone(),
+        };
+        hub.presence_merge(remote, "t", vec![entry("old")]).unwrap();
+        texts(&watcher);
+        // As within one interval: it leaves, and comes back with another meta.
+        let mut topics = hub.presence().topics.lock();
+        let tp = topics.get_mut("t").unwrap();
+        tp.remove("x", "r1");
+        tp.add(Entry { key: "x".into(), phx_ref: "r1".into(), node: remote, conn: 0, meta: Arc::new(entry("new").meta) });
+        let diffs = tp.take_diff("t");
+        drop(topics);
+        // The client applies a diff's joins before its leaves: in one diff, r1 would be gone.
+        assert_eq!(
+            diffs,
+            vec![
+                json!({"joins": {}, "leaves": {"x": {"metas": [{"phx_ref": "r1", "nick": "old"}]}}}),
+                json!({"joins": {"x": {"metas": [{"phx_ref": "r1", "nick": "new"}]}}, "leaves": {}}),
+            ]
+        );
+    }
+
+    #[test]
     fn entries_carry_their_node_and_only_their_node_replaces_them() {
         let hub = hub(0);
         let watcher = hub.register(Serializer::V2, None, None, 64);
@@ -733,6 +911,7 @@ mod cost {
         state_bytes: u64,
         diff_frames: u64,
         diff_bytes: u64,
+        largest: u64,
     }
 
     fn drain(sockets: &[Arc<SocketShared>], tally: &mut Tally) {
@@ -744,6 +923,7 @@ mod cost {
                 let len = text.len() as u64;
                 tally.frames += 1;
                 tally.bytes += len;
+                tally.largest = tally.largest.max(len);
                 if text.starts_with(r#"[null,null,"lobby","presence_state""#) {
                     tally.state_frames += 1;
                     tally.state_bytes += len;
@@ -794,11 +974,17 @@ mod cost {
         // Every joiner gets its reply and one state.
         assert_eq!(plain.state_frames, N as u64);
         assert_eq!(coalesced.state_frames, N as u64);
-        // One diff per join to everyone already on the topic: N(N-1)/2.
-        assert_eq!(plain.diff_frames, (N * (N - 1) / 2) as u64);
-        // Coalesced: about one diff per interval (here 1 s of joins → ~20) to everyone.
-        assert!(coalesced.diff_frames <= 22 * N as u64, "{coalesced:?}");
-        assert!(coalesced.diff_frames * 40 < plain.diff_frames);
+        // One diff per join to everyone already on the topic: N(N-1)/2, plus the diffs carrying
+        // the rest of each state bigger than a frame (each of those but the last over half full).
+        let per_change = (N * (N - 1) / 2) as u64;
+        assert!(plain.diff_frames >= per_change, "{plain:?}");
+        let state_chunks = (json_len(&list_plain) / (MAX_FRAME_BYTES / 2) + 1) as u64;
+        assert!(plain.diff_frames - per_change <= N as u64 * state_chunks, "{plain:?}");
+        assert!(plain.largest <= MAX_FRAME_BYTES as u64 && coalesced.largest <= MAX_FRAME_BYTES as u64);
+        // Coalesced: about one diff per interval (here 1 s of joins → ~20) to everyone, plus the
+        // rest of each state.
+        assert!(coalesced.diff_frames <= 22 * N as u64 + N as u64 * state_chunks, "{coalesced:?}");
+        assert!(coalesced.diff_frames * 20 < plain.diff_frames);
         assert!(coalesced.bytes < plain.bytes);
     }
 }

@@ -27,6 +27,14 @@ pub(crate) enum Frame {
 }
 
 impl Frame {
+    /// Bytes of the payload as it goes on the wire (without the WebSocket header).
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Frame::Text(t) => t.as_str().len(),
+            Frame::Binary(b) => b.len(),
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn text(&self) -> &str {
         match self {

@@ -157,3 +157,168 @@ async fn updating_a_users_presence_reaches_everyone() {
     assert_eq!(new["phx_ref_prev"], first["phx_ref"]);
     assert_ne!(new["phx_ref"], first["phx_ref"]);
 }
+
+/// The engine's bound on a presence frame (`presence::MAX_FRAME_BYTES`).
+const FRAME_LIMIT: usize = 16 * 1024;
+
+/// A client's list, folded from `presence_state` and `presence_diff`s as the npm client's
+/// presence.js does (`syncState` into an empty state, then `syncDiff`: joins, then leaves).
+#[derive(Default)]
+struct Fold(serde_json::Map<String, Value>);
+
+impl Fold {
+    fn state(&mut self, state: &Value) {
+        assert!(self.0.is_empty(), "one state per join");
+        self.0 = state.as_object().unwrap().clone();
+    }
+
+    fn diff(&mut self, diff: &Value) {
+        let refs = |p: &Value| -> Vec<Value> { p["metas"].as_array().unwrap().iter().map(|m| m["phx_ref"].clone()).collect() };
+        for (key, joined) in diff["joins"].as_object().unwrap() {
+            let joined_refs = refs(joined);
+            let mut metas: Vec<Value> = match self.0.get(key) {
+                Some(current) => current["metas"].as_array().unwrap().iter().filter(|m| !joined_refs.contains(&m["phx_ref"])).cloned().collect(),
+                None => Vec::new(),
+            };
+            metas.extend(joined["metas"].as_array().unwrap().iter().cloned());
+            self.0.insert(key.clone(), json!({"metas": metas}));
+        }
+        for (key, left) in diff["leaves"].as_object().unwrap() {
+            let Some(current) = self.0.get_mut(key) else { continue };
+            let left_refs = refs(left);
+            current["metas"].as_array_mut().unwrap().retain(|m| !left_refs.contains(&m["phx_ref"]));
+            if current["metas"].as_array().unwrap().is_empty() {
+                self.0.remove(key);
+            }
+        }
+    }
+
+    /// Comparable with the server's list: metas of a key in `phx_ref` order.
+    fn normalized(list: &Value) -> Value {
+        let mut out = serde_json::Map::new();
+        for (key, p) in list.as_object().unwrap() {
+            let mut metas = p["metas"].as_array().unwrap().clone();
+            metas.sort_by(|a, b| a["phx_ref"].as_str().cmp(&b["phx_ref"].as_str()));
+            out.insert(key.clone(), json!({"metas": metas}));
+        }
+        Value::Object(out)
+    }
+}
+
+/// Every frame until the client has been idle for a while: (text length, message as JSON).
+async fn drain(client: &mut Client) -> Vec<(usize, Value)> {
+    let mut frames = Vec::new();
+    while let Ok(message) = tokio::time::timeout(Duration::from_millis(300), client.next()).await {
+        let tokio_tungstenite::tungstenite::Message::Text(text) = message else { panic!("unexpected {message:?}") };
+        frames.push((text.len(), serde_json::from_str(text.as_str()).unwrap()));
+    }
+    frames
+}
+
+/// Another node's share of `count` presences (long nicknames), plus one key with so many metas
+/// that they alone exceed a frame.
+fn remote_share(prefix: &str, count: usize) -> Vec<channels::PresenceEntry> {
+    let entry = |key: String, r: String| channels::PresenceEntry {
+        meta: json!({"nickname": format!("{key}, the long-nicknamed adventurer of the realm"), "online_at": 1_700_000_000_000u64, "phx_ref": r})
+            .as_object()
+            .unwrap()
+            .clone(),
+        key,
+        node: 7,
+    };
+    let mut entries: Vec<_> = (0..count).map(|i| entry(format!("{prefix}{i:05}"), format!("{prefix}-ref{i}"))).collect();
+    entries.extend((0..300).map(|i| entry("crowd".into(), format!("{prefix}-crowd{i}"))));
+    entries
+}
+
+/// (v1 or v2) joins `topic`, reads everything, and checks the frames are bounded and fold into
+/// exactly the server's list. Returns the number of presence frames.
+async fn join_and_fold(server: &Server, mut client: Client, topic: &str, v1: bool) -> usize {
+    client.send(if v1 {
+        json!({"topic": topic, "event": "phx_join", "payload": {"presence": "me"}, "ref": "1", "join_ref": "1"})
+    } else {
+        json!(["1", "1", topic, "phx_join", {"presence": "me"}])
+    })
+    .await;
+    let frames = drain(&mut client).await;
+    let event = |m: &Value| if v1 { m["event"].clone() } else { m[3].clone() };
+    let payload = |m: &Value| if v1 { m["payload"].clone() } else { m[4].clone() };
+    assert_eq!(event(&frames[0].1), "phx_reply");
+    assert_eq!(event(&frames[1].1), "presence_state");
+    let mut fold = Fold::default();
+    for (len, message) in &frames[1..] {
+        assert!(*len <= FRAME_LIMIT, "a {len}-byte presence frame");
+        match event(message).as_str().unwrap() {
+            "presence_state" => fold.state(&payload(message)),
+            "presence_diff" => fold.diff(&payload(message)),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let list = server.endpoint.hub().presence_list(topic);
+    assert!(list.get("me").is_some());
+    assert_eq!(Fold::normalized(&Value::Object(fold.0)), Fold::normalized(&list), "the folded list is the server's");
+    frames.len() - 1
+}
+
+#[tokio::test]
+async fn a_big_state_arrives_in_bounded_frames_that_fold_into_the_whole_list() {
+    let server = Server::start_with(config()).await;
+    let hub = server.endpoint.hub();
+    hub.presence_merge(7, "room:big", remote_share("user", 3000)).unwrap();
+    // Flushed: the joiners' state holds them all.
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let bytes = hub.presence_list("room:big").to_string().len();
+    assert!(bytes > 20 * FRAME_LIMIT, "{bytes}");
+    let frames = join_and_fold(&server, server.v2("name=a").await, "room:big", false).await;
+    assert!(frames > bytes / FRAME_LIMIT, "{frames} frames for {bytes} bytes");
+    join_and_fold(&server, server.v1("name=b").await, "room:big", true).await;
+    // An empty topic is still an (empty) state.
+    join_and_fold(&server, server.v2("name=c").await, "room:empty", false).await;
+}
+
+#[tokio::test]
+async fn a_big_diff_goes_out_as_bounded_diffs_leaves_first() {
+    let server = Server::start_with(config()).await;
+    let hub = server.endpoint.hub();
+    let mut watcher = server.v2("name=w").await;
+    join_and_fold(&server, server.v2("name=x").await, "room:d", false).await;
+    watcher.send(json!(["1", "1", "room:d", "phx_join", {}])).await;
+    let mut fold = Fold::default();
+    for (_, m) in drain(&mut watcher).await {
+        match m[3].as_str().unwrap() {
+            "presence_state" => fold.state(&m[4]),
+            "presence_diff" => fold.diff(&m[4]),
+            _ => {}
+        }
+    }
+    let old = remote_share("old", 2000);
+    hub.presence_merge(7, "room:d", old.clone()).unwrap();
+    for (len, m) in drain(&mut watcher).await {
+        assert!(len <= FRAME_LIMIT, "a {len}-byte diff");
+        fold.diff(&m[4]);
+    }
+    // Within one interval: half the old ones leave, 2000 new ones join, and one phx_ref leaves
+    // and comes back with a new meta (a diff applies joins before leaves: it must leave first).
+    let mut next: Vec<_> = old.iter().filter(|e| e.key.as_str() < "old01000" || e.key == "crowd").cloned().collect();
+    next.extend(remote_share("new", 2000).into_iter().filter(|e| e.key != "crowd"));
+    let back = next.iter().position(|e| e.key == "old00001").unwrap();
+    let mut back = next.remove(back);
+    hub.presence_merge(7, "room:d", next.clone()).unwrap();
+    back.meta.insert("nickname".into(), json!("came back renamed"));
+    next.push(back);
+    hub.presence_merge(7, "room:d", next).unwrap();
+    let frames = drain(&mut watcher).await;
+    assert!(frames.len() > 2, "{} frames", frames.len());
+    let mut joined = false;
+    for (len, m) in &frames {
+        assert!(*len <= FRAME_LIMIT, "a {len}-byte diff");
+        assert_eq!(m[3], "presence_diff");
+        let has = |side: &str| !m[4][side].as_object().unwrap().is_empty();
+        assert!(!(joined && has("leaves")), "leaves come before joins");
+        joined |= has("joins");
+        fold.diff(&m[4]);
+    }
+    let list = hub.presence_list("room:d");
+    assert_eq!(list["old00001"]["metas"][0]["nickname"], "came back renamed");
+    assert_eq!(Fold::normalized(&Value::Object(fold.0)), Fold::normalized(&list));
+}
