@@ -1,7 +1,8 @@
 //! Measures server memory per idle joined socket.
 //!
 //! `cargo run --release --example idle_memory -- server` prints its port, then answers every line
-//! on stdin with `sockets=<n> subscribers=<n> rss_kib=<n>`.
+//! on stdin with `sockets=<n> subscribers=<n> presences=<n> rss_kib=<n>` (a line `trim` first
+//! returns the allocator's free memory to the system, on glibc).
 //! `cargo run --release --example idle_memory -- clients <port> <n>` opens n v2 sockets, joins each
 //! to one of ten topics, prints `ready`, and holds them until killed. Run them as two processes
 //! so the clients' memory is not counted.
@@ -52,6 +53,20 @@ impl Channel<()> for Room {
     }
 }
 
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() {
+    extern "C" {
+        fn malloc_trim(pad: usize) -> i32;
+    }
+    // SAFETY: glibc's malloc_trim only releases free memory.
+    unsafe {
+        malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() {}
+
 fn rss_kib() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
@@ -79,7 +94,12 @@ async fn server() {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let hub = endpoint.hub();
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    while let Ok(Some(_)) = lines.next_line().await {
+    while let Ok(Some(line)) = lines.next_line().await {
+        // `trim`: first hand the allocator's free pages back to the system, to tell memory in
+        // use from memory freed but still held by the process.
+        if line.trim() == "trim" {
+            trim();
+        }
         let subscribers: usize =
             (0..10).map(|i| hub.subscriber_count(&format!("room:{i}"))).sum::<usize>() + hub.subscriber_count("lobby");
         let presences = hub.presence_list("lobby").as_object().map_or(0, |m| m.len());
