@@ -6,9 +6,10 @@
 //! messages it pushes (other nodes wait on those rows), and marks them delivered before
 //! letting go: a message is never pushed twice, and a user's messages go out in order.
 //!
-//! A join asks the database only for users known to have messages waiting: the mailbox loads
-//! that set at start and every send (on any node, through the cluster signal) adds to it. After
-//! a restart, thousands of rejoining clients then cost no query each.
+//! On a single node, a join asks the database only for users known to have messages waiting:
+//! the mailbox loads that set at start and every send adds to it, so after a restart thousands
+//! of rejoining clients cost no query each. (In a cluster, a send on another node could miss
+//! this node during a Redis outage, so there every join asks.)
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashSet;
@@ -60,7 +61,11 @@ impl Mailbox {
             loaded: AtomicBool::new(false),
         });
         tokio::spawn(purge_expired(Arc::downgrade(&mailbox), purge_interval(ttl)));
-        tokio::spawn(load_waiting(Arc::downgrade(&mailbox)));
+        // In a cluster another node's send reaches this set only through Redis, which may be
+        // away at that moment: there every join asks the database.
+        if !clustered {
+            tokio::spawn(load_waiting(Arc::downgrade(&mailbox)));
+        }
         mailbox
     }
 
@@ -138,7 +143,6 @@ impl Mailbox {
         if !self.may_have_mail(user) {
             return Ok(0);
         }
-        let _guard = self.stripe(user).lock().await;
         let failed = AtomicBool::new(false);
         let key = user.to_string();
         // To every joined notifications socket of the user (another tab may have joined while
@@ -152,30 +156,30 @@ impl Mailbox {
             }
             pushed
         };
-        let mut delivered = 0;
-        loop {
-            let pushed = self.store.deliver_waiting(user, Timestamp::now(), BATCH, &push).await?;
-            delivered += pushed.len();
-            if pushed.len() < BATCH as usize {
-                // Nothing more waits, unless a push failed (the channel closed): then keep the
-                // marker for the next join. A send racing this re-adds it after its insert.
-                if !failed.load(Ordering::Relaxed) {
-                    self.waiting().remove(&user);
-                }
-                return Ok(delivered);
-            }
+        let delivered = self.drain(user, &push).await?;
+        // Nothing more waits, unless a push failed (the channel closed): then the marker stays
+        // for the next join. A send racing this adds it again after its insert.
+        if !failed.load(Ordering::Relaxed) {
+            self.waiting().remove(&user);
         }
+        Ok(delivered.len())
     }
 
-    /// Under the user's lock: pushes what waits for `user` to all its notifications sockets
-    /// (this node's and, through the bus, the others') oldest first; returns what was pushed.
+    /// Pushes what waits for `user` to all its notifications sockets (this node's and, through
+    /// the bus, the others'); returns what was pushed.
     async fn flush(&self, hub: &Hub, user: UserId) -> Result<Vec<MessageId>, StoreError> {
-        let _guard = self.stripe(user).lock().await;
         let key = user.to_string();
         let push = |message: &Message| hub.send_to_user(&key, notifications_topics(), "msg", Payload::Json(message.payload())) > 0;
+        self.drain(user, &push).await
+    }
+
+    /// Under the user's lock: hands what waits for `user` to `push`, oldest first, until it
+    /// fails or nothing is left; returns what was pushed (and so marked delivered).
+    async fn drain(&self, user: UserId, push: &(dyn for<'m> Fn(&'m Message) -> bool + Send + Sync)) -> Result<Vec<MessageId>, StoreError> {
+        let _guard = self.stripe(user).lock().await;
         let mut delivered = Vec::new();
         loop {
-            let pushed = self.store.deliver_waiting(user, Timestamp::now(), BATCH, &push).await?;
+            let pushed = self.store.deliver_waiting(user, Timestamp::now(), BATCH, push).await?;
             let done = pushed.len() < BATCH as usize;
             delivered.extend(pushed);
             if done {
