@@ -498,6 +498,15 @@ pub fn targets(rows: &[Row], http: &[HttpRow]) -> String {
                 }
             }
             match tako.deliveries_per_sec {
+                // Fewer subscribers, with the rest still joining: no ratio against full rows.
+                Some(t) if tako.joined < n => {
+                    let _ = writeln!(
+                        out,
+                        "| {b} | deliveries/s (N={n}) | {} to {} of {n} subscribers, joins still arriving | not comparable |",
+                        fmt_rate(t),
+                        tako.joined
+                    );
+                }
                 Some(t) => {
                     if let Some(s) = sio.and_then(|r| r.deliveries_per_sec) {
                         let _ = writeln!(
@@ -531,7 +540,8 @@ pub fn targets(rows: &[Row], http: &[HttpRow]) -> String {
                 }
             }
         }
-        let with_targeted: Vec<&Row> = sizes.iter().filter_map(|&n| find(rows, build, n)).filter(|r| r.targeted.is_some()).collect();
+        let with_targeted: Vec<&Row> =
+            sizes.iter().filter_map(|&n| find(rows, build, n)).filter(|r| r.targeted.is_some() && r.joined == r.n).collect();
         if let (Some(lo), Some(hi)) = (with_targeted.first(), with_targeted.last()) {
             if hi.n > lo.n {
                 let (a, c) = (lo.targeted.unwrap(), hi.targeted.unwrap());
@@ -737,6 +747,15 @@ Transfer/sec:      5.00MB
         assert_eq!((p50.as_str(), p99.as_str()), ("0.98ms", "2.50ms"));
         assert_eq!(errors, 12);
         assert!(parse_wrk("garbage").is_none());
+    }
+
+    #[test]
+    fn partial_join_is_not_compared() {
+        let tako = Row { kind: Some(Kind::Tako), n: 19000, joined: 12977, deliveries_per_sec: Some(250_000.0), ..Row::default() };
+        let floor = Row { kind: Some(Kind::Floor), n: 19000, joined: 19000, deliveries_per_sec: Some(200_000.0), ..Row::default() };
+        let t = targets(&[tako, floor], &[]);
+        assert!(t.contains("12977 of 19000 subscribers, joins still arriving | not comparable |"), "{t}");
+        assert!(!t.contains("80% of the raw floor"), "{t}");
     }
 
     #[test]
