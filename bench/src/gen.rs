@@ -64,6 +64,9 @@ struct Shared {
     first_error: std::sync::Mutex<Option<String>>,
     dropped: AtomicUsize,
     join_times: std::sync::Mutex<Vec<u64>>,
+    /// Set when a paced connect phase's deadline passed: clients still waiting for a connect
+    /// slot give up, so they do not load the phases measured after it.
+    cancelled: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -149,6 +152,9 @@ async fn subscriber(shared: Arc<Shared>, target: Target, index: usize, gate: Opt
         Some(g) => Some(g.clone().acquire_owned().await.expect("semaphore open")),
         None => None,
     };
+    if shared.cancelled.load(Ordering::Acquire) {
+        return;
+    }
     let ws = match tokio::time::timeout(STEP_TIMEOUT * 2, open(&target, index, &uid)).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => return shared.error(format!("client {index}: {e:#}")),
@@ -247,6 +253,7 @@ impl Clients {
             first_error: std::sync::Mutex::new(None),
             dropped: AtomicUsize::new(0),
             join_times: std::sync::Mutex::new(Vec::with_capacity(n)),
+            cancelled: std::sync::atomic::AtomicBool::new(false),
         });
         let gate = concurrency.map(|c| Arc::new(Semaphore::new(c)));
         let start = shared.now();
@@ -268,6 +275,7 @@ impl Clients {
         let errors = shared.join_errors.load(Ordering::Acquire);
         let all_joined = Duration::from_nanos(shared.last_join.load(Ordering::Acquire).saturating_sub(start));
         if joined < n {
+            shared.cancelled.store(true, Ordering::Release);
             let first = shared.first_error.lock().unwrap().clone().unwrap_or_default();
             eprintln!("  {} of {n} joined ({errors} errors; first: {first})", joined);
         }
