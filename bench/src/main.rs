@@ -213,7 +213,8 @@ async fn all(args: &Args, ws: bool, http: bool, cluster: bool) -> anyhow::Result
         }
         println!("Date: {} · Tako {rev} · machine: {}", started.format("%Y-%m-%d %H:%M UTC"), machine());
         println!(
-            "Plan: N = {sizes:?} (cluster: {cluster_sizes:?}); broadcast latency over {} broadcasts one at a time; steady broadcast {} s with {} in flight; {} targeted messages\n",
+            "Plan: N = {sizes:?}{}; broadcast latency over {} broadcasts one at a time; steady broadcast {} s with {} in flight; {} targeted messages\n",
+            if cluster { format!(" (cluster: {cluster_sizes:?})") } else { String::new() },
             plan.repeats, plan.throughput_secs, plan.window, plan.targeted_repeats
         );
         if ws {
