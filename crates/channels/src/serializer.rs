@@ -5,7 +5,7 @@
 //! shares it. Decoding never panics: anything a client can send maps to [`Malformed`], which
 //! keeps whatever refs could still be read so the session can answer with an error reply.
 
-use axum::extract::ws::Utf8Bytes;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

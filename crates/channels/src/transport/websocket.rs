@@ -2,17 +2,31 @@
 //!
 //! One task per socket selects over the client's frames and the socket's outbox. Buffers are kept small (1 KiB read, no write buffering) because an idle socket's
 //! memory is mostly its buffers and its task.
+//!
+//! The upgrade is done here with tokio-tungstenite rather than axum's `WebSocketUpgrade`, because
+//! tungstenite's write buffer grows to the largest frame ever written and never shrinks: every
+//! outbound message is therefore written as RFC 6455 fragments of at most [`FRAGMENT_BYTES`] of
+//! payload (which axum's `Message` cannot express), so an idle socket keeps a small write buffer
+//! whatever it was sent before. Clients reassemble fragments transparently.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{FromRequestParts, Query, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use futures_util::SinkExt;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame as WireFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
 
 use crate::endpoint::{Admitted, Endpoint};
 use crate::hub::SocketShared;
@@ -21,7 +35,12 @@ use crate::serializer::{Frame, Serializer};
 use crate::session::Session;
 use crate::socket::{ConnectInfo, SocketHandler};
 
+type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
 const READ_BUFFER_BYTES: usize = 512;
+/// Largest payload of one outbound WebSocket frame; longer messages are fragmented. Bounds the
+/// capacity tungstenite's write buffer keeps for the life of the socket.
+pub(crate) const FRAGMENT_BYTES: usize = 2048;
 const SUBPROTOCOL: &str = "phoenix";
 const TOKEN_PREFIX: &str = "base64url.bearer.phx.";
 /// How long to wait for the client's answer to our close frame.
@@ -32,9 +51,9 @@ pub(crate) async fn upgrade<H: SocketHandler>(State(endpoint): State<Arc<Endpoin
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
     let (mut parts, _body) = request.into_parts();
-    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(ws) => ws,
-        Err(rejection) => return rejection.into_response(),
+    let (accept_key, on_upgrade) = match check_handshake(&mut parts) {
+        Ok(handshake) => handshake,
+        Err(refusal) => return refusal.into_response(),
     };
     let Ok(Query(params)) = Query::<HashMap<String, String>>::try_from_uri(&parts.uri) else {
         return (StatusCode::BAD_REQUEST, "invalid query string").into_response();
@@ -68,19 +87,78 @@ pub(crate) async fn upgrade<H: SocketHandler>(State(endpoint): State<Arc<Endpoin
     };
     drop(info);
 
-    let config = &endpoint.config;
-    let mut ws = ws
+    let max_bytes = endpoint.config.max_frame_bytes;
+    let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)
-        .max_message_size(config.max_frame_bytes)
-        .max_frame_size(config.max_frame_bytes);
-    if offers_phoenix {
-        ws = ws.protocols([SUBPROTOCOL]);
-    }
+        .max_message_size(Some(max_bytes))
+        .max_frame_size(Some(max_bytes));
     endpoint.start_sweeper();
     let endpoint = endpoint.clone();
-    ws.on_failed_upgrade(|error| tracing::debug!(%error, "websocket upgrade failed"))
-        .on_upgrade(move |socket| run(socket, endpoint, connection, serializer, guard))
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::debug!(%error, "websocket upgrade failed");
+                return;
+            }
+        };
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        run(ws, endpoint, connection, serializer, guard).await;
+    });
+
+    let mut response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, HeaderValue::from_static("upgrade"))
+        .header(header::UPGRADE, HeaderValue::from_static("websocket"))
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept_key)
+        .body(Body::empty())
+        .expect("static upgrade response");
+    if offers_phoenix {
+        response.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
+    }
+    response
+}
+
+/// The RFC 6455 opening handshake's request checks, refused with the statuses axum's
+/// `WebSocketUpgrade` used: 405 (not GET), 400 (bad headers), 426 (connection not upgradable).
+/// On success, the `Sec-WebSocket-Accept` value and the pending upgrade.
+fn check_handshake(
+    parts: &mut axum::http::request::Parts,
+) -> Result<(HeaderValue, hyper::upgrade::OnUpgrade), (StatusCode, &'static str)> {
+    if parts.method != Method::GET {
+        return Err((StatusCode::METHOD_NOT_ALLOWED, "Request method must be `GET`"));
+    }
+    if !header_contains(&parts.headers, header::CONNECTION, "upgrade") {
+        return Err((StatusCode::BAD_REQUEST, "Connection header did not include 'upgrade'"));
+    }
+    if !header_eq(&parts.headers, header::UPGRADE, "websocket") {
+        return Err((StatusCode::BAD_REQUEST, "`Upgrade` header did not include 'websocket'"));
+    }
+    let Some(key) = parts.headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err((StatusCode::BAD_REQUEST, "`Sec-WebSocket-Key` header missing"));
+    };
+    let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes())).expect("base64 is a valid header value");
+    if !header_eq(&parts.headers, header::SEC_WEBSOCKET_VERSION, "13") {
+        return Err((StatusCode::BAD_REQUEST, "`Sec-WebSocket-Version` header did not include '13'"));
+    }
+    let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        return Err((StatusCode::UPGRADE_REQUIRED, "WebSocket request couldn't be upgraded since no upgrade state was present"));
+    };
+    Ok((accept, on_upgrade))
+}
+
+fn header_eq(headers: &HeaderMap, name: HeaderName, value: &str) -> bool {
+    headers.get(name).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(value.as_bytes()))
+}
+
+fn header_contains(headers: &HeaderMap, name: HeaderName, value: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case(value))
 }
 
 /// `Sec-WebSocket-Protocol: phoenix, base64url.bearer.phx.<b64url(token)>` → (token, offers phoenix).
@@ -143,7 +221,7 @@ async fn run<H: SocketHandler>(
 
     match end {
         End::Close(close) => {
-            let frame = CloseFrame { code: close.code, reason: Utf8Bytes::from_static(close.reason) };
+            let frame = CloseFrame { code: CloseCode::from(close.code), reason: Utf8Bytes::from_static(close.reason) };
             // Bounded: a client that stopped reading cannot hold the task.
             let sent = tokio::time::timeout(CLOSE_GRACE, ws.send(Message::Close(Some(frame)))).await;
             if let Ok(Ok(())) = sent {
@@ -198,12 +276,12 @@ async fn drive<H: SocketHandler>(ws: &mut WebSocket, session: &mut Session<H>, s
                     }
                 }
             }
-            received = ws.recv() => {
+            received = ws.next() => {
                 socket.touch();
                 match received {
                     Some(Ok(Message::Text(text))) => Box::pin(session.handle_text(text.as_str())).await,
                     Some(Ok(Message::Binary(data))) => Box::pin(session.handle_binary(data)).await,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                     Some(Ok(Message::Close(_))) => return End::PeerClosed,
                     Some(Err(error)) => {
                         if is_too_big(error) {
@@ -224,11 +302,13 @@ async fn drive<H: SocketHandler>(ws: &mut WebSocket, session: &mut Session<H>, s
 async fn send_all(ws: &mut WebSocket, frames: VecDeque<Frame>, socket: &SocketShared) -> Option<End> {
     let write = async {
         for frame in frames {
-            let message = match frame {
-                Frame::Text(text) => Message::Text(text),
-                Frame::Binary(data) => Message::Binary(data),
+            let (opcode, payload) = match frame {
+                Frame::Text(text) => (Data::Text, Bytes::from(text)),
+                Frame::Binary(data) => (Data::Binary, data),
             };
-            ws.feed(message).await?;
+            for message in fragments(opcode, payload) {
+                ws.feed(message).await?;
+            }
         }
         ws.flush().await
     };
@@ -246,18 +326,28 @@ async fn send_all(ws: &mut WebSocket, frames: VecDeque<Frame>, socket: &SocketSh
     }
 }
 
+/// One message as WebSocket frames of at most [`FRAGMENT_BYTES`] of payload: the first with the
+/// message's opcode, the rest continuations, the last with FIN. Slices share `payload`.
+fn fragments(opcode: Data, payload: Bytes) -> impl Iterator<Item = Message> {
+    let len = payload.len();
+    let count = len.div_ceil(FRAGMENT_BYTES).max(1);
+    (0..count).map(move |i| {
+        let start = i * FRAGMENT_BYTES;
+        let end = (start + FRAGMENT_BYTES).min(len);
+        let code = if i == 0 { opcode } else { Data::Continue };
+        Message::Frame(WireFrame::message(payload.slice(start..end), OpCode::Data(code), i + 1 == count))
+    })
+}
+
 /// Read until the closing handshake completes (or a short grace passes), so the client sees a
 /// clean close with our code.
 async fn finish(ws: &mut WebSocket) {
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        while let Some(Ok(_)) = ws.recv().await {}
+        while let Some(Ok(_)) = ws.next().await {}
     })
     .await;
 }
 
-fn is_too_big(error: axum::Error) -> bool {
-    matches!(
-        error.into_inner().downcast_ref::<tungstenite::Error>(),
-        Some(tungstenite::Error::Capacity(_))
-    )
+fn is_too_big(error: tungstenite::Error) -> bool {
+    matches!(error, tungstenite::Error::Capacity(_))
 }
