@@ -9,6 +9,12 @@ use clap::{Args, ValueEnum};
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://tako.db";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Environment {
     Dev,
     Prod,
@@ -43,6 +49,12 @@ pub struct Config {
     /// Cluster bus (`redis://…`); without it, one node with an in-process bus.
     #[arg(long, env = "TAKO_PUBSUB_URL")]
     pub pubsub_url: Option<String>,
+
+    /// Presence on the notifications topics. Every joiner gets the whole list of who is online
+    /// and every join and leave reaches everyone: on a topic all N visitors join, that is
+    /// N² bytes in all. `off` for very large events whose clients do not show presence.
+    #[arg(long, env = "TAKO_PRESENCE", value_enum, default_value_t = Switch::On)]
+    pub presence: Switch,
 
     /// Cluster mode: the cluster's name, which namespaces its Redis channels (several clusters,
     /// or test runs, can share one Redis).
@@ -200,6 +212,7 @@ impl Config {
             pubsub_url: None,
             node_timeout_secs: 5,
             cluster_name: "tako".into(),
+            presence: Switch::On,
             cors_origins: Vec::new(),
             heartbeat_timeout_secs: 60,
             max_channels: 100,

@@ -17,7 +17,7 @@ use channels_redis::{BusStatus, RedisBus, RedisBusConfig};
 use serde_json::{json, Map, Value};
 
 use crate::accounts::{Nickname, UserId};
-use crate::config::Config;
+use crate::config::{Config, Switch};
 use crate::messages::{Message, MessageId};
 use crate::storage::{Store, StoreError};
 pub use directory::UserDirectory;
@@ -41,7 +41,7 @@ impl Realtime {
     /// `observer` hears of messages in and out (the metrics).
     pub fn new(store: Arc<dyn Store>, config: &Config, observer: Arc<dyn channels::Observer>) -> Realtime {
         let directory = UserDirectory::spawn(store.clone());
-        let tracker = Arc::new(presence::PresenceTracker::new(store.clone(), directory.clone()));
+        let tracker = Arc::new(presence::PresenceTracker::new(store.clone(), directory.clone(), config.presence == Switch::On));
         let cluster = config.pubsub_url.as_ref().map(|url| {
             let mut bus = RedisBusConfig::new(url.clone());
             bus.prefix = config.cluster_name.clone();

@@ -29,17 +29,22 @@ pub fn handle(user: UserId) -> String {
 pub struct PresenceTracker {
     store: Arc<dyn Store>,
     directory: Arc<UserDirectory>,
+    /// `TAKO_PRESENCE=off`: nobody is tracked, no presence frames are sent.
+    enabled: bool,
 }
 
 impl PresenceTracker {
-    pub fn new(store: Arc<dyn Store>, directory: Arc<UserDirectory>) -> PresenceTracker {
-        PresenceTracker { store, directory }
+    pub fn new(store: Arc<dyn Store>, directory: Arc<UserDirectory>, enabled: bool) -> PresenceTracker {
+        PresenceTracker { store, directory, enabled }
     }
 
     /// Called from the channel's join: the joiner then gets `presence_state` after its reply
     /// and everyone on the topic a `presence_diff`. A database that cannot answer leaves the
     /// nickname null rather than refusing the join.
     pub async fn track(&self, ctx: &ChannelContext<SocketUser>) {
+        if !self.enabled {
+            return;
+        }
         let user = ctx.assigns().id;
         // The connect remembered the nickname (renames keep it current): no query per join.
         let nickname = match self.directory.nickname(user) {

@@ -153,6 +153,25 @@ async fn the_presence_route_is_for_operators_only() {
 }
 
 #[tokio::test]
+async fn presence_can_be_switched_off_for_huge_events() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.admin_token = Some(ADMIN.into());
+        c.presence = tako::config::Switch::Off;
+    })
+    .await;
+    let id = app.register_id(Some("Quiet")).await;
+    let mut ws = WsClient::connect(&app, &id).await;
+    ws.join("notifications").await;
+    ws.assert_no_event("presence_state", 300).await;
+    let listed: Value = presence(&app, "notifications", ADMIN).await.json().await.unwrap();
+    assert_eq!(listed["users"], 0);
+    // Everything else works as before.
+    ws.send(json!(["1", "5", "notifications", "collected", {"nickname": "Quiet"}])).await;
+    assert_eq!(ws.next_event("collected-broadcast").await[4], json!({"nickname": "Quiet"}));
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn longpoll_is_mounted_with_the_same_auth() {
     let app = spawn().await;
     let alice = app.register_id(Some("Alice")).await;
