@@ -207,10 +207,7 @@ async fn connect<H: SocketHandler>(endpoint: Arc<Endpoint<H>>, request: Request,
     };
     let (parts, _body) = request.into_parts();
     let auth_token = parts.headers.get(AUTH_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let peer = parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| info.0);
+    let peer = super::peer(&parts);
     let guard = match endpoint.admit(&parts.headers, peer) {
         Ok(admitted) => admitted,
         // The client retries on 500 (it knows no status for "busy").

@@ -62,10 +62,7 @@ pub(crate) async fn upgrade<H: SocketHandler>(State(endpoint): State<Arc<Endpoin
         return (StatusCode::BAD_REQUEST, "unsupported vsn").into_response();
     };
     let (auth_token, offers_phoenix) = read_subprotocols(&parts.headers);
-    let peer = parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| info.0);
+    let peer = super::peer(&parts);
     let guard = match endpoint.admit(&parts.headers, peer) {
         Ok(admitted) => admitted,
         Err(refused) => {

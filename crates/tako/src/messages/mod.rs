@@ -101,6 +101,24 @@ impl Message {
     }
 }
 
+/// Decodes `rows` in order and hands each message to `push` until it refuses one; returns the
+/// ids it took (what a backend's `deliver_waiting` then marks delivered).
+fn push_in_order<R>(
+    rows: &[R],
+    decode: impl Fn(&R) -> Result<Message, sqlx::Error>,
+    push: &(dyn for<'m> Fn(&'m Message) -> bool + Send + Sync),
+) -> Result<Vec<MessageId>, sqlx::Error> {
+    let mut pushed = Vec::new();
+    for row in rows {
+        let message = decode(row)?;
+        if !push(&message) {
+            break;
+        }
+        pushed.push(message.id);
+    }
+    Ok(pushed)
+}
+
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {
     async fn insert_message(&self, message: &Message) -> Result<(), StoreError>;

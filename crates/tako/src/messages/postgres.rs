@@ -6,7 +6,7 @@ use sqlx::postgres::PgRow;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{Message, MessageId, MessageStore};
+use super::{push_in_order, Message, MessageId, MessageStore};
 use crate::accounts::{Timestamp, UserId};
 use crate::storage::postgres::{naive, timestamp};
 use crate::storage::{PostgresStore, StoreError};
@@ -70,14 +70,7 @@ impl MessageStore for PostgresStore {
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await?;
-        let mut pushed = Vec::new();
-        for row in &rows {
-            let message = message_from_row(row)?;
-            if !push(&message) {
-                break;
-            }
-            pushed.push(message.id);
-        }
+        let pushed = push_in_order(&rows, message_from_row, push)?;
         if !pushed.is_empty() {
             let uuids: Vec<Uuid> = pushed.iter().map(MessageId::as_uuid).collect();
             sqlx::query("UPDATE messages SET delivered_at = $2 WHERE id = ANY($1)")

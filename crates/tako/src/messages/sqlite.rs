@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-use super::{Message, MessageId, MessageStore};
+use super::{push_in_order, Message, MessageId, MessageStore};
 use crate::accounts::{Timestamp, UserId};
 use crate::storage::{SqliteStore, StoreError};
 
@@ -73,14 +73,7 @@ impl MessageStore for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await?;
-        let mut pushed = Vec::new();
-        for row in &rows {
-            let message = message_from_row(row)?;
-            if !push(&message) {
-                break;
-            }
-            pushed.push(message.id);
-        }
+        let pushed = push_in_order(&rows, message_from_row, push)?;
         for id in &pushed {
             sqlx::query("UPDATE messages SET delivered_at = ?2 WHERE id = ?1")
                 .bind(id.to_string())
