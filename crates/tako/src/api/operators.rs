@@ -17,8 +17,8 @@ use crate::messages::{Message, MessageId, RESERVED_FIELDS};
 
 /// Longest message text, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 4096;
-/// Topic and event names travel in one-byte-length headers of binary frames.
-const MAX_NAME_BYTES: usize = 255;
+/// Longest topic or event name, in characters.
+const MAX_NAME_CHARS: usize = 255;
 
 /// `{"user_id": …, "message": …}` plus any extra payload fields.
 #[derive(Debug, ToSchema)]
@@ -27,7 +27,13 @@ pub struct SendMessage {
     /// The recipient's UUID.
     #[schema(format = "uuid")]
     user_id: String,
-    #[schema(min_length = 1, max_length = 4096, example = "Come to booth A-12 for a prize!")]
+    /// Not blank: at least one character outside Unicode's White_Space set (the pattern).
+    #[schema(
+        min_length = 1,
+        max_length = 4096,
+        pattern = r"[^\t\n\x0B\x0C\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]",
+        example = "Come to booth A-12 for a prize!"
+    )]
     message: String,
 }
 
@@ -163,8 +169,8 @@ pub struct BroadcastSent {
 
 fn name(body: &mut Map<String, Value>, field: &str) -> Result<String, ApiError> {
     match body.remove(field) {
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_NAME_BYTES => Ok(s),
-        Some(Value::String(_)) => Err(field_error(field, format!("{field} must be 1 to {MAX_NAME_BYTES} bytes"))),
+        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_NAME_CHARS => Ok(s),
+        Some(Value::String(_)) => Err(field_error(field, format!("{field} must be 1 to {MAX_NAME_CHARS} characters"))),
         Some(_) => Err(field_error(field, format!("{field} must be a string"))),
         None => Err(field_error(field, format!("{field} is required"))),
     }

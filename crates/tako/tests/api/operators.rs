@@ -122,6 +122,7 @@ async fn message_input_is_checked() {
         (json!({"user_id": erin}), "/message"),
         (json!({"user_id": erin, "message": ""}), "/message"),
         (json!({"user_id": erin, "message": "   "}), "/message"),
+        (json!({"user_id": erin, "message": "\u{85}\u{3000}"}), "/message"),
         (json!({"user_id": erin, "message": {"x": 1}}), "/message"),
         (json!({"user_id": erin, "message": "x".repeat(4097)}), "/message"),
         (json!({"user_id": erin, "message": "x", "id": "mine"}), "/id"),
@@ -184,6 +185,10 @@ async fn broadcasts_reach_a_topic_and_reserved_events_are_refused() {
     let frame = plain.next_event("announcement").await;
     assert_eq!(frame, json!([null, null, "notifications", "announcement", {"text": "Doors close at 6"}]));
     scans.assert_no_event("announcement", 300).await;
+
+    // Names are counted in characters: 255 multi-byte ones are fine.
+    let long = admin_post(&app, "/api/broadcasts", json!({"topic": "ぺ".repeat(255), "event": "ぺ".repeat(255)})).await;
+    assert_eq!(long.status(), 202);
 
     let no_payload = admin_post(&app, "/api/broadcasts", json!({"topic": "notifications:scans", "event": "bare"})).await;
     assert_eq!(no_payload.status(), 202);
