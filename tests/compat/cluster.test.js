@@ -3,10 +3,9 @@
 // TAKO_TEST_REDIS_URL (scripts/test sets both) and fails loudly without them.
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
-import { createServer } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { Presence } from "phoenix";
-import { collect, connect, eventually, join, makeSocket, push, sleep, startTako } from "./helpers.js";
+import { collect, connect, eventually, freePort, join, makeSocket, push, sleep, startTako } from "./helpers.js";
 
 const PG = process.env.TAKO_TEST_DATABASE_URL;
 const REDIS = process.env.TAKO_TEST_REDIS_URL;
@@ -20,16 +19,6 @@ function freshDatabase() {
   const name = `tako_test_cluster_${process.pid}_${Date.now()}`;
   execFileSync("psql", [PG, "-q", "-c", `CREATE DATABASE ${name}`]);
   return PG.replace(/\/[^/?]*(\?.*)?$/, `/${name}`);
-}
-
-async function freePort() {
-  return new Promise((resolve) => {
-    const srv = createServer();
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 /** Nodes of one cluster: same database, same Redis, same cluster name. */

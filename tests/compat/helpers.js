@@ -13,7 +13,7 @@ if (!TAKO_BIN) throw new Error("TAKO_BIN must name the tako binary (scripts/test
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-async function freePort() {
+export async function freePort() {
   return new Promise((resolve, reject) => {
     const srv = createServer();
     srv.listen(0, "127.0.0.1", () => {

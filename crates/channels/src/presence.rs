@@ -110,6 +110,11 @@ struct TopicPresence {
 }
 
 impl TopicPresence {
+    /// (key, phx_ref) of every entry `node` owns on this topic.
+    fn refs_of_node(&self, node: u64) -> Vec<(Arc<str>, Arc<str>)> {
+        self.keys.values().flatten().filter(|e| e.node == node).map(|e| (e.key.clone(), e.phx_ref.clone())).collect()
+    }
+
     fn is_empty(&self) -> bool {
         self.keys.is_empty() && self.pending_joins.is_empty() && self.pending_leaves.is_empty() && !self.flush_scheduled
     }
@@ -515,13 +520,7 @@ impl Presence {
         let mut topics = self.topics.lock();
         let topic = Self::topic_key(&topics, topic);
         let tp = topics.entry(topic.clone()).or_default();
-        let existing: Vec<(Arc<str>, Arc<str>)> = tp
-            .keys
-            .values()
-            .flatten()
-            .filter(|e| e.node == node)
-            .map(|e| (e.key.clone(), e.phx_ref.clone()))
-            .collect();
+        let existing = tp.refs_of_node(node);
         let keep: std::collections::HashSet<&str> = incoming.iter().map(|e| &*e.phx_ref).collect();
         for (key, phx_ref) in &existing {
             if !keep.contains(&**phx_ref) {
@@ -551,13 +550,7 @@ impl Presence {
         let names: Vec<Arc<str>> = topics.keys().cloned().collect();
         for topic in names {
             let Some(tp) = topics.get_mut(&topic) else { continue };
-            let gone: Vec<(Arc<str>, Arc<str>)> = tp
-                .keys
-                .values()
-                .flatten()
-                .filter(|e| e.node == node)
-                .map(|e| (e.key.clone(), e.phx_ref.clone()))
-                .collect();
+            let gone = tp.refs_of_node(node);
             count += gone.len();
             for (key, phx_ref) in gone {
                 tp.remove(&key, &phx_ref);
