@@ -70,19 +70,25 @@ pub fn planned(n: usize, layout: Layout) -> [usize; 2] {
 }
 
 /// `postgres://…/<db>` next to the admin URL.
-fn db_url(db: &str) -> String {
+pub(crate) fn db_url(db: &str) -> String {
     let base = PG_ADMIN.rsplit_once('/').map(|(b, _)| b).unwrap_or(PG_ADMIN);
     format!("{base}/{db}")
 }
 
 /// The users 0..=n (n: the control connection) with the generator's UUIDs (`proto::user_id`).
-const INSERT_USERS: &str = "INSERT INTO users (id, nickname, stamps_collected, inserted_at, updated_at, stamps_changed_at)
+pub(crate) const INSERT_USERS: &str = "INSERT INTO users (id, nickname, stamps_collected, inserted_at, updated_at, stamps_changed_at)
      SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid, 'bench' || i, 0, now(), now(), now()
      FROM generate_series(0, $1) AS i";
 
 async fn start_node(paths: &Paths, url: &str, cluster: &str, name: &str) -> anyhow::Result<Server> {
+    start_node_with(paths, url, cluster, name, &[]).await
+}
+
+/// A cluster node with `env` set on top of the harness's settings (e.g. `TAKO_PRESENCE=off`).
+pub(crate) async fn start_node_with(paths: &Paths, url: &str, cluster: &str, name: &str, env: &[(&str, &str)]) -> anyhow::Result<Server> {
     let port = free_port()?;
     let mut cmd = tako_command_with(&paths.tako, url);
+    cmd.envs(env.iter().copied());
     cmd.env("PORT", port.to_string())
         .env("TAKO_PUBSUB_URL", REDIS_URL)
         .env("TAKO_CLUSTER", cluster)

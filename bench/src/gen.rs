@@ -1,9 +1,9 @@
 //! The load generator: N joined WebSocket clients from loopback source addresses 127.0.0.2…,
 //! one control connection that triggers broadcasts and targeted messages, and the timing.
 //!
-//! All clients live in this one process, so every receive time is read from one monotonic
-//! clock. One process holds at most ~19,900 sockets here (hard fd limit 20,000), which is also
-//! what one server process can hold, so one generator process is enough on this machine.
+//! All measuring clients live in this one process, so every receive time is read from one
+//! monotonic clock. One process holds at most ~19,900 sockets here (hard fd limit 20,000); past
+//! that, the idle sockets are held by `bench ballast` child processes (see online.rs).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -111,17 +111,18 @@ pub fn node_of(i: usize, nodes: usize) -> usize {
     i % nodes.max(1)
 }
 
-fn source_ip(i: usize) -> IpAddr {
+pub(crate) fn source_ip(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % SOURCES) as u8))
 }
 
-fn ws_config() -> WebSocketConfig {
+pub(crate) fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0)
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+pub(crate) type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-async fn open(target: &Target, index: usize, uid: &str) -> anyhow::Result<Ws> {
+/// Connects from `source_ip(index)` and joins `notifications` as `uid`.
+pub(crate) async fn open(target: &Target, index: usize, uid: &str) -> anyhow::Result<Ws> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source_ip(index), 0)).context("bind source address")?;
     let tcp = socket.connect(target.addr).await.context("connect")?;
@@ -416,6 +417,12 @@ impl Clients {
 
     /// `repeats` messages, one at a time, each to a different online user: send → receipt.
     pub async fn targeted_latency(&mut self, repeats: usize) -> anyhow::Result<(Vec<Duration>, usize)> {
+        let (samples, lost) = self.targeted_latency_by_user(repeats).await?;
+        Ok((samples.into_iter().map(|(_, d)| d).collect(), lost))
+    }
+
+    /// As `targeted_latency`, each sample with the index of the user it went to.
+    pub async fn targeted_latency_by_user(&mut self, repeats: usize) -> anyhow::Result<(Vec<(usize, Duration)>, usize)> {
         let (mut samples, mut lost) = (Vec::new(), 0);
         for k in 0..repeats {
             let index = (k * 7919 + 13) % self.n;
@@ -435,7 +442,7 @@ impl Clients {
                 }
             }
             if self.wait_slot(slot, 1, Instant::now() + STEP_TIMEOUT).await {
-                samples.push(Duration::from_nanos(slot.first.load(Ordering::Acquire).saturating_sub(sent)));
+                samples.push((index, Duration::from_nanos(slot.first.load(Ordering::Acquire).saturating_sub(sent))));
             } else {
                 lost += 1;
                 if lost >= GIVE_UP_AFTER && samples.len() < lost {

@@ -7,6 +7,11 @@
 //! - `ws …` (scenarios 1–4 only), `http …` (scenario 5 only), `cluster …` (scenario 6 only:
 //!   `[--cluster-sizes 1000,10000]`, two Tako nodes on PostgreSQL and Redis; `all` and `ws` run it
 //!   too unless `--no-cluster`)
+//! - `online [--sizes 1000,50000] [--nodes 3] [--recipients 300] [--targeted 200]`: scenario 3
+//!   (targeted latency) with up to 50k online, on a Tako cluster with the idle sockets held by
+//!   `ballast` children (see online.rs)
+//! - `ballast --targets HOST:PORT,… --count K --first-index I`: holds K idle joined sockets,
+//!   prints `ready <joined> <errors>`, answers `status` on stdin, exits when stdin closes
 //! - `floor --port P`: the raw tokio-tungstenite floor server
 //! - `axum-floor --port P`: the same job through axum's WebSocketUpgrade (Tako's web stack)
 //! - `http-floor --port P --database-url URL`: the minimal axum+sqlx handler of scenario 5
@@ -18,6 +23,7 @@ mod cluster;
 mod floor;
 mod gen;
 mod httpfloor;
+mod online;
 mod proto;
 mod runner;
 mod stats;
@@ -246,6 +252,64 @@ async fn all(args: &Args, ws: bool, http: bool, cluster: bool) -> anyhow::Result
     result
 }
 
+/// `bench online`: scenario 3 at up to 50k online (see online.rs).
+async fn online_cmd(args: &Args) -> anyhow::Result<()> {
+    let num = |flag: &str, default: usize| -> anyhow::Result<usize> {
+        args.value(flag).map(|v| v.parse::<usize>().with_context(|| flag.to_owned())).transpose().map(|v| v.unwrap_or(default))
+    };
+    let plan = online::OnlinePlan {
+        sizes: online::parse_sizes(&args.value("--sizes").unwrap_or_else(|| "1000,50000".into()))?,
+        nodes: num("--nodes", 3)?,
+        recipients: num("--recipients", 300)?,
+        targeted: num("--targeted", 200)?,
+        per_child: num("--per-child", 16_000)?,
+        concurrency: num("--concurrency", 64)?,
+        join_secs: num("--join-secs", 180)? as u64,
+    };
+    plan.check()?;
+    let work = std::env::temp_dir().join(format!("tako-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let result = async {
+        let (tako, rev) = prepare_tako(&work, "HEAD")?;
+        let label = format!("Tako {rev}");
+        let paths = Paths {
+            tako,
+            tako_baseline: None,
+            max_rss: num("--max-rss-mib", 4096)? as u64 * 1024 * 1024,
+            bench: std::env::current_exe()?,
+            socketio_dir: repo_root().join("bench/socketio"),
+            work: work.clone(),
+        };
+        let started = chrono::Utc::now();
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let rows = online::run(&paths, &plan).await?;
+        let ended = chrono::Utc::now();
+        let command: Vec<String> = std::env::args().skip(1).collect();
+        println!(
+            "Date: {}–{} · {label} · machine: {} · load average at start: {}",
+            started.format("%Y-%m-%d %H:%M"),
+            ended.format("%H:%M UTC"),
+            machine(),
+            load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        );
+        println!("Command: `{}cargo run --release -p bench -- {}`", if std::env::var("TAKO_BIN").is_ok() { "TAKO_BIN=… " } else { "" }, command.join(" "));
+        println!(
+            "Plan: N online = {:?} on {} nodes; {} recipients in the measuring process; {} targeted messages one at a time (POST /api/messages on node A → the recipient's socket); ballast children of at most {} sockets, {} joins in flight each\n",
+            plan.sizes, plan.nodes, plan.recipients, plan.targeted, plan.per_child, plan.concurrency
+        );
+        println!("Scenario 3 at up to 50k online (issue 8):\n");
+        println!("{}", online::table(&rows, &label, plan.nodes));
+        anyhow::Ok(())
+    }
+    .await;
+    if !args.has("--keep") {
+        let _ = std::fs::remove_dir_all(&work);
+    } else {
+        eprintln!("kept {}", work.display());
+    }
+    result
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut argv = std::env::args().skip(1);
@@ -256,6 +320,15 @@ async fn main() -> anyhow::Result<()> {
         "ws" => all(&args, true, false, !args.has("--no-cluster")).await,
         "http" => all(&args, false, true, false).await,
         "cluster" => all(&args, false, false, true).await,
+        "online" => online_cmd(&args).await,
+        "ballast" => {
+            let targets = online::parse_targets(&args.value("--targets").context("--targets")?)?;
+            let count = args.value("--count").context("--count")?.parse()?;
+            let first = args.value("--first-index").context("--first-index")?.parse()?;
+            let concurrency = args.value("--concurrency").map(|v| v.parse()).transpose()?.unwrap_or(64);
+            let deadline = args.value("--deadline-secs").map(|v| v.parse()).transpose()?.unwrap_or(180);
+            online::ballast(targets, first, count, concurrency, std::time::Duration::from_secs(deadline)).await
+        }
         "floor" => {
             let port = args.value("--port").or_else(|| std::env::var("PORT").ok()).context("--port")?.parse()?;
             floor::serve_raw(port).await
@@ -269,6 +342,6 @@ async fn main() -> anyhow::Result<()> {
             let url = args.value("--database-url").context("--database-url")?;
             httpfloor::serve(port, &url).await
         }
-        other => bail!("unknown command {other}; try all, ws, http, cluster, floor, axum-floor, http-floor"),
+        other => bail!("unknown command {other}; try all, ws, http, cluster, online, ballast, floor, axum-floor, http-floor"),
     }
 }

@@ -1,0 +1,617 @@
+//! Scenario 3 at 50,000 online (issue 8): latency of a targeted message to one user while N
+//! others are online, N = 1k … 50k, on one cluster layout.
+//!
+//! One process may hold at most 20,000 open files here (hard limit), servers and generator
+//! alike, so 50k online needs several processes on both sides:
+//! - `--nodes` Tako nodes in cluster mode (one fresh PostgreSQL database, Redis bus), each
+//!   holding N / nodes sockets;
+//! - the measuring clients (the recipients, a few hundred, and the control connection) in this
+//!   process, so send and receipt are read from one monotonic clock;
+//! - the rest of the N online as idle "ballast" sockets held by `bench ballast` child
+//!   processes, each under ~19,000 sockets, joined with the generator's handshake
+//!   (`gen::open`), spread over the nodes as the recipients are (socket of user i on node
+//!   i mod nodes).
+//!
+//! Every size starts fresh nodes, joins the recipients, then the ballast, waits for the joins to
+//! settle, checks each node's own count of users online (`/metrics`), and sends `--targeted`
+//! messages one at a time through node A's `POST /api/messages`, each to a different recipient:
+//! send → receipt on that recipient's socket. Recipients on node A get it from A's hub; those on
+//! the other nodes through Redis; both are reported.
+//!
+//! Presence is off on every node (`TAKO_PRESENCE=off`): with it, every socket on
+//! `notifications` is tracked and each join reaches everyone, N² on one topic, which 50k on
+//! two shared cores cannot do.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{Notify, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::cluster::{db_url, start_node_with, INSERT_USERS};
+use crate::gen::{node_of, open, Clients, Target};
+use crate::proto::{user_id, Proto};
+use crate::runner::{log_file, q, Paths, Server, Watchdog, PG_ADMIN};
+use crate::stats::{fmt_bytes, fmt_duration, quantiles, rss_of, Quantiles};
+
+/// Sockets one process (a node or a ballast child) may hold here: 20,000 files, minus margin.
+pub const MAX_PER_PROCESS: usize = 19_000;
+/// One ballast socket's connect + join.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct OnlinePlan {
+    pub sizes: Vec<usize>,
+    pub nodes: usize,
+    pub recipients: usize,
+    pub targeted: usize,
+    pub per_child: usize,
+    pub concurrency: usize,
+    pub join_secs: u64,
+}
+
+impl OnlinePlan {
+    /// Whether every size fits the per-process limit on both sides.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.nodes == 0 || self.recipients == 0 || self.per_child == 0 {
+            bail!("--nodes, --recipients and --per-child must be at least 1");
+        }
+        if self.per_child > MAX_PER_PROCESS {
+            bail!("--per-child {}: one process holds at most {MAX_PER_PROCESS} sockets here", self.per_child);
+        }
+        if self.recipients + 1 > MAX_PER_PROCESS {
+            bail!("--recipients {}: they all live in this process", self.recipients);
+        }
+        for &n in &self.sizes {
+            if n < self.recipients + 1 {
+                bail!("N={n} is below the {} recipients + the control connection", self.recipients);
+            }
+            if n.div_ceil(self.nodes) > MAX_PER_PROCESS {
+                bail!("N={n} on {} nodes is {} sockets per node, over {MAX_PER_PROCESS}: add --nodes", self.nodes, n.div_ceil(self.nodes));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Comma-separated `host:port` list.
+pub fn parse_targets(s: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    let out: Vec<SocketAddr> =
+        s.split(',').filter(|p| !p.trim().is_empty()).map(|p| p.trim().parse().with_context(|| format!("target {p:?}"))).collect::<anyhow::Result<_>>()?;
+    if out.is_empty() {
+        bail!("no targets");
+    }
+    Ok(out)
+}
+
+/// Comma-separated sizes.
+pub fn parse_sizes(s: &str) -> anyhow::Result<Vec<usize>> {
+    s.split(',').map(|p| p.trim().replace('_', "").parse::<usize>().with_context(|| format!("size {p:?}"))).collect()
+}
+
+/// `count` ballast sockets from user index `first` split over as few children as hold at most
+/// `per_child` each, evenly: (first index, count) per child.
+pub fn split_children(first: usize, count: usize, per_child: usize) -> Vec<(usize, usize)> {
+    if count == 0 {
+        return Vec::new();
+    }
+    let children = count.div_ceil(per_child.max(1));
+    let (base, extra) = (count / children, count % children);
+    let mut out = Vec::with_capacity(children);
+    let mut next = first;
+    for c in 0..children {
+        let k = base + usize::from(c < extra);
+        out.push((next, k));
+        next += k;
+    }
+    out
+}
+
+/// A ballast child's report line: `ready <joined> <errors>` or `status <open> <dropped>`.
+pub fn parse_report(line: &str, word: &str) -> Option<(usize, usize)> {
+    let mut parts = line.split_whitespace();
+    if parts.next()? != word {
+        return None;
+    }
+    let a = parts.next()?.parse().ok()?;
+    let b = parts.next()?.parse().ok()?;
+    Some((a, b))
+}
+
+/// Sum of every series of `name` (any labels) in Prometheus text; `None` when absent.
+pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        // `name{…} v`, `name v`; not `name_total …` or another name sharing the prefix.
+        let value = if rest.starts_with('{') {
+            rest.rsplit_once('}').map(|(_, v)| v)
+        } else if rest.starts_with(' ') {
+            Some(rest)
+        } else {
+            None
+        };
+        if let Some(v) = value.and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse::<f64>().ok()) {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
+// ---------------------------------------------------------------------------------------------
+// The child: `bench ballast --targets A,B,C --count K --first-index I`.
+
+struct Held {
+    joined: AtomicUsize,
+    errors: AtomicUsize,
+    dropped: AtomicUsize,
+    cancelled: AtomicBool,
+    notify: Notify,
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+async fn hold(held: Arc<Held>, target: Target, index: usize, gate: Arc<Semaphore>) {
+    let permit = gate.acquire_owned().await.expect("semaphore open");
+    if held.cancelled.load(Ordering::Acquire) {
+        return;
+    }
+    let ws = match tokio::time::timeout(JOIN_TIMEOUT, open(&target, index, &user_id(index))).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => return held.error(format!("user {index}: {e:#}")),
+        Err(_) => return held.error(format!("user {index}: join timed out")),
+    };
+    drop(permit);
+    held.joined.fetch_add(1, Ordering::AcqRel);
+    held.notify.notify_one();
+    // Idle: read and drop whatever arrives (nothing, with presence off) until the socket closes.
+    let mut ws = ws;
+    while let Some(msg) = ws.next().await {
+        if matches!(msg, Ok(Message::Close(_)) | Err(_)) {
+            break;
+        }
+    }
+    held.dropped.fetch_add(1, Ordering::AcqRel);
+}
+
+impl Held {
+    fn error(&self, e: String) {
+        self.errors.fetch_add(1, Ordering::AcqRel);
+        self.first_error.lock().unwrap().get_or_insert(e);
+        self.notify.notify_one();
+    }
+}
+
+/// Joins `count` idle sockets (users `first..first+count`, user i on `targets[i mod len]`),
+/// prints `ready <joined> <errors>` once all are done or `deadline` passed, answers each
+/// `status` line on stdin with `status <open> <dropped>`, and exits when stdin closes.
+pub async fn ballast(targets: Vec<SocketAddr>, first: usize, count: usize, concurrency: usize, deadline: Duration) -> anyhow::Result<()> {
+    if count > MAX_PER_PROCESS {
+        bail!("--count {count}: one process holds at most {MAX_PER_PROCESS} sockets here");
+    }
+    let held = Arc::new(Held {
+        joined: AtomicUsize::new(0),
+        errors: AtomicUsize::new(0),
+        dropped: AtomicUsize::new(0),
+        cancelled: AtomicBool::new(false),
+        notify: Notify::new(),
+        first_error: std::sync::Mutex::new(None),
+    });
+    let gate = Arc::new(Semaphore::new(concurrency.max(1)));
+    let targets: Vec<Target> = targets.into_iter().map(|addr| Target { proto: Proto::Phoenix, addr, http_base: None }).collect();
+    let tasks: Vec<_> =
+        (first..first + count).map(|i| tokio::spawn(hold(held.clone(), targets[node_of(i, targets.len())].clone(), i, gate.clone()))).collect();
+    let until = Instant::now() + deadline;
+    loop {
+        let done = held.joined.load(Ordering::Acquire) + held.errors.load(Ordering::Acquire);
+        let left = until.saturating_duration_since(Instant::now());
+        if done >= count || left.is_zero() {
+            break;
+        }
+        let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), held.notify.notified()).await;
+    }
+    held.cancelled.store(true, Ordering::Release);
+    let (joined, errors) = (held.joined.load(Ordering::Acquire), held.errors.load(Ordering::Acquire));
+    if let Some(e) = held.first_error.lock().unwrap().clone() {
+        eprintln!("ballast {first}+{count}: first error: {e}");
+    }
+    println!("ready {joined} {errors}");
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.trim() == "status" {
+            let dropped = held.dropped.load(Ordering::Acquire);
+            println!("status {} {dropped}", held.joined.load(Ordering::Acquire) - dropped);
+        }
+    }
+    for t in &tasks {
+        t.abort();
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The parent.
+
+struct Ballast {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    pid: u32,
+    count: usize,
+}
+
+impl Ballast {
+    async fn spawn(paths: &Paths, targets: &str, first: usize, count: usize, concurrency: usize, join_secs: u64) -> anyhow::Result<Ballast> {
+        let mut child = Command::new(&paths.bench)
+            .args(["ballast", "--targets", targets])
+            .args(["--first-index", &first.to_string(), "--count", &count.to_string()])
+            .args(["--concurrency", &concurrency.to_string(), "--deadline-secs", &join_secs.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log_file(&paths.work, &format!("ballast-{first}"))?)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a ballast child")?;
+        let pid = child.id().context("ballast pid")?;
+        let stdin = child.stdin.take();
+        let lines = BufReader::new(child.stdout.take().context("ballast stdout")?).lines();
+        Ok(Ballast { child, stdin, lines, pid, count })
+    }
+
+    async fn report(&mut self, word: &str, within: Duration) -> anyhow::Result<(usize, usize)> {
+        let line = tokio::time::timeout(within, self.lines.next_line())
+            .await
+            .with_context(|| format!("ballast {} said nothing within {within:?}", self.pid))??
+            .with_context(|| format!("ballast {} exited", self.pid))?;
+        parse_report(&line, word).with_context(|| format!("ballast {}: unexpected {line:?}", self.pid))
+    }
+
+    async fn status(&mut self) -> anyhow::Result<(usize, usize)> {
+        let stdin = self.stdin.as_mut().context("stdin closed")?;
+        stdin.write_all(b"status\n").await?;
+        stdin.flush().await?;
+        self.report("status", Duration::from_secs(10)).await
+    }
+
+    /// Closes stdin (the child lets its sockets go and exits); killed if it lingers.
+    async fn stop(mut self) {
+        drop(self.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_err() {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct OnlineRow {
+    pub n: usize,
+    /// Recipients joined (in this process) and ballast joined (in the children).
+    pub recipients: usize,
+    pub ballast: usize,
+    pub children: usize,
+    /// Each node's own count of users online (`tako_users_online`), after the joins.
+    pub node_online: Vec<Option<u64>>,
+    pub node_rss: Vec<u64>,
+    pub all: Option<Quantiles>,
+    /// Recipients on node A (which takes the POST) / on the other nodes (through Redis).
+    pub local: Option<Quantiles>,
+    pub remote: Option<Quantiles>,
+    pub lost: usize,
+    pub join_time: Option<Duration>,
+    pub loadavg: Option<String>,
+    pub notes: Vec<String>,
+}
+
+impl OnlineRow {
+    /// Every planned socket joined and still open when the messages were sent.
+    pub fn complete(&self) -> bool {
+        self.recipients + 1 + self.ballast == self.n && self.notes.iter().all(|n| !n.starts_with("incomplete"))
+    }
+}
+
+fn loadavg() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
+async fn users_online(port: u16) -> Option<u64> {
+    let text = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    metric_sum(&text, "tako_users_online").map(|v| v as u64)
+}
+
+/// Scenario 3 at every size of `plan`, fresh nodes per size, one PostgreSQL database for the
+/// run (dropped at the end whatever happened).
+pub async fn run(paths: &Paths, plan: &OnlinePlan) -> anyhow::Result<Vec<OnlineRow>> {
+    use sqlx::Executor;
+    plan.check()?;
+    let max_n = plan.sizes.iter().copied().max().unwrap_or(0);
+    let db = format!("tako_bench_online_{}", std::process::id());
+    let url = db_url(&db);
+    let admin = sqlx::PgPool::connect(PG_ADMIN).await.context("PostgreSQL on 127.0.0.1:5432")?;
+    admin.execute(format!("DROP DATABASE IF EXISTS {db}").as_str()).await?;
+    admin.execute(format!("CREATE DATABASE {db}").as_str()).await?;
+    let result = async {
+        let status = crate::runner::tako_command_with(&paths.tako, &url).arg("migrate").stdout(Stdio::null()).status().await?;
+        if !status.success() {
+            bail!("tako migrate on PostgreSQL failed");
+        }
+        let pool = sqlx::PgPool::connect(&url).await?;
+        sqlx::query(INSERT_USERS).bind(max_n as i64).execute(&pool).await?;
+        pool.execute("VACUUM ANALYZE users").await?;
+        pool.close().await;
+        let mut rows = Vec::new();
+        for &n in &plan.sizes {
+            eprintln!("online N={n} on {} nodes", plan.nodes);
+            let mut row = OnlineRow { n, ..Default::default() };
+            if let Err(e) = run_one(paths, &url, n, plan, &mut row).await {
+                eprintln!("  online N={n} failed: {e:#}");
+                row.notes.push(format!("stopped: {e:#}"));
+            }
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+    .await;
+    admin.execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str()).await?;
+    admin.close().await;
+    result
+}
+
+async fn run_one(paths: &Paths, url: &str, n: usize, plan: &OnlinePlan, row: &mut OnlineRow) -> anyhow::Result<()> {
+    let cluster = format!("bench-online-{}-{}-{n}", std::process::id(), chrono::Utc::now().timestamp_millis());
+    let mut nodes: Vec<Server> = Vec::new();
+    for k in 0..plan.nodes {
+        let name = format!("online-{n}-{}", (b'a' + k as u8) as char);
+        match start_node_with(paths, url, &cluster, &name, &[("TAKO_PRESENCE", "off")]).await {
+            Ok(s) => nodes.push(s),
+            Err(e) => {
+                for s in nodes {
+                    s.stop().await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    let dogs: Vec<Watchdog> = nodes.iter().map(|s| Watchdog::start(s.pid, paths.max_rss)).collect();
+    let mut children: Vec<Ballast> = Vec::new();
+    let result = measure(paths, n, plan, &nodes, &mut children, row).await;
+    for child in children {
+        child.stop().await;
+    }
+    for (k, dog) in dogs.into_iter().enumerate() {
+        if let Some(note) = dog.note() {
+            row.notes.push(format!("node {}: {note}", (b'A' + k as u8) as char));
+        }
+    }
+    for s in nodes {
+        s.stop().await;
+    }
+    result
+}
+
+async fn measure(paths: &Paths, n: usize, plan: &OnlinePlan, nodes: &[Server], children: &mut Vec<Ballast>, row: &mut OnlineRow) -> anyhow::Result<()> {
+    let targets: Vec<Target> = nodes
+        .iter()
+        .map(|s| Target { proto: Proto::Phoenix, addr: ([127, 0, 0, 1], s.port).into(), http_base: Some(format!("http://127.0.0.1:{}", s.port)) })
+        .collect();
+    // Let the nodes hear each other on the bus before anyone joins.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    // The recipients (users 0..R, user i on node i mod nodes) and the control connection
+    // (user R, node A), in this process.
+    let (mut clients, joined) = Clients::connect_spread(targets.clone(), plan.recipients, Some(64)).await?;
+    row.recipients = joined.joined;
+    if joined.joined < plan.recipients {
+        row.notes.push(format!("incomplete: {} of {} recipients joined ({} errors)", joined.joined, plan.recipients, joined.errors));
+    }
+    // The ballast: users R+1 .. N-1, in children of at most `per_child` sockets, all at once.
+    let list = targets.iter().map(|t| t.addr.to_string()).collect::<Vec<_>>().join(",");
+    let wanted = n - plan.recipients - 1;
+    for (first, count) in split_children(plan.recipients + 1, wanted, plan.per_child) {
+        children.push(Ballast::spawn(paths, &list, first, count, plan.concurrency, plan.join_secs).await?);
+    }
+    row.children = children.len();
+    for child in children.iter_mut() {
+        let (ok, errors) = child.report("ready", Duration::from_secs(plan.join_secs + 30)).await?;
+        row.ballast += ok;
+        if ok < child.count {
+            row.notes.push(format!("incomplete: ballast child {}: {ok} of {} joined ({errors} errors; see its log)", child.pid, child.count));
+        }
+    }
+    row.join_time = Some(started.elapsed());
+    eprintln!("  [online n={n}] {} recipients + {} ballast joined in {:?}", row.recipients, row.ballast, started.elapsed());
+    // Joins settle (the nodes' Redis subscriptions, the mailbox's queries) before measuring.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for s in nodes {
+        row.node_online.push(users_online(s.port).await);
+        row.node_rss.push(rss_of(s.pid).unwrap_or(0));
+    }
+    row.loadavg = loadavg();
+    match clients.targeted_available().await? {
+        Ok(()) => {}
+        Err(why) => bail!("targeted messages: {why}"),
+    }
+    let (samples, lost) = clients.targeted_latency_by_user(plan.targeted).await?;
+    row.lost = lost;
+    let all: Vec<Duration> = samples.iter().map(|(_, d)| *d).collect();
+    let local: Vec<Duration> = samples.iter().filter(|(i, _)| node_of(*i, plan.nodes) == 0).map(|(_, d)| *d).collect();
+    let remote: Vec<Duration> = samples.iter().filter(|(i, _)| node_of(*i, plan.nodes) != 0).map(|(_, d)| *d).collect();
+    row.all = quantiles(&all);
+    row.local = quantiles(&local);
+    row.remote = quantiles(&remote);
+    if lost > 0 {
+        row.notes.push(format!("{lost} targeted messages not received within 10 s"));
+    }
+    eprintln!("  [online n={n}] targeted {} (node A {}, via Redis {}), load {}", q(row.all), q(row.local), q(row.remote), row.loadavg.clone().unwrap_or_default());
+    // Everyone still online at the end?
+    let mut gone = clients.dropped();
+    for child in children.iter_mut() {
+        let (_, dropped) = child.status().await?;
+        gone += dropped;
+    }
+    if gone > 0 {
+        row.notes.push(format!("incomplete: {gone} sockets were closed by a node during the run"));
+    }
+    clients.close().await;
+    Ok(())
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    b.as_secs_f64() / a.as_secs_f64()
+}
+
+pub fn table(rows: &[OnlineRow], label: &str, nodes: usize) -> String {
+    let mut out = String::from(
+        "| server | N online | joined: recipients + ballast (children) | users online per node (each node's count) | node RSS | targeted p50 / p99 (all) | recipient on node A (POST's node) | recipient on another node (via Redis) | p50 / p99 vs smallest N | load avg (1/5/15 min) |\n|---|---:|---|---|---|---|---|---|---|---|\n",
+    );
+    let base = rows.iter().find(|r| r.complete() && r.all.is_some());
+    for r in rows {
+        let counts = r.node_online.iter().map(|c| c.map(|c| c.to_string()).unwrap_or_else(|| "?".into())).collect::<Vec<_>>().join(" + ");
+        let rss = r.node_rss.iter().map(|&b| fmt_bytes(b as f64)).collect::<Vec<_>>().join(", ");
+        let vs = match (base, r.all) {
+            (Some(b), Some(a)) if r.complete() && b.n != r.n => {
+                let bq = b.all.expect("base has samples");
+                format!("{:.2}× / {:.2}×", ratio(bq.p50, a.p50), ratio(bq.p99, a.p99))
+            }
+            (Some(b), Some(_)) if b.n == r.n => "1× (base)".to_owned(),
+            _ => "–".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} + {} ({}) | {} | {} | {} | {} | {} | {vs} | {} |",
+            r.n,
+            r.recipients,
+            r.ballast,
+            r.children,
+            if counts.is_empty() { "–".into() } else { counts },
+            if rss.is_empty() { "–".into() } else { rss },
+            q(r.all),
+            q(r.local),
+            q(r.remote),
+            r.loadavg.as_deref().unwrap_or("?"),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n- {nodes} Tako nodes in cluster mode (one PostgreSQL database, Redis bus), fresh for each N, all with **`TAKO_PRESENCE=off`**: nobody is tracked, so the N online are sockets joined on `notifications` that receive no presence traffic."
+    );
+    let _ = writeln!(
+        out,
+        "- N online = recipients (this process) + the control connection + idle ballast sockets (child processes); socket of user i on node i mod {nodes}. Each node's count includes the control connection (node A)."
+    );
+    if let Some(b) = base {
+        for r in rows.iter().filter(|r| r.complete() && r.n > b.n) {
+            let (a, c) = (b.all.expect("base"), r.all.expect("complete row"));
+            let (r50, r99) = (ratio(a.p50, c.p50), ratio(a.p99, c.p99));
+            let _ = writeln!(
+                out,
+                "- Target \"targeted latency at {} online within 1.5× of {}\": p50 {} → {} = {r50:.2}×, p99 {} → {} = {r99:.2}×: {}",
+                r.n,
+                b.n,
+                fmt_duration(a.p50),
+                fmt_duration(c.p50),
+                fmt_duration(a.p99),
+                fmt_duration(c.p99),
+                if r50 <= 1.5 && r99 <= 1.5 { "met" } else { "**missed**" }
+            );
+        }
+    }
+    for r in rows {
+        if !r.complete() && r.all.is_some() {
+            let _ = writeln!(out, "- N={}: not every planned socket was online; not compared", r.n);
+        }
+        if let Some(t) = r.join_time {
+            let _ = writeln!(out, "- N={}: all joined in {}", r.n, fmt_duration(t));
+        }
+        for note in &r.notes {
+            let _ = writeln!(out, "- N={}: {note}", r.n);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_and_sizes() {
+        let t = parse_targets("127.0.0.1:4001, 127.0.0.1:4002,").unwrap();
+        assert_eq!(t, vec!["127.0.0.1:4001".parse().unwrap(), "127.0.0.1:4002".parse().unwrap()]);
+        assert!(parse_targets("").is_err());
+        assert!(parse_targets("localhost").is_err());
+        assert_eq!(parse_sizes("1000, 50_000").unwrap(), vec![1000, 50_000]);
+        assert!(parse_sizes("1k").is_err());
+    }
+
+    #[test]
+    fn children_split_evenly_under_the_limit() {
+        assert_eq!(split_children(301, 0, 16_000), vec![]);
+        assert_eq!(split_children(301, 699, 16_000), vec![(301, 699)]);
+        let split = split_children(301, 49_699, 16_000);
+        assert_eq!(split.len(), 4);
+        assert_eq!(split.iter().map(|c| c.1).sum::<usize>(), 49_699);
+        assert!(split.iter().all(|c| c.1 <= 16_000 && c.1 >= 12_424));
+        // Contiguous, no user twice.
+        for w in split.windows(2) {
+            assert_eq!(w[0].0 + w[0].1, w[1].0);
+        }
+        assert_eq!(split_children(0, 32_000, 16_000), vec![(0, 16_000), (16_000, 16_000)]);
+    }
+
+    #[test]
+    fn report_lines() {
+        assert_eq!(parse_report("ready 12424 0", "ready"), Some((12424, 0)));
+        assert_eq!(parse_report("status 12000 424\n", "status"), Some((12000, 424)));
+        assert_eq!(parse_report("status 1 2", "ready"), None);
+        assert_eq!(parse_report("ready 5", "ready"), None);
+        assert_eq!(parse_report("", "ready"), None);
+    }
+
+    #[test]
+    fn metrics_summed_over_labels() {
+        let text = "# HELP tako_users_online Distinct users\n# TYPE tako_users_online gauge\ntako_users_online 16567\n\
+                    tako_sockets{transport=\"websocket\"} 16500\ntako_sockets{transport=\"longpoll\"} 3\ntako_sockets_x 9\n# EOF\n";
+        assert_eq!(metric_sum(text, "tako_users_online"), Some(16567.0));
+        assert_eq!(metric_sum(text, "tako_sockets"), Some(16503.0));
+        assert_eq!(metric_sum(text, "tako_missing"), None);
+    }
+
+    #[test]
+    fn plan_limits() {
+        let plan = |sizes: Vec<usize>, nodes| OnlinePlan { sizes, nodes, recipients: 300, targeted: 200, per_child: 16_000, concurrency: 64, join_secs: 120 };
+        assert!(plan(vec![1000, 50_000], 3).check().is_ok());
+        assert!(plan(vec![50_000], 2).check().is_err());
+        assert!(plan(vec![200], 3).check().is_err());
+    }
+
+    #[test]
+    fn table_ratios_only_between_complete_rows() {
+        let ms = Duration::from_millis;
+        let qs = |a, b| Some(Quantiles { p50: ms(a), p99: ms(b), n: 200 });
+        let small = OnlineRow { n: 1000, recipients: 300, ballast: 699, children: 1, all: qs(1, 2), ..Default::default() };
+        let big = OnlineRow { n: 50_000, recipients: 300, ballast: 49_699, children: 4, all: qs(1, 4), ..Default::default() };
+        let partial = OnlineRow { n: 20_000, recipients: 300, ballast: 10_000, children: 2, all: qs(9, 9), ..Default::default() };
+        let t = table(&[small, partial, big], "Tako", 3);
+        assert!(t.contains("| Tako | 1000 | 300 + 699 (1) |"), "{t}");
+        assert!(t.contains("| 1.00× / 2.00× |"), "{t}");
+        assert!(t.contains("p99 2.00 ms → 4.00 ms = 2.00×: **missed**"), "{t}");
+        assert!(t.contains("N=20000: not every planned socket was online; not compared"), "{t}");
+        assert!(t.contains("TAKO_PRESENCE=off"), "{t}");
+    }
+}
