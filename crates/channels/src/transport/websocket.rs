@@ -1,13 +1,11 @@
 //! The WebSocket transport: `GET {mount}/websocket`.
 //!
-//! One task per socket selects over the client's frames and the socket's outbox. Buffers are kept small (1 KiB read, no write buffering) because an idle socket's
-//! memory is mostly its buffers and its task.
-//!
-//! The upgrade is done here with tokio-tungstenite rather than axum's `WebSocketUpgrade`, because
-//! tungstenite's write buffer grows to the largest frame ever written and never shrinks: every
-//! outbound message is therefore written as RFC 6455 fragments of at most [`FRAGMENT_BYTES`] of
-//! payload (which axum's `Message` cannot express), so an idle socket keeps a small write buffer
-//! whatever it was sent before. Clients reassemble fragments transparently.
+//! One task per socket selects over the client's bytes and the socket's outbox. The opening
+//! handshake is answered here (through hyper's upgrade), and the frames are read and written by
+//! [`frames`](super::frames) rather than by tungstenite's `WebSocketStream`, whose read and
+//! write buffers live as long as the socket: here an idle socket holds no buffer, and outbound
+//! messages are written whole, straight from the bytes shared by every subscriber, many frames
+//! per vectored write.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -19,15 +17,11 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode}
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::Frame as WireFrame;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
 
+use super::frames::{self, Inbound, Outbound, Reader};
 use crate::endpoint::{Admitted, Endpoint};
 use crate::hub::SocketShared;
 use crate::outbox::Close;
@@ -35,12 +29,8 @@ use crate::serializer::{Frame, Serializer};
 use crate::session::Session;
 use crate::socket::{ConnectInfo, SocketHandler};
 
-type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+type Io = TokioIo<hyper::upgrade::Upgraded>;
 
-const READ_BUFFER_BYTES: usize = 512;
-/// Largest payload of one outbound WebSocket frame; longer messages are fragmented. Bounds the
-/// capacity tungstenite's write buffer keeps for the life of the socket.
-pub(crate) const FRAGMENT_BYTES: usize = 2048;
 const SUBPROTOCOL: &str = "phoenix";
 const TOKEN_PREFIX: &str = "base64url.bearer.phx.";
 /// How long to wait for the client's answer to our close frame.
@@ -84,12 +74,6 @@ pub(crate) async fn upgrade<H: SocketHandler>(State(endpoint): State<Arc<Endpoin
     };
     drop(info);
 
-    let max_bytes = endpoint.config.max_frame_bytes;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(0)
-        .max_message_size(Some(max_bytes))
-        .max_frame_size(Some(max_bytes));
     endpoint.start_sweeper();
     let endpoint = endpoint.clone();
     tokio::spawn(async move {
@@ -100,8 +84,7 @@ pub(crate) async fn upgrade<H: SocketHandler>(State(endpoint): State<Arc<Endpoin
                 return;
             }
         };
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-        run(ws, endpoint, connection, serializer, guard).await;
+        run(TokioIo::new(upgraded), endpoint, connection, serializer, guard).await;
     });
 
     let mut response = Response::builder()
@@ -186,7 +169,7 @@ fn read_subprotocols(headers: &HeaderMap) -> (Option<String>, bool) {
 }
 
 async fn run<H: SocketHandler>(
-    mut ws: WebSocket,
+    mut io: Io,
     endpoint: Arc<Endpoint<H>>,
     connection: crate::socket::Connection<H::Assigns>,
     serializer: Serializer,
@@ -211,23 +194,28 @@ async fn run<H: SocketHandler>(
     )
     .with_inbound_rate(config.inbound_rate);
 
-    let end = drive(&mut ws, &mut session, &socket).await;
+    let mut reader = Reader::default();
+    let end = drive(&mut io, &mut reader, &mut session, &socket, config.max_frame_bytes).await;
     Box::pin(session.terminate_all()).await;
     drop(registration);
     tracing::debug!(conn = socket.conn, ?end, "socket closed");
 
     match end {
-        End::Close(close) => {
-            let frame = CloseFrame { code: CloseCode::from(close.code), reason: Utf8Bytes::from_static(close.reason) };
+        End::Close(code, reason) => {
             // Bounded: a client that stopped reading cannot hold the task.
-            let sent = tokio::time::timeout(CLOSE_GRACE, ws.send(Message::Close(Some(frame)))).await;
-            if let Ok(Ok(())) = sent {
-                finish(&mut ws).await;
+            let mut close = VecDeque::from([Outbound::close(code, reason)]);
+            if let Ok(Ok(())) = tokio::time::timeout(CLOSE_GRACE, frames::write_all(&mut io, &mut close)).await {
+                finish(&mut io, &mut reader).await;
             }
         }
-        End::PeerClosed => finish(&mut ws).await,
+        End::PeerClosed(code) => {
+            // Echo the client's code (RFC 6455 section 5.5.1), then the server closes TCP.
+            let mut close = VecDeque::from([Outbound::close(code.unwrap_or(1000), "")]);
+            let _ = tokio::time::timeout(CLOSE_GRACE, frames::write_all(&mut io, &mut close)).await;
+        }
         End::Broken => {}
     }
+    let _ = tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await;
 }
 
 struct Registration<'a> {
@@ -243,18 +231,30 @@ impl Drop for Registration<'_> {
 
 #[derive(Debug)]
 enum End {
-    /// We close, with this code.
-    Close(Close),
-    /// The client sent a close frame.
-    PeerClosed,
+    /// We close, with this code and reason.
+    Close(u16, &'static str),
+    /// The client sent a close frame (with this code, if any).
+    PeerClosed(Option<u16>),
     /// The connection failed.
     Broken,
+}
+
+impl From<Close> for End {
+    fn from(close: Close) -> End {
+        End::Close(close.code, close.reason)
+    }
 }
 
 /// Heartbeat timeouts are not timed here: a per-socket timer would cost more memory than the
 /// rest of an idle socket's state. The endpoint's sweeper closes silent sockets through the
 /// outbox instead; this loop only records activity.
-async fn drive<H: SocketHandler>(ws: &mut WebSocket, session: &mut Session<H>, socket: &SocketShared) -> End {
+async fn drive<H: SocketHandler>(
+    io: &mut Io,
+    reader: &mut Reader,
+    session: &mut Session<H>,
+    socket: &SocketShared,
+    max_bytes: usize,
+) -> End {
     loop {
         tokio::select! {
             biased;
@@ -264,87 +264,88 @@ async fn drive<H: SocketHandler>(ws: &mut WebSocket, session: &mut Session<H>, s
                     let (frames, close) = socket.outbox.take();
                     if frames.is_empty() {
                         if let Some(close) = close {
-                            return End::Close(close);
+                            return close.into();
                         }
                         break;
                     }
-                    if let Some(end) = send_all(ws, frames, socket).await {
+                    let mut frames = frames.into_iter().map(outbound).collect();
+                    if let Some(end) = send_all(io, &mut frames, socket).await {
                         return end;
                     }
                 }
             }
-            received = ws.next() => {
-                socket.touch();
-                match received {
-                    Some(Ok(Message::Text(text))) => Box::pin(session.handle_text(text.as_str())).await,
-                    Some(Ok(Message::Binary(data))) => Box::pin(session.handle_binary(data)).await,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                    Some(Ok(Message::Close(_))) => return End::PeerClosed,
-                    Some(Err(error)) => {
-                        if is_too_big(error) {
-                            tracing::debug!(conn = socket.conn, "inbound frame over the limit");
-                            return End::Close(Close::TOO_BIG);
+            read = reader.fill(io) => {
+                match read {
+                    Ok(0) | Err(_) => return End::Broken,
+                    Ok(_) => socket.touch(),
+                }
+                loop {
+                    let inbound = match reader.next(max_bytes) {
+                        Ok(Some(inbound)) => inbound,
+                        Ok(None) => break,
+                        Err(violation) => {
+                            tracing::debug!(conn = socket.conn, reason = violation.reason(), "websocket protocol violation");
+                            return End::Close(violation.code(), violation.reason());
                         }
-                        return End::Broken;
+                    };
+                    match inbound {
+                        Inbound::Text(text) => Box::pin(session.handle_text(&text)).await,
+                        Inbound::Binary(data) => Box::pin(session.handle_binary(data)).await,
+                        Inbound::Ping(data) => {
+                            let mut pong = VecDeque::from([Outbound::pong(data)]);
+                            if let Some(end) = send_all(io, &mut pong, socket).await {
+                                return end;
+                            }
+                        }
+                        Inbound::Pong => {}
+                        Inbound::Close(code) => return End::PeerClosed(code),
                     }
-                    None => return End::Broken,
                 }
             }
         }
     }
 }
 
+fn outbound(frame: Frame) -> Outbound {
+    match frame {
+        Frame::Text(text) => Outbound::text(Bytes::from(text)),
+        Frame::Binary(data) => Outbound::binary(data),
+    }
+}
+
 /// Write frames; `None` when all went out. A client that stops reading blocks this write, so a
-/// close request (slow consumer, disconnect, shutdown) interrupts it.
-async fn send_all(ws: &mut WebSocket, frames: VecDeque<Frame>, socket: &SocketShared) -> Option<End> {
-    let write = async {
-        for frame in frames {
-            let (opcode, payload) = match frame {
-                Frame::Text(text) => (Data::Text, Bytes::from(text)),
-                Frame::Binary(data) => (Data::Binary, data),
-            };
-            for message in fragments(opcode, payload) {
-                ws.feed(message).await?;
-            }
-        }
-        ws.flush().await
-    };
+/// close request (slow consumer, disconnect, shutdown) interrupts it; the connection is then
+/// closed without a close frame, since a frame may be half written.
+async fn send_all(io: &mut Io, frames: &mut VecDeque<Outbound>, socket: &SocketShared) -> Option<End> {
+    let write = frames::write_all(io, frames);
     tokio::pin!(write);
     loop {
         tokio::select! {
             biased;
             written = &mut write => return written.err().map(|_| End::Broken),
             () = socket.outbox.ready() => {
-                if let Some(close) = socket.outbox.close_requested() {
-                    return Some(End::Close(close));
+                if socket.outbox.close_requested().is_some() {
+                    return Some(End::Broken);
                 }
             }
         }
     }
 }
 
-/// One message as WebSocket frames of at most [`FRAGMENT_BYTES`] of payload: the first with the
-/// message's opcode, the rest continuations, the last with FIN. Slices share `payload`.
-fn fragments(opcode: Data, payload: Bytes) -> impl Iterator<Item = Message> {
-    let len = payload.len();
-    let count = len.div_ceil(FRAGMENT_BYTES).max(1);
-    (0..count).map(move |i| {
-        let start = i * FRAGMENT_BYTES;
-        let end = (start + FRAGMENT_BYTES).min(len);
-        let code = if i == 0 { opcode } else { Data::Continue };
-        Message::Frame(WireFrame::message(payload.slice(start..end), OpCode::Data(code), i + 1 == count))
-    })
-}
-
-/// Read until the closing handshake completes (or a short grace passes), so the client sees a
+/// Read until the client answers our close frame (or a short grace passes), so it sees a
 /// clean close with our code.
-async fn finish(ws: &mut WebSocket) {
+async fn finish(io: &mut Io, reader: &mut Reader) {
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        while let Some(Ok(_)) = ws.next().await {}
+        loop {
+            match reader.next(usize::MAX) {
+                Ok(Some(Inbound::Close(_))) | Err(_) => return,
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+            }
+            if !matches!(reader.fill(io).await, Ok(n) if n > 0) {
+                return;
+            }
+        }
     })
     .await;
-}
-
-fn is_too_big(error: tungstenite::Error) -> bool {
-    matches!(error, tungstenite::Error::Capacity(_))
 }

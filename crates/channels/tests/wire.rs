@@ -1,6 +1,6 @@
-//! Outbound messages longer than the fragment size go out as RFC 6455 fragments (a first frame
-//! with the message's opcode, continuations, FIN on the last) so the server's write buffer stays
-//! small; clients see them whole. Read with a raw-frame client to see the fragments.
+//! The WebSocket wire as RFC 6455 says, seen with a raw-frame client: outbound messages go out
+//! whole (one frame with FIN, whatever their size), inbound fragments are reassembled, pings are
+//! answered, and frames that break the protocol are answered with the close code the RFC names.
 
 mod common;
 
@@ -9,8 +9,6 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The server's fragment payload size (`transport::websocket::FRAGMENT_BYTES`).
-const FRAGMENT_BYTES: usize = 2048;
 const BIG: usize = 10_000;
 
 struct WireFrame {
@@ -63,7 +61,12 @@ impl RawClient {
 
     /// A masked client frame with FIN.
     async fn send(&mut self, opcode: u8, payload: &[u8]) {
-        let mut frame = vec![0x80 | opcode];
+        self.send_frame(true, opcode, payload).await
+    }
+
+    /// A masked client frame.
+    async fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
+        let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
         match payload.len() {
             n if n < 126 => frame.push(0x80 | n as u8),
             n if n <= u16::MAX as usize => {
@@ -129,14 +132,31 @@ impl RawClient {
     }
 }
 
-fn assert_fragmented(sizes: &[usize], total: usize) {
-    assert_eq!(sizes.iter().sum::<usize>(), total);
-    assert_eq!(sizes.len(), total.div_ceil(FRAGMENT_BYTES), "frames {sizes:?}");
-    assert!(sizes.iter().all(|&n| n <= FRAGMENT_BYTES), "frames {sizes:?}");
+fn assert_whole(sizes: &[usize], total: usize) {
+    assert_eq!(sizes, [total], "one frame per message");
+}
+
+impl RawClient {
+    /// The server's close frame: (code, reason); then the server closes the connection.
+    async fn close_frame(&mut self) -> (u16, String) {
+        loop {
+            let frame = self.frame().await;
+            if frame.opcode == 8 {
+                let code = u16::from_be_bytes([frame.payload[0], frame.payload[1]]);
+                return (code, String::from_utf8(frame.payload[2..].to_vec()).unwrap());
+            }
+        }
+    }
+
+    async fn closed(&mut self) {
+        let mut chunk = [0u8; 64];
+        let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk)).await.expect("server did not close");
+        assert!(matches!(n, Ok(0) | Err(_)), "expected the end of the stream, got {n:?}");
+    }
 }
 
 #[tokio::test]
-async fn v2_text_bigger_than_a_fragment_is_sent_fragmented_and_arrives_whole() {
+async fn v2_big_text_is_sent_as_one_frame() {
     let server = Server::start().await;
     let mut raw = RawClient::connect(&server, "vsn=2.0.0&token=ok").await;
     raw.send_json(json!(["1", "1", "echo", "phx_join", {}])).await;
@@ -148,7 +168,7 @@ async fn v2_text_bigger_than_a_fragment_is_sent_fragmented_and_arrives_whole() {
     raw.send_json(json!(["1", "2", "echo", "echo", {"big": big}])).await;
     let (opcode, payload, sizes) = raw.message().await;
     assert_eq!(opcode, 1);
-    assert_fragmented(&sizes, payload.len());
+    assert_whole(&sizes, payload.len());
     let reply: Value = serde_json::from_slice(&payload).unwrap();
     assert_eq!(reply, ok_reply("1", "2", "echo", json!({"big": big})));
 
@@ -164,26 +184,26 @@ fn ok_reply_null(reference: &str) -> Value {
 }
 
 #[tokio::test]
-async fn v1_text_bigger_than_a_fragment_is_sent_fragmented_and_arrives_whole() {
+async fn v1_big_text_is_sent_as_one_frame() {
     let server = Server::start().await;
     let mut raw = RawClient::connect(&server, "vsn=1.0.0&token=ok").await;
     raw.send_json(json!({"topic": "echo", "event": "phx_join", "payload": {}, "ref": "1", "join_ref": "1"})).await;
     let (reply, _) = raw.json().await;
     assert_eq!(reply["payload"]["status"], json!("ok"));
 
-    let big = "é".repeat(BIG / 2); // multi-byte characters may be split between fragments
+    let big = "é".repeat(BIG / 2);
     raw.send_json(json!({"topic": "echo", "event": "echo", "payload": {"big": big}, "ref": "2", "join_ref": "1"}))
         .await;
     let (opcode, payload, sizes) = raw.message().await;
     assert_eq!(opcode, 1);
-    assert_fragmented(&sizes, payload.len());
+    assert_whole(&sizes, payload.len());
     let reply: Value = serde_json::from_slice(&payload).unwrap();
     assert_eq!(reply["ref"], json!("2"));
     assert_eq!(reply["payload"], json!({"status": "ok", "response": {"big": big}}));
 }
 
 #[tokio::test]
-async fn v2_binary_bigger_than_a_fragment_is_sent_fragmented_and_arrives_whole() {
+async fn v2_big_binary_is_sent_as_one_frame() {
     let server = Server::start().await;
     let mut raw = RawClient::connect(&server, "vsn=2.0.0&token=ok").await;
     raw.send_json(json!(["1", "1", "room:bin", "phx_join", {}])).await;
@@ -192,7 +212,7 @@ async fn v2_binary_bigger_than_a_fragment_is_sent_fragmented_and_arrives_whole()
     raw.send(2, &binary_push("1", "22", "room:bin", "echo", &data)).await;
     let (opcode, payload, sizes) = raw.message().await;
     assert_eq!(opcode, 2);
-    assert_fragmented(&sizes, payload.len());
+    assert_whole(&sizes, payload.len());
     let mut expected = vec![1u8, 1, 2, 8, 2];
     expected.extend_from_slice(b"122room:binok");
     expected.extend_from_slice(&data);
@@ -214,4 +234,54 @@ async fn a_websocket_library_reassembles_big_messages_on_v1_and_v2() {
     v1.send(json!({"topic": "echo", "event": "echo", "payload": {"big": big}, "ref": "2", "join_ref": "1"})).await;
     let reply = v1.json().await;
     assert_eq!(reply["payload"], json!({"status": "ok", "response": {"big": big}}));
+}
+
+#[tokio::test]
+async fn fragmented_client_messages_are_reassembled_and_pings_answered_between_fragments() {
+    let server = Server::start().await;
+    let mut raw = RawClient::connect(&server, "vsn=2.0.0&token=ok").await;
+    raw.send_json(json!(["1", "1", "echo", "phx_join", {}])).await;
+    raw.json().await;
+    let text = json!(["1", "2", "echo", "echo", {"word": "héllo"}]).to_string();
+    let (a, b) = text.as_bytes().split_at(text.find('é').unwrap() + 1); // inside a character
+    raw.send_frame(false, 1, a).await;
+    raw.send(9, b"still there?").await;
+    let pong = raw.frame().await;
+    assert_eq!((pong.opcode, pong.fin, pong.payload.as_slice()), (10, true, &b"still there?"[..]));
+    raw.send_frame(true, 0, b).await;
+    let (reply, _) = raw.json().await;
+    assert_eq!(reply, ok_reply("1", "2", "echo", json!({"word": "héllo"})));
+}
+
+#[tokio::test]
+async fn a_client_close_is_echoed_and_the_server_closes_the_connection() {
+    let server = Server::start().await;
+    let mut raw = RawClient::connect(&server, "vsn=2.0.0&token=ok").await;
+    let mut payload = 4001u16.to_be_bytes().to_vec();
+    payload.extend_from_slice(b"bye");
+    raw.send(8, &payload).await;
+    assert_eq!(raw.close_frame().await.0, 4001);
+    raw.closed().await;
+}
+
+#[tokio::test]
+async fn protocol_violations_close_with_the_codes_of_rfc_6455() {
+    let server = Server::start().await;
+    // A text message that is not UTF-8: 1007.
+    let mut raw = RawClient::connect(&server, "vsn=2.0.0&token=ok").await;
+    raw.send(1, &[0x5b, 0xc3, 0x28, 0x5d]).await;
+    assert_eq!(raw.close_frame().await, (1007, "invalid utf-8".into()));
+    raw.closed().await;
+
+    // An unmasked client frame: 1002.
+    let mut raw = RawClient::connect(&server, "vsn=2.0.0&token=ok").await;
+    raw.stream.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
+    assert_eq!(raw.close_frame().await, (1002, "unmasked client frame".into()));
+    raw.closed().await;
+
+    // A continuation with no message to continue: 1002.
+    let mut raw = RawClient::connect(&server, "vsn=2.0.0&token=ok").await;
+    raw.send(0, b"x").await;
+    assert_eq!(raw.close_frame().await.0, 1002);
+    raw.closed().await;
 }

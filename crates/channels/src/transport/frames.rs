@@ -1,0 +1,525 @@
+//! RFC 6455 framing for the server side of a WebSocket, written for memory: an idle socket holds
+//! no buffer at all.
+//!
+//! tungstenite (which does the opening handshake's key and the frame headers here) keeps a read
+//! buffer and a write buffer per socket for its whole life; at tens of thousands of idle sockets
+//! those buffers were the largest part of a socket's memory. Here, bytes are read into a buffer
+//! on the stack and copied out only when they hold an incomplete frame; outbound frames are
+//! written straight from the shared, already-encoded message bytes with vectored writes (a
+//! header slice and a payload slice per frame, many frames per system call), so nothing is
+//! copied per socket and no write buffer exists.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, Cursor, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+
+/// Bytes read per system call; on the stack, not kept between reads.
+const READ_CHUNK: usize = 4096;
+/// Frames handed to one vectored write (two slices each).
+const FRAMES_PER_WRITE: usize = 32;
+/// A header of a server frame: no mask, so at most 10 bytes.
+const MAX_HEADER: usize = 10;
+
+/// One complete message or control frame from the client.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Inbound {
+    Text(String),
+    Binary(Bytes),
+    Ping(Bytes),
+    Pong,
+    /// The client's close frame: its status code, if it sent one.
+    Close(Option<u16>),
+}
+
+/// Why the client's bytes cannot be read as WebSocket frames, with the close code to answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Violation {
+    /// 1002: bad header, unmasked frame, bad fragmentation, bad control frame.
+    Protocol(&'static str),
+    /// 1007: a text message or close reason that is not UTF-8.
+    NotUtf8,
+    /// 1009: a frame or message over the size limit.
+    TooBig,
+}
+
+impl Violation {
+    pub(crate) fn code(self) -> u16 {
+        match self {
+            Violation::Protocol(_) => 1002,
+            Violation::NotUtf8 => 1007,
+            Violation::TooBig => 1009,
+        }
+    }
+
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Violation::Protocol(why) => why,
+            Violation::NotUtf8 => "invalid utf-8",
+            Violation::TooBig => "message too big",
+        }
+    }
+}
+
+/// The inbound half: bytes of an unfinished frame and the parts of an unfinished fragmented
+/// message. Both are empty (and unallocated) between messages.
+#[derive(Default)]
+pub(crate) struct Reader {
+    pending: BytesMut,
+    /// A fragmented message being assembled: its opcode and the payload so far.
+    message: Option<(Data, BytesMut)>,
+}
+
+impl Reader {
+    /// Read once from `io` into the reader. `Ok(0)` is the end of the stream. Cancel-safe:
+    /// what a read returns is stored before this resolves.
+    pub(crate) async fn fill<R: AsyncRead + Unpin>(&mut self, io: &mut R) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_fill(cx, io)).await
+    }
+
+    fn poll_fill<R: AsyncRead + Unpin>(&mut self, cx: &mut Context<'_>, io: &mut R) -> Poll<io::Result<usize>> {
+        let mut chunk = [0u8; READ_CHUNK];
+        let mut buf = ReadBuf::new(&mut chunk);
+        ready!(Pin::new(io).poll_read(cx, &mut buf))?;
+        self.pending.extend_from_slice(buf.filled());
+        Poll::Ready(Ok(buf.filled().len()))
+    }
+
+    /// The next complete message or control frame in what was read, or `None` until more bytes
+    /// arrive. `max_bytes` bounds a frame and a reassembled message.
+    pub(crate) fn next(&mut self, max_bytes: usize) -> Result<Option<Inbound>, Violation> {
+        loop {
+            let Some((header, payload)) = self.frame(max_bytes)? else {
+                if self.pending.is_empty() {
+                    // Give the memory back: an idle socket keeps no buffer.
+                    self.pending = BytesMut::new();
+                }
+                return Ok(None);
+            };
+            if let Some(inbound) = self.assemble(header, payload, max_bytes)? {
+                return Ok(Some(inbound));
+            }
+        }
+    }
+
+    /// One whole frame, unmasked.
+    fn frame(&mut self, max_bytes: usize) -> Result<Option<(FrameHeader, BytesMut)>, Violation> {
+        let mut cursor = Cursor::new(&self.pending[..]);
+        let (header, length) = match FrameHeader::parse(&mut cursor) {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => return Ok(None),
+            Err(_) => return Err(Violation::Protocol("invalid opcode")),
+        };
+        if header.rsv1 || header.rsv2 || header.rsv3 {
+            return Err(Violation::Protocol("reserved bits set"));
+        }
+        let Some(mask) = header.mask else {
+            return Err(Violation::Protocol("unmasked client frame"));
+        };
+        if let OpCode::Control(_) = header.opcode {
+            if !header.is_final || length > 125 {
+                return Err(Violation::Protocol("invalid control frame"));
+            }
+        }
+        if length > max_bytes as u64 {
+            return Err(Violation::TooBig);
+        }
+        let (start, length) = (cursor.position() as usize, length as usize);
+        if self.pending.len() < start + length {
+            // Room for the rest of this frame at once, rather than growing chunk by chunk.
+            self.pending.reserve(start + length - self.pending.len());
+            return Ok(None);
+        }
+        let _ = self.pending.split_to(start);
+        let mut payload = self.pending.split_to(length);
+        unmask(&mut payload, mask);
+        Ok(Some((header, payload)))
+    }
+
+    /// Fold a frame into the message it belongs to; a message or control frame when complete.
+    fn assemble(&mut self, header: FrameHeader, payload: BytesMut, max_bytes: usize) -> Result<Option<Inbound>, Violation> {
+        match header.opcode {
+            OpCode::Control(Control::Ping) => Ok(Some(Inbound::Ping(payload.freeze()))),
+            OpCode::Control(Control::Pong) => Ok(Some(Inbound::Pong)),
+            OpCode::Control(Control::Close) => close_frame(&payload).map(|code| Some(Inbound::Close(code))),
+            OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
+                Err(Violation::Protocol("invalid opcode"))
+            }
+            OpCode::Data(Data::Continue) => {
+                let Some((opcode, mut message)) = self.message.take() else {
+                    return Err(Violation::Protocol("continuation without a message"));
+                };
+                if message.len() + payload.len() > max_bytes {
+                    return Err(Violation::TooBig);
+                }
+                message.extend_from_slice(&payload);
+                if header.is_final {
+                    return data(opcode, message).map(Some);
+                }
+                self.message = Some((opcode, message));
+                Ok(None)
+            }
+            OpCode::Data(opcode) => {
+                if self.message.is_some() {
+                    return Err(Violation::Protocol("new message inside a fragmented one"));
+                }
+                if header.is_final {
+                    return data(opcode, payload).map(Some);
+                }
+                self.message = Some((opcode, payload));
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn data(opcode: Data, payload: BytesMut) -> Result<Inbound, Violation> {
+    match opcode {
+        Data::Text => String::from_utf8(payload.to_vec()).map(Inbound::Text).map_err(|_| Violation::NotUtf8),
+        _ => Ok(Inbound::Binary(payload.freeze())),
+    }
+}
+
+/// A close frame's payload: empty, or a status code and a UTF-8 reason.
+fn close_frame(payload: &[u8]) -> Result<Option<u16>, Violation> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(Violation::Protocol("invalid close frame")),
+        [high, low, reason @ ..] => {
+            let code = u16::from_be_bytes([*high, *low]);
+            // RFC 6455 section 7.4: codes a peer may send.
+            let sendable = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
+            if !sendable {
+                return Err(Violation::Protocol("invalid close code"));
+            }
+            std::str::from_utf8(reason).map_err(|_| Violation::NotUtf8)?;
+            Ok(Some(code))
+        }
+    }
+}
+
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    let word = u32::from_ne_bytes(mask);
+    let mut chunks = payload.chunks_exact_mut(4);
+    for chunk in &mut chunks {
+        let value = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) ^ word;
+        chunk.copy_from_slice(&value.to_ne_bytes());
+    }
+    for (byte, key) in chunks.into_remainder().iter_mut().zip(mask) {
+        *byte ^= key;
+    }
+}
+
+/// One server frame to write: FIN set, unmasked, payload shared with every other socket it goes to.
+pub(crate) struct Outbound {
+    header: [u8; MAX_HEADER],
+    header_len: u8,
+    payload: Bytes,
+}
+
+impl Outbound {
+    pub(crate) fn text(payload: Bytes) -> Outbound {
+        Outbound::new(OpCode::Data(Data::Text), payload)
+    }
+
+    pub(crate) fn binary(payload: Bytes) -> Outbound {
+        Outbound::new(OpCode::Data(Data::Binary), payload)
+    }
+
+    pub(crate) fn pong(payload: Bytes) -> Outbound {
+        Outbound::new(OpCode::Control(Control::Pong), payload)
+    }
+
+    /// A close frame with `code` and `reason` (the reason cut to fit a control frame).
+    pub(crate) fn close(code: u16, reason: &str) -> Outbound {
+        let mut cut = reason.len().min(123);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mut payload = Vec::with_capacity(2 + cut);
+        payload.extend_from_slice(&code.to_be_bytes());
+        payload.extend_from_slice(&reason.as_bytes()[..cut]);
+        Outbound::new(OpCode::Control(Control::Close), Bytes::from(payload))
+    }
+
+    fn new(opcode: OpCode, payload: Bytes) -> Outbound {
+        let header = FrameHeader { opcode, ..FrameHeader::default() };
+        let mut bytes = [0u8; MAX_HEADER];
+        let mut cursor = Cursor::new(&mut bytes[..]);
+        header.format(payload.len() as u64, &mut cursor).expect("an unmasked header fits in 10 bytes");
+        let header_len = cursor.position() as u8;
+        Outbound { header: bytes, header_len, payload }
+    }
+
+    fn len(&self) -> usize {
+        self.header_len as usize + self.payload.len()
+    }
+
+    /// The unwritten parts of this frame after `skip` bytes of it were written.
+    fn slices(&self, skip: usize) -> [&[u8]; 2] {
+        let header = &self.header[..self.header_len as usize];
+        if skip < header.len() {
+            [&header[skip..], &self.payload]
+        } else {
+            [&[], &self.payload[skip - header.len()..]]
+        }
+    }
+}
+
+/// Write every frame of `frames`, in order, with as few system calls as the socket allows.
+/// Not cancel-safe on its own (a cancelled write may leave a frame half sent); callers that stop
+/// it close the connection.
+pub(crate) async fn write_all<W: AsyncWrite + Unpin>(io: &mut W, frames: &mut VecDeque<Outbound>) -> io::Result<()> {
+    let mut written = 0;
+    poll_fn(|cx| poll_write_all(cx, io, frames, &mut written)).await?;
+    poll_fn(|cx| Pin::new(&mut *io).poll_flush(cx)).await
+}
+
+fn poll_write_all<W: AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    io: &mut W,
+    frames: &mut VecDeque<Outbound>,
+    written: &mut usize,
+) -> Poll<io::Result<()>> {
+    while !frames.is_empty() {
+        // The slices live on the stack for this call only.
+        let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE * 2];
+        let mut count = 0;
+        for (i, frame) in frames.iter().take(FRAMES_PER_WRITE).enumerate() {
+            for part in frame.slices(if i == 0 { *written } else { 0 }) {
+                if !part.is_empty() {
+                    slices[count] = IoSlice::new(part);
+                    count += 1;
+                }
+            }
+        }
+        let mut n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        while n > 0 {
+            let front = frames.front().expect("bytes written belong to a queued frame");
+            let left = front.len() - *written;
+            if n < left {
+                *written += n;
+                break;
+            }
+            n -= left;
+            *written = 0;
+            frames.pop_front();
+        }
+    }
+    Poll::Ready(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 1 << 20;
+
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n <= u16::MAX as usize => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let mask = [0xa1, 0x02, 0xc3, 0x44];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    fn read_all(bytes: &[u8]) -> Vec<Result<Inbound, Violation>> {
+        let mut reader = Reader::default();
+        reader.pending.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        loop {
+            match reader.next(MAX) {
+                Ok(Some(inbound)) => out.push(Ok(inbound)),
+                Ok(None) => return out,
+                Err(violation) => {
+                    out.push(Err(violation));
+                    return out;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn masked_text_and_binary_messages() {
+        let mut bytes = client_frame(true, 1, "héllo".as_bytes());
+        bytes.extend(client_frame(true, 2, &[0, 1, 2, 255]));
+        assert_eq!(
+            read_all(&bytes),
+            vec![Ok(Inbound::Text("héllo".into())), Ok(Inbound::Binary(Bytes::from_static(&[0, 1, 2, 255])))]
+        );
+    }
+
+    #[test]
+    fn a_message_fed_one_byte_at_a_time_arrives_once_whole() {
+        let text = "x".repeat(70_000); // a 64-bit length header
+        let bytes = client_frame(true, 1, text.as_bytes());
+        let mut reader = Reader::default();
+        let mut seen = Vec::new();
+        for byte in &bytes {
+            reader.pending.extend_from_slice(&[*byte]);
+            if let Some(inbound) = reader.next(MAX).unwrap() {
+                seen.push(inbound);
+            }
+        }
+        assert_eq!(seen, vec![Inbound::Text(text)]);
+        assert_eq!(reader.pending.capacity(), 0, "nothing kept once the message is out");
+    }
+
+    #[test]
+    fn fragments_are_reassembled_with_control_frames_between_them() {
+        let mut bytes = client_frame(false, 1, b"hel");
+        bytes.extend(client_frame(true, 9, b"are you there"));
+        bytes.extend(client_frame(false, 0, b"l"));
+        bytes.extend(client_frame(true, 0, b"o"));
+        assert_eq!(
+            read_all(&bytes),
+            vec![Ok(Inbound::Ping(Bytes::from_static(b"are you there"))), Ok(Inbound::Text("hello".into()))]
+        );
+    }
+
+    #[test]
+    fn close_frames() {
+        assert_eq!(read_all(&client_frame(true, 8, b"")), vec![Ok(Inbound::Close(None))]);
+        let mut payload = 1001u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"bye");
+        assert_eq!(read_all(&client_frame(true, 8, &payload)), vec![Ok(Inbound::Close(Some(1001)))]);
+        assert_eq!(read_all(&client_frame(true, 8, &[3])), vec![Err(Violation::Protocol("invalid close frame"))]);
+        assert_eq!(
+            read_all(&client_frame(true, 8, &1005u16.to_be_bytes())),
+            vec![Err(Violation::Protocol("invalid close code"))]
+        );
+        let mut bad_reason = 1000u16.to_be_bytes().to_vec();
+        bad_reason.push(0xff);
+        assert_eq!(read_all(&client_frame(true, 8, &bad_reason)), vec![Err(Violation::NotUtf8)]);
+    }
+
+    #[test]
+    fn protocol_violations() {
+        let mut unmasked = client_frame(true, 1, b"hi");
+        unmasked[1] &= 0x7f;
+        unmasked.drain(2..6);
+        assert_eq!(read_all(&unmasked), vec![Err(Violation::Protocol("unmasked client frame"))]);
+
+        let mut reserved = client_frame(true, 1, b"hi");
+        reserved[0] |= 0x40;
+        assert_eq!(read_all(&reserved), vec![Err(Violation::Protocol("reserved bits set"))]);
+
+        assert_eq!(read_all(&client_frame(true, 3, b"")), vec![Err(Violation::Protocol("invalid opcode"))]);
+        assert_eq!(
+            read_all(&client_frame(true, 0, b"x")),
+            vec![Err(Violation::Protocol("continuation without a message"))]
+        );
+        let mut twice = client_frame(false, 1, b"a");
+        twice.extend(client_frame(true, 1, b"b"));
+        assert_eq!(read_all(&twice), vec![Err(Violation::Protocol("new message inside a fragmented one"))]);
+        assert_eq!(read_all(&client_frame(false, 9, b"")), vec![Err(Violation::Protocol("invalid control frame"))]);
+        assert_eq!(read_all(&client_frame(true, 9, &[0; 126])), vec![Err(Violation::Protocol("invalid control frame"))]);
+        assert_eq!(read_all(&client_frame(true, 1, &[0xc3, 0x28])), vec![Err(Violation::NotUtf8)]);
+    }
+
+    #[test]
+    fn size_limit_applies_to_frames_before_buffering_and_to_whole_messages() {
+        let mut reader = Reader::default();
+        // Only the header of a 2 MiB frame: refused without waiting for its payload.
+        reader.pending.extend_from_slice(&client_frame(true, 2, &vec![0; 2 << 20])[..14]);
+        assert_eq!(reader.next(MAX), Err(Violation::TooBig));
+
+        let mut fragmented = client_frame(false, 2, &[0; 600]);
+        fragmented.extend(client_frame(true, 0, &[0; 600]));
+        let mut reader = Reader::default();
+        reader.pending.extend_from_slice(&fragmented);
+        assert_eq!(reader.next(1000), Err(Violation::TooBig));
+    }
+
+    #[test]
+    fn server_frames_are_formatted_unmasked() {
+        let short = Outbound::text(Bytes::from_static(b"hi"));
+        assert_eq!(short.slices(0), [&[0x81, 2][..], b"hi"]);
+        let long = Outbound::binary(Bytes::from(vec![7; 300]));
+        assert_eq!(long.slices(0)[0], &[0x82, 126, 1, 44]);
+        let close = Outbound::close(1009, "message too big");
+        assert_eq!(close.slices(0)[0], &[0x88, 17]);
+        assert_eq!(&close.slices(0)[1][..2], &1009u16.to_be_bytes());
+        assert_eq!(close.slices(3)[0], &[] as &[u8]);
+        assert_eq!(close.slices(3)[1].len(), 16);
+    }
+
+    /// Takes at most `limit` bytes per write, to exercise partial writes.
+    struct Trickle {
+        out: Vec<u8>,
+        limit: usize,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            this.calls += 1;
+            let n = buf.len().min(this.limit);
+            this.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_write_vectored(self: Pin<&mut Self>, _: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            this.calls += 1;
+            let mut left = this.limit;
+            for buf in bufs {
+                let n = buf.len().min(left);
+                this.out.extend_from_slice(&buf[..n]);
+                left -= n;
+            }
+            Poll::Ready(Ok(this.limit - left))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_survive_partial_writes_in_order() {
+        let messages: Vec<Bytes> = (0..100).map(|i| Bytes::from(format!("message {i} {}", "z".repeat(i * 7)))).collect();
+        let mut expected = Vec::new();
+        for m in &messages {
+            let frame = Outbound::text(m.clone());
+            for part in frame.slices(0) {
+                expected.extend_from_slice(part);
+            }
+        }
+        for limit in [1, 3, 10, 64, 1 << 20] {
+            let mut io = Trickle { out: Vec::new(), limit, calls: 0 };
+            let mut frames: VecDeque<Outbound> = messages.iter().cloned().map(Outbound::text).collect();
+            write_all(&mut io, &mut frames).await.unwrap();
+            assert!(frames.is_empty());
+            assert_eq!(io.out, expected, "limit {limit}");
+            if limit == 1 << 20 {
+                assert_eq!(io.calls, 100usize.div_ceil(FRAMES_PER_WRITE), "many frames per write");
+            }
+        }
+    }
+}
