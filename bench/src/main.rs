@@ -7,7 +7,7 @@
 //! - `ws …` (scenarios 1–4 only), `http …` (scenario 5 only), `cluster …` (scenario 6 only:
 //!   `[--cluster-sizes 1000,10000]`, two Tako nodes on PostgreSQL and Redis; `all` and `ws` run it
 //!   too unless `--no-cluster`)
-//! - `online [--sizes 1000,50000] [--nodes 3] [--recipients 300] [--targeted 200]`: scenario 3
+//! - `online [--sizes 1000,50000] [--rounds 3] [--nodes 3] [--recipients 300] [--targeted 500]`: scenario 3
 //!   (targeted latency) with up to 50k online, on a Tako cluster with the idle sockets held by
 //!   `ballast` children (see online.rs)
 //! - `ballast --targets HOST:PORT,… --count K --first-index I`: holds K idle joined sockets,
@@ -259,9 +259,10 @@ async fn online_cmd(args: &Args) -> anyhow::Result<()> {
     };
     let plan = online::OnlinePlan {
         sizes: online::parse_sizes(&args.value("--sizes").unwrap_or_else(|| "1000,50000".into()))?,
+        rounds: num("--rounds", 3)?,
         nodes: num("--nodes", 3)?,
         recipients: num("--recipients", 300)?,
-        targeted: num("--targeted", 200)?,
+        targeted: num("--targeted", 500)?,
         per_child: num("--per-child", 16_000)?,
         concurrency: num("--concurrency", 64)?,
         join_secs: num("--join-secs", 180)? as u64,
@@ -271,7 +272,11 @@ async fn online_cmd(args: &Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&work)?;
     let result = async {
         let (tako, rev) = prepare_tako(&work, "HEAD")?;
-        let label = format!("Tako {rev}");
+        // TAKO_BIN: name the file (a harness build is `tako-<commit>`).
+        let label = match std::env::var("TAKO_BIN") {
+            Ok(bin) => format!("Tako `{}`", Path::new(&bin).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or(bin)),
+            Err(_) => format!("Tako {rev}"),
+        };
         let paths = Paths {
             tako,
             tako_baseline: None,
@@ -294,8 +299,8 @@ async fn online_cmd(args: &Args) -> anyhow::Result<()> {
         );
         println!("Command: `{}cargo run --release -p bench -- {}`", if std::env::var("TAKO_BIN").is_ok() { "TAKO_BIN=… " } else { "" }, command.join(" "));
         println!(
-            "Plan: N online = {:?} on {} nodes; {} recipients in the measuring process; {} targeted messages one at a time (POST /api/messages on node A → the recipient's socket); ballast children of at most {} sockets, {} joins in flight each\n",
-            plan.sizes, plan.nodes, plan.recipients, plan.targeted, plan.per_child, plan.concurrency
+            "Plan: N online = {:?} on {} nodes, {} rounds (every other one in reverse order); {} recipients in the measuring process; {} targeted messages per run, one at a time (POST /api/messages on node A → the recipient's socket); ballast children of at most {} sockets, {} joins in flight each\n",
+            plan.sizes, plan.nodes, plan.rounds, plan.recipients, plan.targeted, plan.per_child, plan.concurrency
         );
         println!("Scenario 3 at up to 50k online (issue 8):\n");
         println!("{}", online::table(&rows, &label, plan.nodes));
