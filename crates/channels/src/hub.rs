@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
+use smallvec::SmallVec;
 use serde_json::{Map, Value};
 
 use crate::bus::{Bus, BusMessage, SocketRef};
@@ -51,8 +52,8 @@ pub(crate) struct SocketShared {
     /// Milliseconds since the hub's epoch at the last inbound frame.
     last_seen: AtomicU64,
     epoch: Instant,
-    /// Topics this socket is subscribed to (for user deliveries).
-    topics: Mutex<Vec<Arc<str>>>,
+    /// Topics this socket is subscribed to (for user deliveries); usually one, held inline.
+    topics: Mutex<SmallVec<[Arc<str>; 1]>>,
     metrics: Arc<Metrics>,
 }
 
@@ -82,6 +83,8 @@ struct Metrics {
 }
 
 type Sockets = HashMap<u64, Arc<SocketShared>>;
+/// The sockets of one user or one socket id: usually one, held inline.
+type Few = SmallVec<[Arc<SocketShared>; 1]>;
 
 /// Cheap to clone; the server-side delivery API.
 #[derive(Clone)]
@@ -97,8 +100,8 @@ struct HubInner {
     metrics: Arc<Metrics>,
     sockets: RwLock<Sockets>,
     topics: RwLock<HashMap<Arc<str>, Sockets>>,
-    users: RwLock<HashMap<Arc<str>, Sockets>>,
-    ids: RwLock<HashMap<Arc<str>, Sockets>>,
+    users: RwLock<HashMap<Arc<str>, Few>>,
+    ids: RwLock<HashMap<Arc<str>, Few>>,
     presence: Presence,
     observer: Arc<dyn Observer>,
     signals: RwLock<Option<SignalHandler>>,
@@ -273,8 +276,8 @@ impl Hub {
                 count
             }
             BusMessage::User { user, topics, event, payload } => {
-                let sockets: Vec<Arc<SocketShared>> = match self.inner.users.read().get(user.as_str()) {
-                    Some(sockets) => sockets.values().cloned().collect(),
+                let sockets: Few = match self.inner.users.read().get(user.as_str()) {
+                    Some(sockets) => sockets.clone(),
                     None => return 0,
                 };
                 // A user has few sockets: group their matching topics so each is encoded once.
@@ -295,8 +298,8 @@ impl Hub {
                 count
             }
             BusMessage::Disconnect { socket_id } => {
-                let sockets: Vec<Arc<SocketShared>> = match self.inner.ids.read().get(socket_id.as_str()) {
-                    Some(sockets) => sockets.values().cloned().collect(),
+                let sockets: Few = match self.inner.ids.read().get(socket_id.as_str()) {
+                    Some(sockets) => sockets.clone(),
                     None => return 0,
                 };
                 sockets.iter().filter(|s| s.outbox.close(Close::DISCONNECTED)).count()
@@ -349,8 +352,8 @@ impl Hub {
     /// user key) tracked on this node, on every topic: a leave of each old meta and a join of
     /// the new one with `phx_ref_prev`. Returns how many metas changed.
     pub fn presence_update_user(&self, user: &str, patch: &Map<String, Value>) -> usize {
-        let sockets: Vec<Arc<SocketShared>> = match self.inner.users.read().get(user) {
-            Some(sockets) => sockets.values().cloned().collect(),
+        let sockets: Few = match self.inner.users.read().get(user) {
+            Some(sockets) => sockets.clone(),
             None => return 0,
         };
         let conns: Vec<(Arc<str>, u64)> = sockets
@@ -428,7 +431,7 @@ impl Hub {
             outbox: Outbox::new(queue),
             last_seen: AtomicU64::new(millis_since(self.inner.epoch)),
             epoch: self.inner.epoch,
-            topics: Mutex::new(Vec::new()),
+            topics: Mutex::new(SmallVec::new()),
             metrics: self.inner.metrics.clone(),
         });
         self.inner.sockets.write().insert(conn, socket.clone());
@@ -440,7 +443,7 @@ impl Hub {
             if sockets.is_empty() {
                 self.inner.bus.user_arrived(user);
             }
-            sockets.insert(socket.conn, socket.clone());
+            sockets.push(socket.clone());
         }
         if let Some(id) = &socket.socket_id {
             insert(&self.inner.ids, id, &socket);
@@ -456,14 +459,19 @@ impl Hub {
         if let Some(user) = &socket.user {
             let mut users = self.inner.users.write();
             if let Some(sockets) = users.get_mut(user.as_ref()) {
-                if sockets.remove(&socket.conn).is_some() && sockets.is_empty() {
+                if take_out(sockets, socket.conn) && sockets.is_empty() {
                     users.remove(user.as_ref());
                     self.inner.bus.user_left(user);
                 }
             }
         }
         if let Some(id) = &socket.socket_id {
-            remove(&self.inner.ids, id, socket.conn);
+            let mut ids = self.inner.ids.write();
+            if let Some(sockets) = ids.get_mut(id.as_ref()) {
+                if take_out(sockets, socket.conn) && sockets.is_empty() {
+                    ids.remove(id.as_ref());
+                }
+            }
         }
         self.inner.sockets.write().remove(&socket.conn);
     }
@@ -521,9 +529,18 @@ fn millis_since(epoch: Instant) -> u64 {
     epoch.elapsed().as_millis() as u64
 }
 
-fn insert(index: &RwLock<HashMap<Arc<str>, Sockets>>, key: &Arc<str>, socket: &Arc<SocketShared>) {
-    let mut index = index.write();
-    index.entry(key.clone()).or_default().insert(socket.conn, socket.clone());
+fn insert(index: &RwLock<HashMap<Arc<str>, Few>>, key: &Arc<str>, socket: &Arc<SocketShared>) {
+    index.write().entry(key.clone()).or_default().push(socket.clone());
+}
+
+/// Removes socket `conn` from `sockets`; whether it was there.
+fn take_out(sockets: &mut Few, conn: u64) -> bool {
+    let before = sockets.len();
+    sockets.retain(|s| s.conn != conn);
+    if sockets.spilled() && sockets.len() <= 1 {
+        sockets.shrink_to_fit();
+    }
+    sockets.len() < before
 }
 
 fn remove(index: &RwLock<HashMap<Arc<str>, Sockets>>, key: &str, conn: u64) {

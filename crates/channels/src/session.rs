@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
+use smallvec::SmallVec;
 
 use crate::channel::{Channel, ChannelContext, HandleIn, Payload};
 use crate::hub::{Hub, SocketShared};
@@ -27,8 +28,9 @@ pub(crate) struct Session<H: SocketHandler> {
     socket: Arc<SocketShared>,
     hub: Hub,
     max_channels: usize,
-    /// Few per socket: a Vec is smaller than a map and as fast at this size.
-    channels: Vec<Joined<H::Assigns>>,
+    /// Few per socket (usually one, held inline): a list is smaller than a map and as fast at
+    /// this size.
+    channels: SmallVec<[Joined<H::Assigns>; 1]>,
     inbound: Option<InboundBudget>,
 }
 
@@ -42,7 +44,7 @@ impl<H: SocketHandler> Session<H> {
         hub: Hub,
         max_channels: usize,
     ) -> Self {
-        Session { handler, assigns: Arc::new(assigns), socket, hub, max_channels, channels: Vec::new(), inbound: None }
+        Session { handler, assigns: Arc::new(assigns), socket, hub, max_channels, channels: SmallVec::new(), inbound: None }
     }
 
     /// Inbound messages over `rate` get error replies, and a socket that persists is closed.

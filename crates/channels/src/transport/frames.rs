@@ -20,6 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
+use crate::serializer::Frame;
+
 /// Bytes read per system call; on the stack, not kept between reads.
 const READ_CHUNK: usize = 4096;
 /// Frames handed to one vectored write (two slices each).
@@ -216,26 +218,13 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
     }
 }
 
-/// One server frame to write: FIN set, unmasked, payload shared with every other socket it goes to.
-pub(crate) struct Outbound {
-    header: [u8; MAX_HEADER],
-    header_len: u8,
-    payload: Bytes,
+/// A control frame the transport writes itself (messages are [`Frame`]s from the outbox).
+pub(crate) enum Outbound {
+    Pong(Bytes),
+    Close(Bytes),
 }
 
 impl Outbound {
-    pub(crate) fn text(payload: Bytes) -> Outbound {
-        Outbound::new(OpCode::Data(Data::Text), payload)
-    }
-
-    pub(crate) fn binary(payload: Bytes) -> Outbound {
-        Outbound::new(OpCode::Data(Data::Binary), payload)
-    }
-
-    pub(crate) fn pong(payload: Bytes) -> Outbound {
-        Outbound::new(OpCode::Control(Control::Pong), payload)
-    }
-
     /// A close frame with `code` and `reason` (the reason cut to fit a control frame).
     pub(crate) fn close(code: u16, reason: &str) -> Outbound {
         let mut cut = reason.len().min(123);
@@ -245,77 +234,122 @@ impl Outbound {
         let mut payload = Vec::with_capacity(2 + cut);
         payload.extend_from_slice(&code.to_be_bytes());
         payload.extend_from_slice(&reason.as_bytes()[..cut]);
-        Outbound::new(OpCode::Control(Control::Close), Bytes::from(payload))
+        Outbound::Close(Bytes::from(payload))
     }
 
-    fn new(opcode: OpCode, payload: Bytes) -> Outbound {
-        let header = FrameHeader { opcode, ..FrameHeader::default() };
+}
+
+/// What goes out as one WebSocket frame (FIN set, unmasked): its opcode and payload, shared with
+/// every other socket it goes to.
+pub(crate) trait WireFrame {
+    fn parts(&self) -> (OpCode, &[u8]);
+}
+
+impl WireFrame for Frame {
+    fn parts(&self) -> (OpCode, &[u8]) {
+        match self {
+            Frame::Text(text) => (OpCode::Data(Data::Text), text.as_bytes()),
+            Frame::Binary(data) => (OpCode::Data(Data::Binary), data),
+        }
+    }
+}
+
+impl WireFrame for Outbound {
+    fn parts(&self) -> (OpCode, &[u8]) {
+        match self {
+            Outbound::Pong(data) => (OpCode::Control(Control::Pong), data),
+            Outbound::Close(data) => (OpCode::Control(Control::Close), data),
+        }
+    }
+}
+
+/// A frame's header, formatted where the caller keeps it.
+struct Header {
+    bytes: [u8; MAX_HEADER],
+    len: usize,
+}
+
+impl Header {
+    fn of(opcode: OpCode, payload_len: usize) -> Header {
         let mut bytes = [0u8; MAX_HEADER];
         let mut cursor = Cursor::new(&mut bytes[..]);
-        header.format(payload.len() as u64, &mut cursor).expect("an unmasked header fits in 10 bytes");
-        let header_len = cursor.position() as u8;
-        Outbound { header: bytes, header_len, payload }
+        let header = FrameHeader { opcode, ..FrameHeader::default() };
+        header.format(payload_len as u64, &mut cursor).expect("an unmasked header fits in 10 bytes");
+        let len = cursor.position() as usize;
+        Header { bytes, len }
     }
 
-    fn len(&self) -> usize {
-        self.header_len as usize + self.payload.len()
-    }
-
-    /// The unwritten parts of this frame after `skip` bytes of it were written.
-    fn slices(&self, skip: usize) -> [&[u8]; 2] {
-        let header = &self.header[..self.header_len as usize];
-        if skip < header.len() {
-            [&header[skip..], &self.payload]
-        } else {
-            [&[], &self.payload[skip - header.len()..]]
-        }
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 }
 
-/// Write every frame of `frames`, in order, with as few system calls as the socket allows.
-/// Not cancel-safe on its own (a cancelled write may leave a frame half sent); callers that stop
-/// it close the connection.
-pub(crate) async fn write_all<W: AsyncWrite + Unpin>(io: &mut W, frames: &mut VecDeque<Outbound>) -> io::Result<()> {
-    let mut written = 0;
-    poll_fn(|cx| poll_write_all(cx, io, frames, &mut written)).await?;
-    poll_fn(|cx| Pin::new(&mut *io).poll_flush(cx)).await
+/// Frames on their way out, in order, and how much of the first one is already written.
+pub(crate) struct Outgoing<F> {
+    frames: VecDeque<F>,
+    written: usize,
 }
 
-fn poll_write_all<W: AsyncWrite + Unpin>(
-    cx: &mut Context<'_>,
-    io: &mut W,
-    frames: &mut VecDeque<Outbound>,
-    written: &mut usize,
-) -> Poll<io::Result<()>> {
-    while !frames.is_empty() {
-        // The slices live on the stack for this call only.
-        let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE * 2];
-        let mut count = 0;
-        for (i, frame) in frames.iter().take(FRAMES_PER_WRITE).enumerate() {
-            for part in frame.slices(if i == 0 { *written } else { 0 }) {
-                if !part.is_empty() {
-                    slices[count] = IoSlice::new(part);
-                    count += 1;
+impl<F: WireFrame> Outgoing<F> {
+    pub(crate) fn new(frames: VecDeque<F>) -> Outgoing<F> {
+        Outgoing { frames, written: 0 }
+    }
+
+    /// Write until every frame is out (then flush), with as few system calls as the socket
+    /// allows. On `Pending`, what was written is remembered and the next call goes on from there.
+    pub(crate) fn poll_write<W: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, io: &mut W) -> Poll<io::Result<()>> {
+        while !self.frames.is_empty() {
+            // Headers and slices live on the stack for this call only.
+            let batch = self.frames.len().min(FRAMES_PER_WRITE);
+            let headers: [Header; FRAMES_PER_WRITE] = std::array::from_fn(|i| match self.frames.get(i) {
+                Some(frame) if i < batch => {
+                    let (opcode, payload) = frame.parts();
+                    Header::of(opcode, payload.len())
+                }
+                _ => Header { bytes: [0; MAX_HEADER], len: 0 },
+            });
+            let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE * 2];
+            let mut count = 0;
+            let mut skip = self.written;
+            for (frame, header) in self.frames.iter().zip(&headers).take(batch) {
+                for part in [header.as_slice(), frame.parts().1] {
+                    let cut = skip.min(part.len());
+                    skip -= cut;
+                    let part = &part[cut..];
+                    if !part.is_empty() {
+                        slices[count] = IoSlice::new(part);
+                        count += 1;
+                    }
                 }
             }
+            let n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.advance(n, &headers);
         }
-        let mut n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
-        if n == 0 {
-            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-        }
-        while n > 0 {
-            let front = frames.front().expect("bytes written belong to a queued frame");
-            let left = front.len() - *written;
+        Pin::new(&mut *io).poll_flush(cx)
+    }
+
+    fn advance(&mut self, mut n: usize, headers: &[Header]) {
+        for header in headers {
+            let Some(front) = self.frames.front() else { return };
+            let left = header.len + front.parts().1.len() - self.written;
             if n < left {
-                *written += n;
-                break;
+                self.written += n;
+                return;
             }
             n -= left;
-            *written = 0;
-            frames.pop_front();
+            self.written = 0;
+            self.frames.pop_front();
         }
     }
-    Poll::Ready(Ok(()))
+
+    /// Write everything. Not cancel-safe on its own (a cancelled write may leave a frame half
+    /// sent); callers that stop it close the connection.
+    pub(crate) async fn write_all<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> io::Result<()> {
+        poll_fn(|cx| self.poll_write(cx, io)).await
+    }
 }
 
 #[cfg(test)]
@@ -451,17 +485,29 @@ mod tests {
         assert_eq!(reader.next(1000), Err(Violation::TooBig));
     }
 
+    fn wire(frame: &impl WireFrame) -> Vec<u8> {
+        let (opcode, payload) = frame.parts();
+        let mut out = Header::of(opcode, payload.len()).as_slice().to_vec();
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn text(s: impl Into<String>) -> Frame {
+        Frame::Text(s.into().into())
+    }
+
     #[test]
     fn server_frames_are_formatted_unmasked() {
-        let short = Outbound::text(Bytes::from_static(b"hi"));
-        assert_eq!(short.slices(0), [&[0x81, 2][..], b"hi"]);
-        let long = Outbound::binary(Bytes::from(vec![7; 300]));
-        assert_eq!(long.slices(0)[0], &[0x82, 126, 1, 44]);
-        let close = Outbound::close(1009, "message too big");
-        assert_eq!(close.slices(0)[0], &[0x88, 17]);
-        assert_eq!(&close.slices(0)[1][..2], &1009u16.to_be_bytes());
-        assert_eq!(close.slices(3)[0], &[] as &[u8]);
-        assert_eq!(close.slices(3)[1].len(), 16);
+        assert_eq!(wire(&text("hi")), [0x81, 2, b'h', b'i']);
+        let long = wire(&Frame::Binary(Bytes::from(vec![7; 300])));
+        assert_eq!(long[..4], [0x82, 126, 1, 44]);
+        assert_eq!(long.len(), 304);
+        let close = wire(&Outbound::close(1009, "message too big"));
+        assert_eq!(close[..4], [0x88, 17, 0x03, 0xf1]);
+        assert_eq!(&close[4..], b"message too big");
+        assert_eq!(wire(&Outbound::Pong(Bytes::from_static(b"p")))[..2], [0x8a, 1]);
+        let reason = "é".repeat(100); // cut at a character boundary to fit 125 bytes
+        assert_eq!(wire(&Outbound::close(1000, &reason)).len(), 2 + 2 + 122);
     }
 
     /// Takes at most `limit` bytes per write, to exercise partial writes.
@@ -503,19 +549,13 @@ mod tests {
 
     #[tokio::test]
     async fn frames_survive_partial_writes_in_order() {
-        let messages: Vec<Bytes> = (0..100).map(|i| Bytes::from(format!("message {i} {}", "z".repeat(i * 7)))).collect();
-        let mut expected = Vec::new();
-        for m in &messages {
-            let frame = Outbound::text(m.clone());
-            for part in frame.slices(0) {
-                expected.extend_from_slice(part);
-            }
-        }
+        let messages: Vec<String> = (0..100).map(|i| format!("message {i} {}", "z".repeat(i * 7))).collect();
+        let expected: Vec<u8> = messages.iter().flat_map(|m| wire(&text(m.clone()))).collect();
         for limit in [1, 3, 10, 64, 1 << 20] {
             let mut io = Trickle { out: Vec::new(), limit, calls: 0 };
-            let mut frames: VecDeque<Outbound> = messages.iter().cloned().map(Outbound::text).collect();
-            write_all(&mut io, &mut frames).await.unwrap();
-            assert!(frames.is_empty());
+            let mut out = Outgoing::new(messages.iter().cloned().map(text).collect());
+            out.write_all(&mut io).await.unwrap();
+            assert!(out.frames.is_empty());
             assert_eq!(io.out, expected, "limit {limit}");
             if limit == 1 << 20 {
                 assert_eq!(io.calls, 100usize.div_ceil(FRAMES_PER_WRITE), "many frames per write");

@@ -8,7 +8,9 @@
 //! per vectored write.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -16,16 +18,15 @@ use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use super::frames::{self, Inbound, Outbound, Reader};
+use super::frames::{Inbound, Outbound, Outgoing, Reader, WireFrame};
 use crate::endpoint::{Admitted, Endpoint};
 use crate::hub::SocketShared;
 use crate::outbox::Close;
-use crate::serializer::{Frame, Serializer};
+use crate::serializer::Serializer;
 use crate::session::Session;
 use crate::socket::{ConnectInfo, SocketHandler};
 
@@ -76,16 +77,10 @@ pub(crate) async fn upgrade<H: SocketHandler>(State(endpoint): State<Arc<Endpoin
 
     endpoint.start_sweeper();
     let endpoint = endpoint.clone();
-    tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(error) => {
-                tracing::debug!(%error, "websocket upgrade failed");
-                return;
-            }
-        };
-        run(TokioIo::new(upgraded), endpoint, connection, serializer, guard).await;
-    });
+    // Registered now rather than in the task, so the task keeps no copy of the connection's
+    // id and user; if the upgrade then fails, the task unregisters it.
+    let socket = endpoint.hub.register(serializer, connection.id, connection.user, endpoint.config.outbound_queue);
+    tokio::spawn(run(on_upgrade, endpoint, socket, connection.assigns, guard));
 
     let mut response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -168,50 +163,66 @@ fn read_subprotocols(headers: &HeaderMap) -> (Option<String>, bool) {
     (token, phoenix)
 }
 
-async fn run<H: SocketHandler>(
-    mut io: Io,
+/// The socket's task. An idle socket's memory is mostly this future, so what is only needed at
+/// the end (closing) is boxed then rather than laid out in it, and the arguments are captured by
+/// an `async move` block (an `async fn` would keep a second copy of each).
+fn run<H: SocketHandler>(
+    on_upgrade: hyper::upgrade::OnUpgrade,
     endpoint: Arc<Endpoint<H>>,
-    connection: crate::socket::Connection<H::Assigns>,
-    serializer: Serializer,
-    _guard: Admitted,
-) {
-    let hub = endpoint.hub.clone();
-    let config = &endpoint.config;
-    let socket = hub.register(serializer, connection.id, connection.user, config.outbound_queue);
-    // Leaves the hub's indexes even if a channel callback panics and unwinds this task.
-    let registration = Registration { hub: &hub, socket: &socket };
-    // A shutdown that started after the upgrade began may have missed this socket.
-    if endpoint.lifecycle.is_shutting_down() {
-        socket.outbox.close(Close::GOING_AWAY);
+    socket: Arc<SocketShared>,
+    assigns: H::Assigns,
+    guard: Admitted,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let hub = &endpoint.hub;
+        let config = &endpoint.config;
+        // Leaves the hub's indexes even if a channel callback panics and unwinds this task.
+        let registration = Registration { hub, socket: &socket };
+        let mut io = match on_upgrade.await {
+            Ok(upgraded) => TokioIo::new(upgraded),
+            Err(error) => {
+                tracing::debug!(%error, "websocket upgrade failed");
+                return;
+            }
+        };
+        // A shutdown that started after the upgrade began may have missed this socket.
+        if endpoint.lifecycle.is_shutting_down() {
+            socket.outbox.close(Close::GOING_AWAY);
+        }
+        tracing::debug!(conn = socket.conn, serializer = ?socket.serializer, "socket connected");
+        let mut session = Session::new(
+            endpoint.handler.clone(),
+            assigns,
+            socket.clone(),
+            hub.clone(),
+            config.max_channels,
+        )
+        .with_inbound_rate(config.inbound_rate);
+
+        let mut reader = Reader::default();
+        let end = drive(&mut io, &mut reader, &mut session, &socket, config.max_frame_bytes).await;
+        Box::pin(session.terminate_all()).await;
+        drop(registration);
+        tracing::debug!(conn = socket.conn, ?end, "socket closed");
+
+        Box::pin(close(io, reader, end)).await;
+        drop(guard);
     }
-    tracing::debug!(conn = socket.conn, ?serializer, "socket connected");
-    let mut session = Session::new(
-        endpoint.handler.clone(),
-        connection.assigns,
-        socket.clone(),
-        hub.clone(),
-        config.max_channels,
-    )
-    .with_inbound_rate(config.inbound_rate);
+}
 
-    let mut reader = Reader::default();
-    let end = drive(&mut io, &mut reader, &mut session, &socket, config.max_frame_bytes).await;
-    Box::pin(session.terminate_all()).await;
-    drop(registration);
-    tracing::debug!(conn = socket.conn, ?end, "socket closed");
-
+/// The closing handshake, bounded in time: a client that stopped reading cannot hold the task.
+async fn close(mut io: Io, mut reader: Reader, end: End) {
     match end {
         End::Close(code, reason) => {
-            // Bounded: a client that stopped reading cannot hold the task.
-            let mut close = VecDeque::from([Outbound::close(code, reason)]);
-            if let Ok(Ok(())) = tokio::time::timeout(CLOSE_GRACE, frames::write_all(&mut io, &mut close)).await {
+            let mut close = Outgoing::new(VecDeque::from([Outbound::close(code, reason)]));
+            if let Ok(Ok(())) = tokio::time::timeout(CLOSE_GRACE, close.write_all(&mut io)).await {
                 finish(&mut io, &mut reader).await;
             }
         }
         End::PeerClosed(code) => {
             // Echo the client's code (RFC 6455 section 5.5.1), then the server closes TCP.
-            let mut close = VecDeque::from([Outbound::close(code.unwrap_or(1000), "")]);
-            let _ = tokio::time::timeout(CLOSE_GRACE, frames::write_all(&mut io, &mut close)).await;
+            let mut close = Outgoing::new(VecDeque::from([Outbound::close(code.unwrap_or(1000), "")]));
+            let _ = tokio::time::timeout(CLOSE_GRACE, close.write_all(&mut io)).await;
         }
         End::Broken => {}
     }
@@ -268,8 +279,7 @@ async fn drive<H: SocketHandler>(
                         }
                         break;
                     }
-                    let mut frames = frames.into_iter().map(outbound).collect();
-                    if let Some(end) = send_all(io, &mut frames, socket).await {
+                    if let Some(end) = send(io, Outgoing::new(frames), socket).await {
                         return end;
                     }
                 }
@@ -292,8 +302,8 @@ async fn drive<H: SocketHandler>(
                         Inbound::Text(text) => Box::pin(session.handle_text(&text)).await,
                         Inbound::Binary(data) => Box::pin(session.handle_binary(data)).await,
                         Inbound::Ping(data) => {
-                            let mut pong = VecDeque::from([Outbound::pong(data)]);
-                            if let Some(end) = send_all(io, &mut pong, socket).await {
+                            let pong = Outgoing::new(VecDeque::from([Outbound::Pong(data)]));
+                            if let Some(end) = send(io, pong, socket).await {
                                 return end;
                             }
                         }
@@ -306,18 +316,28 @@ async fn drive<H: SocketHandler>(
     }
 }
 
-fn outbound(frame: Frame) -> Outbound {
-    match frame {
-        Frame::Text(text) => Outbound::text(Bytes::from(text)),
-        Frame::Binary(data) => Outbound::binary(data),
+/// Write frames; `None` when all went out. Most writes complete at once, without a future; a
+/// client that stops reading blocks the rest, so a close request (slow consumer, disconnect,
+/// shutdown) interrupts it, and the connection is then closed without a close frame, since a
+/// frame may be half written.
+fn send<'a, F: WireFrame + Send + 'a>(
+    io: &'a mut Io,
+    mut out: Outgoing<F>,
+    socket: &'a SocketShared,
+) -> impl std::future::Future<Output = Option<End>> + Send + 'a {
+    // An `async move` block rather than an `async fn`, which would lay out `out` twice.
+    async move {
+        match poll_fn(|cx| Poll::Ready(out.poll_write(cx, io))).await {
+            Poll::Ready(Ok(())) => None,
+            Poll::Ready(Err(_)) => Some(End::Broken),
+            // Boxed: laid out in the socket's future, it would cost every idle socket its size.
+            Poll::Pending => Box::pin(send_blocked(io, out, socket)).await,
+        }
     }
 }
 
-/// Write frames; `None` when all went out. A client that stops reading blocks this write, so a
-/// close request (slow consumer, disconnect, shutdown) interrupts it; the connection is then
-/// closed without a close frame, since a frame may be half written.
-async fn send_all(io: &mut Io, frames: &mut VecDeque<Outbound>, socket: &SocketShared) -> Option<End> {
-    let write = frames::write_all(io, frames);
+async fn send_blocked<F: WireFrame>(io: &mut Io, mut out: Outgoing<F>, socket: &SocketShared) -> Option<End> {
+    let write = out.write_all(io);
     tokio::pin!(write);
     loop {
         tokio::select! {
