@@ -425,33 +425,44 @@ impl Clients {
     pub async fn targeted_latency_by_user(&mut self, repeats: usize) -> anyhow::Result<(Vec<(usize, Duration)>, usize)> {
         let (mut samples, mut lost) = (Vec::new(), 0);
         for k in 0..repeats {
-            let index = (k * 7919 + 13) % self.n;
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            let slot = &self.shared.targeted[seq as usize % SLOTS];
-            slot.reset();
-            let sent = self.shared.now();
-            match self.target.proto.targeted_frame(&user_id(index), seq) {
-                Some(frame) => self.control.send(frame).await.map_err(|_| anyhow!("control connection gone"))?,
+            match self.targeted_once(k).await? {
+                Some(sample) => samples.push(sample),
                 None => {
-                    let base = self.target.http_base.clone().ok_or_else(|| anyhow!("no HTTP base"))?;
-                    let status = self.post_message(&base, index, seq).await?;
-                    if !status.is_success() {
-                        bail!("POST /api/messages answered {status}");
+                    lost += 1;
+                    if lost >= GIVE_UP_AFTER && samples.len() < lost {
+                        break;
                     }
-                }
-            }
-            if self.wait_slot(slot, 1, Instant::now() + STEP_TIMEOUT).await {
-                samples.push((index, Duration::from_nanos(slot.first.load(Ordering::Acquire).saturating_sub(sent))));
-            } else {
-                lost += 1;
-                if lost >= GIVE_UP_AFTER && samples.len() < lost {
-                    break;
                 }
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         Ok((samples, lost))
+    }
+
+    /// Message number `k` (to online user `(k·7919 + 13) mod n`, so consecutive `k` reach
+    /// different users): (user index, send → receipt), or `None` when not received in 10 s.
+    pub async fn targeted_once(&mut self, k: usize) -> anyhow::Result<Option<(usize, Duration)>> {
+        let index = (k * 7919 + 13) % self.n.max(1);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let slot = &self.shared.targeted[seq as usize % SLOTS];
+        slot.reset();
+        let sent = self.shared.now();
+        match self.target.proto.targeted_frame(&user_id(index), seq) {
+            Some(frame) => self.control.send(frame).await.map_err(|_| anyhow!("control connection gone"))?,
+            None => {
+                let base = self.target.http_base.clone().ok_or_else(|| anyhow!("no HTTP base"))?;
+                let status = self.post_message(&base, index, seq).await?;
+                if !status.is_success() {
+                    bail!("POST /api/messages answered {status}");
+                }
+            }
+        }
+        if self.wait_slot(slot, 1, Instant::now() + STEP_TIMEOUT).await {
+            Ok(Some((index, Duration::from_nanos(slot.first.load(Ordering::Acquire).saturating_sub(sent)))))
+        } else {
+            Ok(None)
+        }
     }
 
     /// Drops every connection (the server sees them close).

@@ -7,7 +7,7 @@
 //! - `ws …` (scenarios 1–4 only), `http …` (scenario 5 only), `cluster …` (scenario 6 only:
 //!   `[--cluster-sizes 1000,10000]`, two Tako nodes on PostgreSQL and Redis; `all` and `ws` run it
 //!   too unless `--no-cluster`)
-//! - `online [--sizes 1000,50000] [--rounds 3] [--nodes 3] [--recipients 300] [--targeted 500]`: scenario 3
+//! - `online [--sizes 1000,50000] [--rounds 3] [--together] [--nodes 3] [--recipients 300] [--targeted 500]`: scenario 3
 //!   (targeted latency) with up to 50k online, on a Tako cluster with the idle sockets held by
 //!   `ballast` children (see online.rs)
 //! - `ballast --targets HOST:PORT,… --count K --first-index I`: holds K idle joined sockets,
@@ -260,6 +260,7 @@ async fn online_cmd(args: &Args) -> anyhow::Result<()> {
     let plan = online::OnlinePlan {
         sizes: online::parse_sizes(&args.value("--sizes").unwrap_or_else(|| "1000,50000".into()))?,
         rounds: num("--rounds", 3)?,
+        together: args.has("--together"),
         nodes: num("--nodes", 3)?,
         recipients: num("--recipients", 300)?,
         targeted: num("--targeted", 500)?,
@@ -299,8 +300,16 @@ async fn online_cmd(args: &Args) -> anyhow::Result<()> {
         );
         println!("Command: `{}cargo run --release -p bench -- {}`", if std::env::var("TAKO_BIN").is_ok() { "TAKO_BIN=… " } else { "" }, command.join(" "));
         println!(
-            "Plan: N online = {:?} on {} nodes, {} rounds (every other one in reverse order); {} recipients in the measuring process; {} targeted messages per run, one at a time (POST /api/messages on node A → the recipient's socket); ballast children of at most {} sockets, {} joins in flight each\n",
-            plan.sizes, plan.nodes, plan.rounds, plan.recipients, plan.targeted, plan.per_child, plan.concurrency
+            "Plan: N online = {:?} on {} nodes, {} rounds {}; {} recipients in the measuring process; {} targeted messages per run, one at a time (POST /api/messages on node A → the recipient's socket); ballast children of at most {} sockets, {} joins in flight each\n",
+            plan.sizes,
+            plan.nodes,
+            plan.rounds,
+            if plan.together {
+                "(each round: one cluster per N, all up at once, message k sent to each in turn)"
+            } else {
+                "(one cluster at a time, every other round in reverse order)"
+            },
+            plan.recipients, plan.targeted, plan.per_child, plan.concurrency
         );
         println!("Scenario 3 at up to 50k online (issue 8):\n");
         println!("{}", online::table(&rows, &label, plan.nodes));

@@ -52,6 +52,9 @@ pub struct OnlinePlan {
     /// The sizes are run this many times, every other round in reverse order (1k, 50k, 50k, 1k,
     /// …), so a drift in the shared machine's load weighs on every N alike; samples are pooled.
     pub rounds: usize,
+    /// Every round brings all sizes up at once (separate clusters and databases) and sends
+    /// message k to each in turn: a paired comparison under the same background load.
+    pub together: bool,
     pub nodes: usize,
     pub recipients: usize,
     pub targeted: usize,
@@ -81,6 +84,16 @@ impl OnlinePlan {
             }
         }
         Ok(())
+    }
+
+    /// The (round, N) runs, grouped by what is up at the same time: one run per group, or with
+    /// `together` one group per round.
+    pub fn groups(&self) -> Vec<Vec<(usize, usize)>> {
+        if self.together {
+            (1..=self.rounds).map(|r| self.sizes.iter().map(|&n| (r, n)).collect()).collect()
+        } else {
+            self.schedule().into_iter().map(|run| vec![run]).collect()
+        }
     }
 
     /// (round, N) in the order they run.
@@ -385,78 +398,190 @@ async fn users_online(port: u16) -> Option<u64> {
     metric_sum(&text, "tako_users_online").map(|v| v as u64)
 }
 
-/// Scenario 3 at every size of `plan`, fresh nodes per size, one PostgreSQL database for the
-/// run (dropped at the end whatever happened).
+/// Scenario 3 for every group of `plan.groups()`: fresh nodes for every run, a PostgreSQL
+/// database per N for the whole command (dropped at the end whatever happened).
 pub async fn run(paths: &Paths, plan: &OnlinePlan) -> anyhow::Result<Vec<OnlineRow>> {
     use sqlx::Executor;
     plan.check()?;
-    let max_n = plan.sizes.iter().copied().max().unwrap_or(0);
-    let db = format!("tako_bench_online_{}", std::process::id());
-    let url = db_url(&db);
+    let mut sizes = plan.sizes.clone();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let db = |n: usize| format!("tako_bench_online_{}_{n}", std::process::id());
     let admin = sqlx::PgPool::connect(PG_ADMIN).await.context("PostgreSQL on 127.0.0.1:5432")?;
-    admin.execute(format!("DROP DATABASE IF EXISTS {db}").as_str()).await?;
-    admin.execute(format!("CREATE DATABASE {db}").as_str()).await?;
     let result = async {
-        let status = crate::runner::tako_command_with(&paths.tako, &url).arg("migrate").stdout(Stdio::null()).status().await?;
-        if !status.success() {
-            bail!("tako migrate on PostgreSQL failed");
-        }
-        let pool = sqlx::PgPool::connect(&url).await?;
-        sqlx::query(INSERT_USERS).bind(max_n as i64).execute(&pool).await?;
-        pool.execute("VACUUM ANALYZE users").await?;
-        pool.close().await;
-        let mut rows = Vec::new();
-        for (round, n) in plan.schedule() {
-            eprintln!("online round {round} N={n} on {} nodes", plan.nodes);
-            let mut row = OnlineRow { round, n, ..Default::default() };
-            if let Err(e) = run_one(paths, &url, n, plan, &mut row).await {
-                eprintln!("  online N={n} failed: {e:#}");
-                row.notes.push(format!("stopped: {e:#}"));
+        let mut urls = std::collections::HashMap::new();
+        for &n in &sizes {
+            // Each N its own database: clusters that run at the same time share nothing but
+            // the PostgreSQL and Redis servers.
+            admin.execute(format!("DROP DATABASE IF EXISTS {}", db(n)).as_str()).await?;
+            admin.execute(format!("CREATE DATABASE {}", db(n)).as_str()).await?;
+            let url = db_url(&db(n));
+            let status = crate::runner::tako_command_with(&paths.tako, &url).arg("migrate").stdout(Stdio::null()).status().await?;
+            if !status.success() {
+                bail!("tako migrate on PostgreSQL failed");
             }
-            rows.push(row);
+            let pool = sqlx::PgPool::connect(&url).await?;
+            sqlx::query(INSERT_USERS).bind(n as i64).execute(&pool).await?;
+            pool.execute("VACUUM ANALYZE users").await?;
+            pool.close().await;
+            urls.insert(n, url);
+        }
+        let mut rows = Vec::new();
+        for group in plan.groups() {
+            rows.extend(run_group(paths, &urls, plan, &group).await);
         }
         Ok(rows)
     }
     .await;
-    admin.execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str()).await?;
+    for &n in &sizes {
+        let _ = admin.execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db(n)).as_str()).await;
+    }
     admin.close().await;
     result
 }
 
-async fn run_one(paths: &Paths, url: &str, n: usize, plan: &OnlinePlan, row: &mut OnlineRow) -> anyhow::Result<()> {
-    let cluster = format!("bench-online-{}-{}-{n}", std::process::id(), chrono::Utc::now().timestamp_millis());
-    let mut nodes: Vec<Server> = Vec::new();
-    for k in 0..plan.nodes {
-        let name = format!("online-{n}-{}", (b'a' + k as u8) as char);
-        match start_node_with(paths, url, &cluster, &name, &[("TAKO_PRESENCE", "off")]).await {
-            Ok(s) => nodes.push(s),
-            Err(e) => {
-                for s in nodes {
-                    s.stop().await;
-                }
-                return Err(e);
-            }
-        }
-    }
-    let dogs: Vec<Watchdog> = nodes.iter().map(|s| Watchdog::start(s.pid, paths.max_rss)).collect();
-    let mut children: Vec<Ballast> = Vec::new();
-    let result = measure(paths, n, plan, &nodes, &mut children, row).await;
-    for child in children {
-        child.stop().await;
-    }
-    for (k, dog) in dogs.into_iter().enumerate() {
-        if let Some(note) = dog.note() {
-            row.notes.push(format!("node {}: {note}", (b'A' + k as u8) as char));
-        }
-    }
-    for s in nodes {
-        s.stop().await;
-    }
-    result
+/// One N's cluster, up and joined.
+struct Up {
+    nodes: Vec<Server>,
+    dogs: Vec<Watchdog>,
+    children: Vec<Ballast>,
+    clients: Option<Clients>,
+    row: OnlineRow,
+    lost_in_a_row: usize,
 }
 
-async fn measure(paths: &Paths, n: usize, plan: &OnlinePlan, nodes: &[Server], children: &mut Vec<Ballast>, row: &mut OnlineRow) -> anyhow::Result<()> {
-    let targets: Vec<Target> = nodes
+impl Up {
+    async fn tear_down(mut self) -> OnlineRow {
+        if let Some(clients) = self.clients.take() {
+            clients.close().await;
+        }
+        for child in self.children {
+            child.stop().await;
+        }
+        for (k, dog) in self.dogs.into_iter().enumerate() {
+            if let Some(note) = dog.note() {
+                self.row.notes.push(format!("node {}: {note}", (b'A' + k as u8) as char));
+            }
+        }
+        for s in self.nodes {
+            s.stop().await;
+        }
+        self.row
+    }
+}
+
+/// Brings up every (round, N) of `group` one after another, waits until all are idle, then
+/// sends the messages: in a group of several, message k goes to each cluster in turn (the
+/// order rotating with k), so every N is measured under the same background load.
+async fn run_group(paths: &Paths, urls: &std::collections::HashMap<usize, String>, plan: &OnlinePlan, group: &[(usize, usize)]) -> Vec<OnlineRow> {
+    let mut ups: Vec<Up> = Vec::new();
+    for &(round, n) in group {
+        eprintln!("online round {round} N={n} on {} nodes{}", plan.nodes, if group.len() > 1 { " (up together with the group's other sizes)" } else { "" });
+        let mut up = Up {
+            nodes: Vec::new(),
+            dogs: Vec::new(),
+            children: Vec::new(),
+            clients: None,
+            row: OnlineRow { round, n, ..Default::default() },
+            lost_in_a_row: 0,
+        };
+        if let Err(e) = bring_up(paths, &urls[&n], plan, &mut up).await {
+            eprintln!("  online round {round} N={n} failed: {e:#}");
+            up.row.notes.push(format!("stopped: {e:#}"));
+            if let Some(clients) = up.clients.take() {
+                clients.close().await;
+            }
+        }
+        ups.push(up);
+    }
+    // Joins settle (the nodes' Redis subscriptions, the mailbox's queries) before measuring.
+    let pids: Vec<u32> = ups.iter().flat_map(|u| u.nodes.iter().map(|s| s.pid).chain(u.children.iter().map(|c| c.pid))).collect();
+    let settled = settle(&pids, Duration::from_secs(30)).await;
+    let load = loadavg();
+    for up in &mut ups {
+        up.row.settled = settled;
+        up.row.loadavg = load.clone();
+        if settled.is_none() {
+            up.row.notes.push("the nodes still used over 5% of a core 30 s after the joins; measured anyway".into());
+        }
+        for s in &up.nodes {
+            up.row.node_online.push(users_online(s.port).await);
+            up.row.node_rss.push(rss_of(s.pid).unwrap_or(0));
+        }
+    }
+    let live: Vec<usize> = (0..ups.len()).filter(|&i| ups[i].clients.is_some()).collect();
+    for k in 0..plan.targeted {
+        for j in 0..live.len() {
+            let up = &mut ups[live[(j + k) % live.len()]];
+            let Some(clients) = up.clients.as_mut() else { continue };
+            if up.lost_in_a_row >= 2 {
+                continue;
+            }
+            match clients.targeted_once(k).await {
+                Ok(Some((index, d))) => {
+                    up.row.samples.push((node_of(index, plan.nodes) == 0, d));
+                    up.lost_in_a_row = 0;
+                }
+                Ok(None) => {
+                    up.row.lost += 1;
+                    up.lost_in_a_row += 1;
+                }
+                Err(e) => {
+                    up.row.notes.push(format!("stopped: {e:#}"));
+                    up.lost_in_a_row = usize::MAX;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let mut rows = Vec::new();
+    for mut up in ups {
+        let row = &mut up.row;
+        (row.all, row.local, row.remote) = split_quantiles(&row.samples);
+        if row.lost > 0 {
+            row.notes.push(format!("{} targeted messages not received within 10 s", row.lost));
+        }
+        if up.lost_in_a_row >= 2 && up.lost_in_a_row != usize::MAX {
+            row.notes.push("incomplete: stopped after two messages in a row were lost".into());
+        }
+        // Everyone still online at the end?
+        if let Some(clients) = &up.clients {
+            let mut gone = clients.dropped();
+            for child in up.children.iter_mut() {
+                match child.status().await {
+                    Ok((_, dropped)) => gone += dropped,
+                    Err(e) => row.notes.push(format!("incomplete: {e:#}")),
+                }
+            }
+            if gone > 0 {
+                row.notes.push(format!("incomplete: {gone} sockets were closed by a node during the run"));
+            }
+        }
+        eprintln!(
+            "  [online round {} n={}] targeted {} (node A {}, via Redis {}), load {}",
+            row.round,
+            row.n,
+            q(row.all),
+            q(row.local),
+            q(row.remote),
+            row.loadavg.clone().unwrap_or_default()
+        );
+        rows.push(up.tear_down().await);
+    }
+    rows
+}
+
+async fn bring_up(paths: &Paths, url: &str, plan: &OnlinePlan, up: &mut Up) -> anyhow::Result<()> {
+    let (round, n) = (up.row.round, up.row.n);
+    let cluster = format!("bench-online-{}-{}-{round}-{n}", std::process::id(), chrono::Utc::now().timestamp_millis());
+    for k in 0..plan.nodes {
+        let name = format!("online-{round}-{n}-{}", (b'a' + k as u8) as char);
+        let node = start_node_with(paths, url, &cluster, &name, &[("TAKO_PRESENCE", "off")]).await?;
+        up.dogs.push(Watchdog::start(node.pid, paths.max_rss));
+        up.nodes.push(node);
+    }
+    let targets: Vec<Target> = up
+        .nodes
         .iter()
         .map(|s| Target { proto: Proto::Phoenix, addr: ([127, 0, 0, 1], s.port).into(), http_base: Some(format!("http://127.0.0.1:{}", s.port)) })
         .collect();
@@ -466,59 +591,30 @@ async fn measure(paths: &Paths, n: usize, plan: &OnlinePlan, nodes: &[Server], c
     // The recipients (users 0..R, user i on node i mod nodes) and the control connection
     // (user R, node A), in this process.
     let (mut clients, joined) = Clients::connect_spread(targets.clone(), plan.recipients, Some(64)).await?;
-    row.recipients = joined.joined;
+    up.row.recipients = joined.joined;
     if joined.joined < plan.recipients {
-        row.notes.push(format!("incomplete: {} of {} recipients joined ({} errors)", joined.joined, plan.recipients, joined.errors));
+        up.row.notes.push(format!("incomplete: {} of {} recipients joined ({} errors)", joined.joined, plan.recipients, joined.errors));
     }
-    // The ballast: users R+1 .. N-1, in children of at most `per_child` sockets, all at once.
-    let list = targets.iter().map(|t| t.addr.to_string()).collect::<Vec<_>>().join(",");
-    let wanted = n - plan.recipients - 1;
-    for (first, count) in split_children(plan.recipients + 1, wanted, plan.per_child) {
-        children.push(Ballast::spawn(paths, &list, first, count, plan.concurrency, plan.join_secs).await?);
-    }
-    row.children = children.len();
-    for child in children.iter_mut() {
-        let (ok, errors) = child.report("ready", Duration::from_secs(plan.join_secs + 30)).await?;
-        row.ballast += ok;
-        if ok < child.count {
-            row.notes.push(format!("incomplete: ballast child {}: {ok} of {} joined ({errors} errors; see its log)", child.pid, child.count));
-        }
-    }
-    row.join_time = Some(started.elapsed());
-    eprintln!("  [online round {} n={n}] {} recipients + {} ballast joined in {:?}", row.round, row.recipients, row.ballast, started.elapsed());
-    // Joins settle (the nodes' Redis subscriptions, the mailbox's queries) before measuring.
-    let pids: Vec<u32> = nodes.iter().map(|s| s.pid).chain(children.iter().map(|c| c.pid)).collect();
-    row.settled = settle(&pids, Duration::from_secs(30)).await;
-    if row.settled.is_none() {
-        row.notes.push("the nodes still used over 5% of a core 30 s after the joins; measured anyway".into());
-    }
-    for s in nodes {
-        row.node_online.push(users_online(s.port).await);
-        row.node_rss.push(rss_of(s.pid).unwrap_or(0));
-    }
-    row.loadavg = loadavg();
     match clients.targeted_available().await? {
         Ok(()) => {}
         Err(why) => bail!("targeted messages: {why}"),
     }
-    let (samples, lost) = clients.targeted_latency_by_user(plan.targeted).await?;
-    row.lost = lost;
-    row.samples = samples.iter().map(|&(i, d)| (node_of(i, plan.nodes) == 0, d)).collect();
-    (row.all, row.local, row.remote) = split_quantiles(&row.samples);
-    if lost > 0 {
-        row.notes.push(format!("{lost} targeted messages not received within 10 s"));
+    up.clients = Some(clients);
+    // The ballast: users R+1 .. N-1, in children of at most `per_child` sockets, all at once.
+    let list = targets.iter().map(|t| t.addr.to_string()).collect::<Vec<_>>().join(",");
+    for (first, count) in split_children(plan.recipients + 1, n - plan.recipients - 1, plan.per_child) {
+        up.children.push(Ballast::spawn(paths, &list, first, count, plan.concurrency, plan.join_secs).await?);
     }
-    eprintln!("  [online round {} n={n}] targeted {} (node A {}, via Redis {}), load {}", row.round, q(row.all), q(row.local), q(row.remote), row.loadavg.clone().unwrap_or_default());
-    // Everyone still online at the end?
-    let mut gone = clients.dropped();
-    for child in children.iter_mut() {
-        let (_, dropped) = child.status().await?;
-        gone += dropped;
+    up.row.children = up.children.len();
+    for child in up.children.iter_mut() {
+        let (ok, errors) = child.report("ready", Duration::from_secs(plan.join_secs + 30)).await?;
+        up.row.ballast += ok;
+        if ok < child.count {
+            up.row.notes.push(format!("incomplete: ballast child {}: {ok} of {} joined ({errors} errors; see its log)", child.pid, child.count));
+        }
     }
-    if gone > 0 {
-        row.notes.push(format!("incomplete: {gone} sockets were closed by a node during the run"));
-    }
-    clients.close().await;
+    up.row.join_time = Some(started.elapsed());
+    eprintln!("  [online round {round} n={n}] {} recipients + {} ballast joined in {:?}", up.row.recipients, up.row.ballast, started.elapsed());
     Ok(())
 }
 
@@ -685,6 +781,7 @@ mod tests {
         let plan = |sizes: Vec<usize>, nodes| OnlinePlan {
             sizes,
             rounds: 3,
+            together: false,
             nodes,
             recipients: 300,
             targeted: 200,
@@ -699,6 +796,9 @@ mod tests {
             plan(vec![1000, 20_000, 50_000], 3).schedule(),
             vec![(1, 1000), (1, 20_000), (1, 50_000), (2, 50_000), (2, 20_000), (2, 1000), (3, 1000), (3, 20_000), (3, 50_000)]
         );
+        assert_eq!(plan(vec![1000, 50_000], 3).groups().len(), 6);
+        let together = OnlinePlan { rounds: 2, together: true, ..plan(vec![1000, 50_000], 3) };
+        assert_eq!(together.groups(), vec![vec![(1, 1000), (1, 50_000)], vec![(2, 1000), (2, 50_000)]]);
     }
 
     #[test]
