@@ -15,7 +15,7 @@ use crate::realtime::Realtime;
 
 pub struct Application {
     listener: TcpListener,
-    router: axum::Router,
+    router: HttpService,
     store: Arc<dyn Store>,
     realtime: Realtime,
     shutdown_timeout: std::time::Duration,
@@ -23,25 +23,38 @@ pub struct Application {
     metrics_listener: Option<(TcpListener, axum::Router)>,
 }
 
+/// The whole HTTP service: the router inside the observability layers.
+pub(crate) type HttpService = tower::util::BoxCloneSyncService<axum::extract::Request, axum::response::Response, std::convert::Infallible>;
+
 /// Every HTTP request gets an `x-request-id` (the caller's, or a new UUID, echoed in the
 /// answer), a span carrying it (see `telemetry::http_span`: no query strings, no UUIDs), an
 /// info log line with its status and latency, and its place in the HTTP metrics.
-fn observed(router: axum::Router, metrics: Arc<Metrics>) -> axum::Router {
+///
+/// These layers wrap the router from outside (a tower stack) rather than through
+/// `Router::layer`: that one boxes every route once more per layer, and axum clones a route's
+/// whole boxed stack on every request (each `from_fn` level once more), so each layer added
+/// that way made every request pay for cloning all the layers below it. Only the route
+/// template needs the router's match, so `mark_route` stays a route layer.
+fn observed(router: axum::Router, metrics: Arc<Metrics>) -> HttpService {
     use axum::middleware::{from_fn, from_fn_with_state};
+    use axum::response::IntoResponse;
+    use tower::ServiceBuilder;
     use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
     use tower_http::trace::{DefaultOnResponse, TraceLayer};
     let request_id = axum::http::HeaderName::from_static("x-request-id");
-    router
-        .route_layer(from_fn(crate::metrics::mark_route))
-        .layer(from_fn_with_state(metrics, crate::metrics::track_http))
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+    let service = ServiceBuilder::new()
+        .map_response(IntoResponse::into_response)
+        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(crate::telemetry::http_span)
                 .on_request(())
                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
         )
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(request_id))
+        .layer(from_fn_with_state(metrics, crate::metrics::track_http))
+        .service(router.route_layer(from_fn(crate::metrics::mark_route)));
+    HttpService::new(service)
 }
 
 impl Application {
@@ -110,7 +123,7 @@ impl Application {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let server = axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
+        let server = axum::serve(self.listener, axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(self.router))
             .with_graceful_shutdown(stopped(stop_rx.clone()));
         let mut server = std::pin::pin!(server.into_future());
         // Whichever comes first, sockets are closed with 1001 before the process may exit:
