@@ -1,8 +1,7 @@
 //! Bearer tokens: the public client token of the web app, and the operators' admin token.
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::header;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
@@ -57,15 +56,15 @@ fn bearer(request: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Middleware for every `/api` route: 401 without a valid token, else the caller's `Role` is
-/// put in the request's extensions for handlers that need more.
-pub async fn authenticate(State(tokens): State<std::sync::Arc<Tokens>>, mut request: Request, next: Next) -> Response {
-    match tokens.role_for(bearer(&request)) {
+/// Every `/api` route: 401 without a valid token, else the caller's `Role` is put in the
+/// request's extensions for handlers that need more.
+pub fn authorize(tokens: &Tokens, request: &mut Request) -> Result<(), Response> {
+    match tokens.role_for(bearer(request)) {
         Some(role) => {
             request.extensions_mut().insert(role);
-            next.run(request).await
+            Ok(())
         }
-        None => ApiError::unauthorized().into_response(),
+        None => Err(ApiError::unauthorized().into_response()),
     }
 }
 

@@ -3,7 +3,6 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -97,10 +96,11 @@ pub fn content_type_supported(headers: &HeaderMap) -> bool {
     }
 }
 
-/// Middleware for every JSON:API route: 406 and 415 before any handler runs.
-pub async fn negotiate(request: Request, next: Next) -> Response {
+/// Every JSON:API route, before any handler runs: the 406 or 415 answer `request` gets from
+/// content negotiation, if any.
+pub fn refusal(request: &Request) -> Option<Response> {
     if !accepts(request.headers()) {
-        return ApiError::not_acceptable().into_response();
+        return Some(ApiError::not_acceptable().into_response());
     }
     // A body is announced by its length or by chunked encoding; a bare `POST /api/ping` has none.
     let headers = request.headers();
@@ -108,9 +108,9 @@ pub async fn negotiate(request: Request, next: Next) -> Response {
         || headers.contains_key(header::TRANSFER_ENCODING);
     let has_body = matches!(*request.method(), Method::POST | Method::PATCH | Method::PUT) && announces_body;
     if has_body && !content_type_supported(request.headers()) {
-        return ApiError::unsupported_media_type().into_response();
+        return Some(ApiError::unsupported_media_type().into_response());
     }
-    next.run(request).await
+    None
 }
 
 /// A JSON object body of at most 64 KiB. Malformed JSON (the web client interpolates strings

@@ -14,13 +14,13 @@ mod users;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
-use axum::handler::Handler;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method};
-use axum::middleware::{from_fn, from_fn_with_state};
-use axum::response::IntoResponse;
+use axum::middleware::{from_fn_with_state, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use tower::ServiceBuilder;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
@@ -45,8 +45,8 @@ pub struct AppState {
 /// The HTTP routes of Tako (sockets are nested in by `startup`).
 pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     let jsonapi = Router::new()
-        .route(users::BASE, get(users::list).post(users::create.layer(from_fn_with_state(state.clone(), ops::limit_registrations))))
-        .route(&format!("{}/", users::BASE), get(users::list).post(users::create.layer(from_fn_with_state(state.clone(), ops::limit_registrations))))
+        .route(users::BASE, get(users::list).post(users::create))
+        .route(&format!("{}/", users::BASE), get(users::list).post(users::create))
         .route(&format!("{}/{{id}}", users::BASE), get(users::show).patch(users::update).delete(users::delete))
         .route("/api/json/leaderboard", get(leaderboard::leaderboard))
         .route("/api/json/open_api", get(openapi::open_api))
@@ -56,8 +56,7 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .route("/api/ping", post(operators::ping))
         .route("/api/users/search", get(ops::search_users))
         .route("/api/presence/{topic}", get(presence::list))
-        .route_layer(from_fn(jsonapi::negotiate))
-        .route_layer(from_fn_with_state(state.tokens.clone(), auth::authenticate));
+        .route_layer(from_fn_with_state(state.tokens.clone(), guard));
 
     Router::new()
         .route("/healthz", get(health::healthz))
@@ -66,12 +65,30 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .merge(jsonapi)
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed().into_response() })
-        .layer(DefaultBodyLimit::max(jsonapi::MAX_BODY_BYTES))
-        // A client that announces a body and never sends it does not hold a connection (and a
-        // handler) forever: reading the body fails after this, and the request gets a 400.
-        .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
-        .layer(cors(cors_origins))
+        // One layer, not three: each `Router::layer` boxes every route once more, and axum
+        // clones a route's whole stack of boxes on every request.
+        .layer(
+            ServiceBuilder::new()
+                .layer(cors(cors_origins))
+                // A client that announces a body and never sends it does not hold a connection
+                // (and a handler) forever: reading the body fails after this, and the request
+                // gets a 400.
+                .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
+                .layer(DefaultBodyLimit::max(jsonapi::MAX_BODY_BYTES)),
+        )
         .with_state(state)
+}
+
+/// Every JSON:API route: the token first (401, else the caller's `Role` for the handler), then
+/// content negotiation (406, 415). One route layer for both, for the reason given above.
+async fn guard(State(tokens): State<Arc<Tokens>>, mut request: Request, next: Next) -> Response {
+    if let Err(refused) = auth::authorize(&tokens, &mut request) {
+        return refused;
+    }
+    if let Some(refused) = jsonapi::refusal(&request) {
+        return refused;
+    }
+    next.run(request).await
 }
 
 /// As the original: any origin unless `TAKO_CORS_ORIGINS` names some.

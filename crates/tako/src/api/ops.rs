@@ -6,9 +6,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use governor::clock::{Clock, DefaultClock};
@@ -53,27 +53,37 @@ impl HttpLimits {
     }
 }
 
-/// Middleware on user registration: 429 with `Retry-After` over the per-address rate.
-pub async fn limit_registrations(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-    let ip = channels::client_ip(request.headers(), peer, state.limits.trust_proxy);
-    match state.limits.registration(ip) {
-        Ok(()) => next.run(request).await,
-        Err(wait) => {
-            state.metrics.rate_limited("registrations");
-            let seconds = wait.as_secs().max(1);
-            tracing::info!(retry_after = seconds, "registration refused: rate limit for this address");
-            let mut response = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "Too many requests",
-                format!("Too many registrations from this address; retry in {seconds} s"),
-            )
-            .into_response();
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-            response
+/// Extractor on user registration: 429 with `Retry-After` over the per-address rate. Taken
+/// before the body, as a middleware would (an extractor rather than a handler layer: that one
+/// builds its layer and clones the state on every request).
+pub struct RegistrationAllowed;
+
+impl FromRequestParts<AppState> for RegistrationAllowed {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+        let ip = channels::client_ip(&parts.headers, peer, state.limits.trust_proxy);
+        match state.limits.registration(ip) {
+            Ok(()) => Ok(RegistrationAllowed),
+            Err(wait) => Err(registration_refused(state, wait)),
         }
     }
+}
+
+fn registration_refused(state: &AppState, wait: Duration) -> Response {
+    state.metrics.rate_limited("registrations");
+    let seconds = wait.as_secs().max(1);
+    tracing::info!(retry_after = seconds, "registration refused: rate limit for this address");
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "Too many requests",
+        format!("Too many registrations from this address; retry in {seconds} s"),
+    )
+    .into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
 }
 
 /// `GET /readyz`: 200 when this node can serve (database answers, not shutting down), else

@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 use super::auth::{require_admin, Role};
 use super::error::{ApiError, ErrorDocument};
 use super::jsonapi::{JsonApi, JsonApiVersion, ResourceObject};
+use super::ops::RegistrationAllowed;
 use super::AppState;
 use crate::accounts::{Nickname, StampCount, Timestamp, User, UserChanges, UserId};
 
@@ -264,7 +265,11 @@ fn parse_id(id: Result<Path<String>, PathRejection>) -> Result<UserId, ApiError>
     ),
     security(("bearer" = []))
 )]
-pub async fn create(State(state): State<AppState>, body: ResourceObject) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<AppState>,
+    _: RegistrationAllowed,
+    body: ResourceObject,
+) -> Result<Response, ApiError> {
     body.expect_type(TYPE)?;
     if body.id().is_some() {
         return Err(ApiError::forbidden("The server generates user ids; do not send one").at_pointer("/data/id"));
