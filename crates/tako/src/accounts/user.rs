@@ -90,8 +90,33 @@ impl Timestamp {
     }
 
     /// ISO 8601 with six fractional digits and `Z`, the form the original's JSON uses.
+    ///
+    /// Written digit by digit: every user document carries two of these, and chrono's
+    /// `format` parses its pattern again on each call (a third of a registration's own work
+    /// in serializing). Years outside 0–9999 keep chrono's spelling (`+10000`, `-0001`).
     pub fn to_iso8601(&self) -> String {
-        self.0.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+        use chrono::{Datelike, Timelike};
+        let at = &self.0;
+        let year = at.year();
+        if !(0..=9999).contains(&year) {
+            return at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        }
+        fn put(out: &mut [u8], mut value: u32) {
+            for byte in out.iter_mut().rev() {
+                *byte = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        }
+        let mut text = *b"0000-00-00T00:00:00.000000Z";
+        put(&mut text[0..4], year as u32);
+        put(&mut text[5..7], at.month());
+        put(&mut text[8..10], at.day());
+        put(&mut text[11..13], at.hour());
+        put(&mut text[14..16], at.minute());
+        put(&mut text[17..19], at.second());
+        // As `%.6f`: the nanoseconds truncated to microseconds.
+        put(&mut text[20..26], at.nanosecond() / 1_000);
+        String::from_utf8(text.to_vec()).expect("ASCII digits")
     }
 }
 
@@ -154,5 +179,25 @@ mod tests {
         assert_eq!(at.to_iso8601(), "2023-11-14T22:13:20.123456Z");
         assert_eq!(at.as_micros(), 1_700_000_000_123_456);
         assert_eq!(Timestamp::from_micros(0).to_iso8601(), "1970-01-01T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn iso8601_is_chronos_spelling() {
+        let chrono = |t: Timestamp| t.as_datetime().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        for micros in [
+            0,
+            1,
+            999_999,
+            -1,
+            1_700_000_000_123_456,
+            951_782_400_000_001, // 2000-02-29
+            -62_167_219_200_000_000, // 0000-01-01
+            -62_167_219_200_000_001, // the year -1
+            253_402_300_799_999_999, // 9999-12-31T23:59:59.999999
+            253_402_300_800_000_000, // 10000-01-01
+        ] {
+            let t = Timestamp::from_micros(micros);
+            assert_eq!(t.to_iso8601(), chrono(t), "{micros}");
+        }
     }
 }

@@ -173,14 +173,17 @@ pub struct UserUpdateDocument {
 }
 
 fn resource(user: &User) -> UserResource {
+    let inserted_at = user.inserted_at.to_iso8601();
+    // A new user's two timestamps are the same instant: format it once.
+    let updated_at = if user.updated_at == user.inserted_at { inserted_at.clone() } else { user.updated_at.to_iso8601() };
     UserResource {
         id: user.id.to_string(),
         type_: UserType::User,
         attributes: UserAttributes {
             nickname: user.nickname.as_ref().map(|n| n.as_str().to_owned()),
             stamps_collected: user.stamps_collected.get(),
-            inserted_at: user.inserted_at.to_iso8601(),
-            updated_at: user.updated_at.to_iso8601(),
+            inserted_at,
+            updated_at,
         },
         relationships: Map::new(),
         links: SelfLinks { self_: self_link(user.id) },
@@ -189,11 +192,9 @@ fn resource(user: &User) -> UserResource {
 }
 
 fn document(user: &User) -> UserDocument {
-    UserDocument {
-        data: resource(user),
-        jsonapi: JsonApiVersion::default(),
-        links: SelfLinks { self_: self_link(user.id) },
-    }
+    let data = resource(user);
+    let links = SelfLinks { self_: data.links.self_.clone() };
+    UserDocument { data, jsonapi: JsonApiVersion::default(), links }
 }
 
 /// Reads the writable attributes, collecting every problem into one 400 document.
@@ -285,8 +286,10 @@ pub async fn create(
     };
     state.store.create(&user).await?;
     state.realtime.user_registered(user.id, user.nickname.clone());
-    let mut response = JsonApi(StatusCode::CREATED, document(&user)).into_response();
-    if let Ok(location) = HeaderValue::from_str(&self_link(user.id)) {
+    let document = document(&user);
+    let location = HeaderValue::from_str(&document.links.self_);
+    let mut response = JsonApi(StatusCode::CREATED, document).into_response();
+    if let Ok(location) = location {
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
