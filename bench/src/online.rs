@@ -44,6 +44,8 @@ use crate::stats::{fmt_bytes, fmt_duration, quantiles, rss_of, Quantiles};
 
 /// Sockets one process (a node or a ballast child) may hold here: 20,000 files, minus margin.
 pub const MAX_PER_PROCESS: usize = 19_000;
+/// Messages sent to each cluster before the measured ones (not recorded).
+const WARM_UP: usize = 30;
 /// One ballast socket's connect + join.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -428,7 +430,7 @@ pub async fn run(paths: &Paths, plan: &OnlinePlan) -> anyhow::Result<Vec<OnlineR
         }
         let mut rows = Vec::new();
         for group in plan.groups() {
-            rows.extend(run_group(paths, &urls, plan, &group).await);
+            rows.extend(run_group(paths, &admin, &urls, plan, &group).await);
         }
         Ok(rows)
     }
@@ -473,7 +475,13 @@ impl Up {
 /// Brings up every (round, N) of `group` one after another, waits until all are idle, then
 /// sends the messages: in a group of several, message k goes to each cluster in turn (the
 /// order rotating with k), so every N is measured under the same background load.
-async fn run_group(paths: &Paths, urls: &std::collections::HashMap<usize, String>, plan: &OnlinePlan, group: &[(usize, usize)]) -> Vec<OnlineRow> {
+async fn run_group(
+    paths: &Paths,
+    admin: &sqlx::PgPool,
+    urls: &std::collections::HashMap<usize, String>,
+    plan: &OnlinePlan,
+    group: &[(usize, usize)],
+) -> Vec<OnlineRow> {
     let mut ups: Vec<Up> = Vec::new();
     for &(round, n) in group {
         eprintln!("online round {round} N={n} on {} nodes{}", plan.nodes, if group.len() > 1 { " (up together with the group's other sizes)" } else { "" });
@@ -490,6 +498,21 @@ async fn run_group(paths: &Paths, urls: &std::collections::HashMap<usize, String
             up.row.notes.push(format!("stopped: {e:#}"));
             if let Some(clients) = up.clients.take() {
                 clients.close().await;
+            }
+        } else if group.len() > 1 {
+            // PostgreSQL here allows 100 connections and each node's pool keeps up to 16 that
+            // the joins opened: close this cluster's idle ones so the next cluster can start.
+            // The nodes reopen what the messages need (during the unmeasured warm-up below).
+            let db = urls[&n].rsplit('/').next().unwrap_or_default().to_owned();
+            let closed: Result<i64, _> = sqlx::query_scalar(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND state = 'idle' AND pid <> pg_backend_pid()",
+            )
+            .bind(&db)
+            .fetch_one(admin)
+            .await;
+            match closed {
+                Ok(k) => eprintln!("  [online round {round} n={n}] closed {k} idle PostgreSQL connections of its nodes"),
+                Err(e) => up.row.notes.push(format!("closing idle PostgreSQL connections failed: {e}")),
             }
         }
         ups.push(up);
@@ -510,6 +533,14 @@ async fn run_group(paths: &Paths, urls: &std::collections::HashMap<usize, String
         }
     }
     let live: Vec<usize> = (0..ups.len()).filter(|&i| ups[i].clients.is_some()).collect();
+    // Warm-up, not recorded: connections (HTTP, the nodes' database pools) opened again.
+    for k in 0..WARM_UP {
+        for &i in &live {
+            if let Some(clients) = ups[i].clients.as_mut() {
+                let _ = clients.targeted_once(k).await;
+            }
+        }
+    }
     for k in 0..plan.targeted {
         for j in 0..live.len() {
             let up = &mut ups[live[(j + k) % live.len()]];
@@ -698,7 +729,7 @@ pub fn table(rows: &[OnlineRow], label: &str, nodes: usize) -> String {
     );
     let _ = writeln!(
         out,
-        "- N online = recipients (this process) + the control connection (node A) + idle ballast sockets held by `bench ballast` child processes; the socket of user i is on node i mod {nodes}. \"users online per node\" is each node's `tako_users_online` after the joins."
+        "- With several N up at once (`--together`), each cluster's idle PostgreSQL connections are closed once its joins are done (PostgreSQL allows 100, each node's pool keeps up to 16); every run starts with 30 unrecorded messages per cluster that reopen them. The clusters share the machine's kernel (socket tables), PostgreSQL and Redis: the paired comparison shows what grows with N inside Tako's nodes.\n- N online = recipients (this process) + the control connection (node A) + idle ballast sockets held by `bench ballast` child processes; the socket of user i is on node i mod {nodes}. \"users online per node\" is each node's `tako_users_online` after the joins."
     );
     if let Some((bn, b)) = base {
         for (n, c) in pooled.iter().filter(|p| p.n > bn).filter_map(|p| Some((p.n, p.all?))) {
