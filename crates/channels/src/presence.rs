@@ -11,9 +11,9 @@
 //! with [`Hub::presence_drop_node`], so a cluster bus can later replicate each node's share.
 //!
 //! Presence on a topic everyone joins grows as N²: each join sends a diff to everyone. Changes
-//! are therefore coalesced per topic over `interval` (joins and leaves of the same `phx_ref`
-//! within one interval cancel out) and each flush is one broadcast, encoded once per
-//! serializer. A joiner receives `presence_state` as of the last flush, encoded once per flush
+//! are therefore coalesced per topic over `interval`, longer on big topics (see
+//! [`flush_interval`]; joins and leaves of the same `phx_ref` within one interval cancel out)
+//! and each flush is one broadcast, encoded once per serializer. A joiner receives `presence_state` as of the last flush, encoded once per flush
 //! and shared by every joiner until the next; the changes since are in the next diff, which it
 //! receives because it subscribed before reading the state. Diffs are idempotent for the client
 //! (a join of a known `phx_ref` or a leave of an unknown one changes nothing), so overlaps are
@@ -43,6 +43,20 @@ use crate::serializer::{Frame, Serializer};
 
 pub(crate) const STATE_EVENT: &str = "presence_state";
 pub(crate) const DIFF_EVENT: &str = "presence_diff";
+
+/// Members per multiple of the coalescing interval: a topic of 10,000 keys flushes every 10
+/// intervals (500 ms by default), so its diffs cost at most ~20,000 frames a second.
+const KEYS_PER_INTERVAL: usize = 1000;
+/// The longest a change waits for its diff, however large the topic.
+const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long changes of a topic with `keys` keys are coalesced: `base` per started thousand
+/// keys, at most [`MAX_FLUSH_INTERVAL`] (never less than `base`). Every diff is one frame to
+/// every subscriber, so on a big topic a short interval would spend the server on frames.
+fn flush_interval(base: Duration, keys: usize) -> Duration {
+    let multiple = keys.div_ceil(KEYS_PER_INTERVAL).max(1) as u32;
+    base.saturating_mul(multiple).min(MAX_FLUSH_INTERVAL.max(base))
+}
 
 /// Largest presence frame (the encoded message, before the WebSocket header) sent to a socket.
 pub(crate) const MAX_FRAME_BYTES: usize = 16 * 1024;
@@ -352,7 +366,8 @@ impl Presence {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 tp.flush_scheduled = true;
-                let (hub, topic, interval) = (hub.clone(), topic.clone(), self.interval);
+                let interval = flush_interval(self.interval, tp.keys.len());
+                let (hub, topic) = (hub.clone(), topic.clone());
                 runtime.spawn(async move {
                     tokio::time::sleep(interval).await;
                     hub.presence().flush(&hub, &topic);
@@ -646,6 +661,17 @@ mod tests {
             texts(&c),
             vec![json!([null, null, "t", "presence_state", {"alice": {"metas": [{"nick": "A", "phx_ref": r}]}}])]
         );
+    }
+
+    #[test]
+    fn big_topics_coalesce_longer() {
+        let base = Duration::from_millis(50);
+        assert_eq!(flush_interval(base, 0), base);
+        assert_eq!(flush_interval(base, 1000), base);
+        assert_eq!(flush_interval(base, 1001), base * 2);
+        assert_eq!(flush_interval(base, 10_000), Duration::from_millis(500));
+        assert_eq!(flush_interval(base, 1_000_000), MAX_FLUSH_INTERVAL);
+        assert_eq!(flush_interval(Duration::from_secs(3), 50_000), Duration::from_secs(3));
     }
 
     #[test]
