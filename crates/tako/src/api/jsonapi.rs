@@ -1,6 +1,6 @@
 //! JSON:API plumbing: media types, content negotiation, request bodies and response documents.
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -31,7 +31,16 @@ pub struct JsonApi<T>(pub StatusCode, pub T);
 
 impl<T: Serialize> IntoResponse for JsonApi<T> {
     fn into_response(self) -> Response {
-        let mut response = (self.0, axum::Json(self.1)).into_response();
+        // Serialized into a buffer that fits a user document at once (axum's `Json` starts at
+        // 128 bytes and grows). A failure's message is the body, with the status and media
+        // type given, as when this went through `(status, Json(…))`.
+        let mut buffer = Vec::with_capacity(1024);
+        let body = match serde_json::to_writer(&mut buffer, &self.1) {
+            Ok(()) => Body::from(buffer),
+            Err(error) => Body::from(error.to_string()),
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = self.0;
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(MEDIA_TYPE));
         response
     }
@@ -172,7 +181,7 @@ impl ResourceObject {
     }
 
     /// The attributes object (empty when absent); relationships are not writable here.
-    pub fn attributes(&self) -> Result<Map<String, Value>, ApiError> {
+    pub fn attributes(mut self) -> Result<Map<String, Value>, ApiError> {
         match self.0.get("relationships") {
             None => {}
             Some(Value::Object(r)) if r.is_empty() => {}
@@ -181,9 +190,9 @@ impl ResourceObject {
                     .at_pointer("/data/relationships"))
             }
         }
-        match self.0.get("attributes") {
+        match self.0.remove("attributes") {
             None | Some(Value::Null) => Ok(Map::new()),
-            Some(Value::Object(attributes)) => Ok(attributes.clone()),
+            Some(Value::Object(attributes)) => Ok(attributes),
             Some(_) => Err(ApiError::invalid_body("`attributes` must be an object").at_pointer("/data/attributes")),
         }
     }
