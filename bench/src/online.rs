@@ -44,6 +44,8 @@ use crate::stats::{fmt_bytes, fmt_duration, quantiles, rss_of, Quantiles};
 
 /// Sockets one process (a node or a ballast child) may hold here: 20,000 files, minus margin.
 pub const MAX_PER_PROCESS: usize = 19_000;
+/// PostgreSQL connections one Tako node's pool may hold (crates/tako/src/storage/postgres.rs).
+const PG_POOL: usize = 16;
 /// Messages sent to each cluster before the measured ones (not recorded).
 const WARM_UP: usize = 30;
 /// One ballast socket's connect + join.
@@ -493,7 +495,24 @@ async fn run_group(
             row: OnlineRow { round, n, ..Default::default() },
             lost_in_a_row: 0,
         };
-        if let Err(e) = bring_up(paths, &urls[&n], plan, &mut up).await {
+        // Each node's pool may open 16 PostgreSQL connections; PostgreSQL here allows 100, shared
+        // with the other clusters of the group and with whoever else uses the server.
+        let free: Result<(i64, i64), _> = sqlx::query_as(
+            "SELECT current_setting('max_connections')::bigint, (SELECT count(*) FROM pg_stat_activity)",
+        )
+        .fetch_one(admin)
+        .await;
+        let pg_full = match free {
+            Ok((max, used)) if max - used < (plan.nodes * PG_POOL) as i64 => {
+                Some(format!("PostgreSQL has {} of {max} connections free; {} nodes may open {PG_POOL} each", max - used, plan.nodes))
+            }
+            _ => None,
+        };
+        let brought = match pg_full {
+            Some(why) => Err(anyhow::anyhow!(why)),
+            None => bring_up(paths, &urls[&n], plan, &mut up).await,
+        };
+        if let Err(e) = brought {
             eprintln!("  online round {round} N={n} failed: {e:#}");
             up.row.notes.push(format!("stopped: {e:#}"));
             if let Some(clients) = up.clients.take() {
