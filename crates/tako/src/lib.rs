@@ -1,6 +1,7 @@
 //! Tako: the realtime backend of the HoloQuest stamp rally.
 
 pub mod accounts;
+pub mod allocator;
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -104,6 +104,7 @@ impl Application {
     /// and lets HTTP requests in flight finish, all within the shutdown timeout.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         tracing::info!(address = %self.local_addr(), backend = self.store.backend(), "tako listening");
+        crate::allocator::spawn_trimmer();
         if let Some((listener, router)) = self.metrics_listener {
             if let Ok(address) = listener.local_addr() {
                 tracing::info!(%address, "metrics listening (no token)");
