@@ -521,7 +521,7 @@ async fn run_group(
         } else if group.len() > 1 {
             // PostgreSQL here allows 100 connections and each node's pool keeps up to 16 that
             // the joins opened: close this cluster's idle ones so the next cluster can start.
-            // The nodes reopen what the messages need (during the unmeasured warm-up below).
+            // (The pools fill up again during the messages: two clusters of 3 fit, three do not.)
             let db = urls[&n].rsplit('/').next().unwrap_or_default().to_owned();
             let closed: Result<i64, _> = sqlx::query_scalar(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND state = 'idle' AND pid <> pg_backend_pid()",
@@ -748,7 +748,7 @@ pub fn table(rows: &[OnlineRow], label: &str, nodes: usize) -> String {
     );
     let _ = writeln!(
         out,
-        "- With several N up at once (`--together`), each cluster's idle PostgreSQL connections are closed once its joins are done (PostgreSQL allows 100, each node's pool keeps up to 16); every run starts with 30 unrecorded messages per cluster that reopen them. The clusters share the machine's kernel (socket tables), PostgreSQL and Redis: the paired comparison shows what grows with N inside Tako's nodes.\n- N online = recipients (this process) + the control connection (node A) + idle ballast sockets held by `bench ballast` child processes; the socket of user i is on node i mod {nodes}. \"users online per node\" is each node's `tako_users_online` after the joins."
+        "- With several N up at once (`--together`): the clusters share the machine's kernel (socket tables), PostgreSQL and Redis, so the paired comparison shows what grows with N inside Tako's nodes. Each node's pool fills to 16 PostgreSQL connections during the messages (PostgreSQL here allows 100): two sizes of 3 nodes hold 96 of them while they run, three do not fit. Each cluster's idle connections are closed once its joins are done (so the next one can start), and every run starts with 30 unrecorded messages per cluster.\n- N online = recipients (this process) + the control connection (node A) + idle ballast sockets held by `bench ballast` child processes; the socket of user i is on node i mod {nodes}. \"users online per node\" is each node's `tako_users_online` after the joins."
     );
     if let Some((bn, b)) = base {
         for (n, c) in pooled.iter().filter(|p| p.n > bn).filter_map(|p| Some((p.n, p.all?))) {
