@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
 
 use crate::bus::BusMessage;
 use crate::channel::Payload;
@@ -110,11 +111,14 @@ impl CachedState {
     }
 }
 
+/// A key's metas, or a connection's presences: usually one, held inline.
+type One<T> = SmallVec<[T; 1]>;
+
 #[derive(Default)]
 struct TopicPresence {
-    keys: HashMap<Arc<str>, Vec<Entry>>,
+    keys: HashMap<Arc<str>, One<Entry>>,
     /// This node's entries by connection: (key, phx_ref).
-    by_conn: HashMap<u64, Vec<(Arc<str>, Arc<str>)>>,
+    by_conn: HashMap<u64, One<(Arc<str>, Arc<str>)>>,
     /// Changes since the last flush, by phx_ref.
     pending_joins: HashMap<Arc<str>, Entry>,
     pending_leaves: HashMap<Arc<str>, Entry>,
