@@ -552,6 +552,13 @@ async fn run_group(
         }
     }
     let live: Vec<usize> = (0..ups.len()).filter(|&i| ups[i].clients.is_some()).collect();
+    // A group measured without one of its sizes is no paired comparison: not pooled.
+    if live.len() < ups.len() && ups.len() > 1 {
+        let missing: Vec<String> = ups.iter().filter(|u| u.clients.is_none()).map(|u| u.row.n.to_string()).collect();
+        for &i in &live {
+            ups[i].row.notes.push(format!("incomplete: unpaired (N={} of this round did not come up)", missing.join(", ")));
+        }
+    }
     // Warm-up, not recorded: connections (HTTP, the nodes' database pools) opened again.
     for k in 0..WARM_UP {
         for &i in &live {
