@@ -1,7 +1,8 @@
 //! Tako's benchmark harness. `cargo run --release -p bench -- all` runs every scenario against
 //! every server in turn and prints one table (see BENCHMARKS.md). Subcommands:
 //!
-//! - `all [--sizes 1000,10000] [--servers tako,floor,socketio] [--http-users 1000000] [--no-http]`
+//! - `all [--sizes 1000,10000] [--servers tako,tako-nopresence,floor,axum-floor,socketio]`
+//!   `[--http-users 1000000] [--no-http]`
 //!   `[--tako-baseline REV]` (also measure Tako built at REV) `[--max-rss-mib 4096]` (kill a
 //!   server past this RSS: the machine is shared)
 //! - `ws …` (scenarios 1–4 only), `http …` (scenario 5 only), `cluster …` (scenario 6 only:
@@ -155,6 +156,8 @@ async fn all(args: &Args, ws: bool, http: bool, cluster: bool) -> anyhow::Result
     let result = async {
         let (tako, rev) = prepare_tako(&work, "HEAD")?;
         let _ = runner::TAKO_LABEL.set(Box::leak(format!("Tako {rev} (HEAD)").into_boxed_str()));
+        let _ = runner::TAKO_NO_PRESENCE_LABEL
+            .set(Box::leak(format!("Tako {rev} (HEAD), TAKO_PRESENCE=off").into_boxed_str()));
         let mut servers = servers.clone();
         let tako_baseline = match args.value("--tako-baseline") {
             Some(base) => {

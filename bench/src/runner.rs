@@ -15,10 +15,13 @@ use crate::stats::{fmt_bytes, fmt_duration, fmt_rate, quantiles, rss_of_tree, Qu
 /// "Tako <rev> (…)" for the baseline build, set once by main.
 pub static BASELINE_LABEL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
 pub static TAKO_LABEL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+pub static TAKO_NO_PRESENCE_LABEL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Tako,
+    /// The same build with `TAKO_PRESENCE=off` (nobody tracked: no N² presence traffic).
+    TakoNoPresence,
     /// Another build of Tako (`--tako-baseline REV`), for before/after.
     TakoBaseline,
     Floor,
@@ -30,6 +33,7 @@ impl Kind {
     pub fn parse(s: &str) -> Option<Kind> {
         match s {
             "tako" => Some(Kind::Tako),
+            "tako-nopresence" => Some(Kind::TakoNoPresence),
             "floor" | "raw" => Some(Kind::Floor),
             "axum-floor" => Some(Kind::AxumFloor),
             "socketio" | "socket.io" => Some(Kind::SocketIo),
@@ -39,6 +43,7 @@ impl Kind {
     pub fn label(self) -> &'static str {
         match self {
             Kind::Tako => TAKO_LABEL.get().copied().unwrap_or("Tako"),
+            Kind::TakoNoPresence => TAKO_NO_PRESENCE_LABEL.get().copied().unwrap_or("Tako, TAKO_PRESENCE=off"),
             Kind::TakoBaseline => BASELINE_LABEL.get().copied().unwrap_or("Tako baseline"),
             Kind::Floor => "raw floor (tokio-tungstenite)",
             Kind::AxumFloor => "axum floor (axum WebSocketUpgrade)",
@@ -47,7 +52,7 @@ impl Kind {
     }
     fn proto(self) -> Proto {
         match self {
-            Kind::Tako | Kind::TakoBaseline => Proto::Phoenix,
+            Kind::Tako | Kind::TakoNoPresence | Kind::TakoBaseline => Proto::Phoenix,
             Kind::Floor | Kind::AxumFloor => Proto::Raw,
             Kind::SocketIo => Proto::SocketIo,
         }
@@ -148,6 +153,11 @@ pub async fn start(kind: Kind, paths: &Paths, database_url: &str) -> anyhow::Res
     let port = free_port()?;
     let (mut cmd, http) = match kind {
         Kind::Tako => (tako_command(paths, database_url), true),
+        Kind::TakoNoPresence => {
+            let mut c = tako_command(paths, database_url);
+            c.env("TAKO_PRESENCE", "off");
+            (c, true)
+        }
         Kind::TakoBaseline => {
             let bin = paths.tako_baseline.as_ref().context("no baseline build")?;
             (tako_command_with(bin, database_url), true)
@@ -253,7 +263,7 @@ pub struct WsPlan {
 /// Scenarios 1–3 on one fresh server, then scenario 4 on another fresh one.
 pub async fn run_ws(kind: Kind, n: usize, paths: &Paths, plan: &WsPlan) -> anyhow::Result<Row> {
     let mut row = Row { kind: Some(kind), n, ..Row::default() };
-    let is_tako = matches!(kind, Kind::Tako | Kind::TakoBaseline);
+    let is_tako = matches!(kind, Kind::Tako | Kind::TakoNoPresence | Kind::TakoBaseline);
     // Each Tako build migrates its own copy (a newer build may add tables).
     let db = if is_tako { sqlite_with_users(paths, n, kind).await? } else { String::new() };
 
@@ -460,7 +470,7 @@ pub fn targets(rows: &[Row], http: &[HttpRow]) -> String {
         s.dedup();
         s
     };
-    for build in [Kind::Tako, Kind::TakoBaseline] {
+    for build in [Kind::Tako, Kind::TakoNoPresence, Kind::TakoBaseline] {
         if !rows.iter().any(|r| r.kind == Some(build)) {
             continue;
         }
