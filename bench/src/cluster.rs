@@ -105,6 +105,23 @@ pub(crate) async fn start_node_with(paths: &Paths, url: &str, cluster: &str, nam
     Ok(Server { child, pid, port })
 }
 
+/// (Re)creates database `db`, migrated by Tako and holding users 0..=n; returns its URL.
+pub(crate) async fn fresh_database(admin: &sqlx::PgPool, paths: &Paths, db: &str, n: usize) -> anyhow::Result<String> {
+    use sqlx::Executor;
+    admin.execute(format!("DROP DATABASE IF EXISTS {db}").as_str()).await?;
+    admin.execute(format!("CREATE DATABASE {db}").as_str()).await?;
+    let url = db_url(db);
+    let status = tako_command_with(&paths.tako, &url).arg("migrate").stdout(Stdio::null()).status().await?;
+    if !status.success() {
+        bail!("tako migrate on PostgreSQL failed");
+    }
+    let pool = sqlx::PgPool::connect(&url).await?;
+    sqlx::query(INSERT_USERS).bind(n as i64).execute(&pool).await?;
+    pool.execute("VACUUM ANALYZE users").await?;
+    pool.close().await;
+    Ok(url)
+}
+
 /// Scenario 6 for every N in `sizes`, both layouts, Tako HEAD only; the database is created
 /// first and dropped at the end whatever happened.
 pub async fn run(paths: &Paths, sizes: &[usize], plan: &WsPlan) -> anyhow::Result<Vec<ClusterRow>> {
@@ -113,17 +130,8 @@ pub async fn run(paths: &Paths, sizes: &[usize], plan: &WsPlan) -> anyhow::Resul
     let db = format!("tako_bench_cluster_{}", std::process::id());
     let url = db_url(&db);
     let admin = sqlx::PgPool::connect(PG_ADMIN).await.context("PostgreSQL on 127.0.0.1:5432")?;
-    admin.execute(format!("DROP DATABASE IF EXISTS {db}").as_str()).await?;
-    admin.execute(format!("CREATE DATABASE {db}").as_str()).await?;
     let result = async {
-        let status = tako_command_with(&paths.tako, &url).arg("migrate").stdout(Stdio::null()).status().await?;
-        if !status.success() {
-            bail!("tako migrate on PostgreSQL failed");
-        }
-        let pool = sqlx::PgPool::connect(&url).await?;
-        sqlx::query(INSERT_USERS).bind(max_n as i64).execute(&pool).await?;
-        pool.execute("VACUUM ANALYZE users").await?;
-        pool.close().await;
+        fresh_database(&admin, paths, &db, max_n).await?;
         let mut rows = Vec::new();
         for &n in sizes {
             for layout in [Layout::OneNode, Layout::Split] {

@@ -247,12 +247,17 @@ async fn all(args: &Args, ws: bool, http: bool, cluster: bool) -> anyhow::Result
         anyhow::Ok(())
     }
     .await;
-    if !args.has("--keep") {
-        let _ = std::fs::remove_dir_all(&work);
-    } else {
-        eprintln!("kept {}", work.display());
-    }
+    clean_up(args, &work);
     result
+}
+
+/// Removes the work directory unless `--keep`.
+fn clean_up(args: &Args, work: &Path) {
+    if args.has("--keep") {
+        eprintln!("kept {}", work.display());
+    } else {
+        let _ = std::fs::remove_dir_all(work);
+    }
 }
 
 /// `bench online`: scenario 3 at up to 50k online (see online.rs).
@@ -319,11 +324,7 @@ async fn online_cmd(args: &Args) -> anyhow::Result<()> {
         anyhow::Ok(())
     }
     .await;
-    if !args.has("--keep") {
-        let _ = std::fs::remove_dir_all(&work);
-    } else {
-        eprintln!("kept {}", work.display());
-    }
+    clean_up(args, &work);
     result
 }
 

@@ -36,7 +36,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{Notify, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::cluster::{db_url, start_node_with, INSERT_USERS};
+use crate::cluster::{fresh_database, start_node_with};
 use crate::gen::{node_of, open, Clients, Target};
 use crate::proto::{user_id, Proto};
 use crate::runner::{log_file, q, Paths, Server, Watchdog, PG_ADMIN};
@@ -417,18 +417,7 @@ pub async fn run(paths: &Paths, plan: &OnlinePlan) -> anyhow::Result<Vec<OnlineR
         for &n in &sizes {
             // Each N its own database: clusters that run at the same time share nothing but
             // the PostgreSQL and Redis servers.
-            admin.execute(format!("DROP DATABASE IF EXISTS {}", db(n)).as_str()).await?;
-            admin.execute(format!("CREATE DATABASE {}", db(n)).as_str()).await?;
-            let url = db_url(&db(n));
-            let status = crate::runner::tako_command_with(&paths.tako, &url).arg("migrate").stdout(Stdio::null()).status().await?;
-            if !status.success() {
-                bail!("tako migrate on PostgreSQL failed");
-            }
-            let pool = sqlx::PgPool::connect(&url).await?;
-            sqlx::query(INSERT_USERS).bind(n as i64).execute(&pool).await?;
-            pool.execute("VACUUM ANALYZE users").await?;
-            pool.close().await;
-            urls.insert(n, url);
+            urls.insert(n, fresh_database(&admin, paths, &db(n), n).await?);
         }
         let mut rows = Vec::new();
         for group in plan.groups() {
