@@ -102,14 +102,33 @@ struct Entry {
 /// them (so it serializes the same), rather than a `Map`, whose first B-tree node alone takes
 /// about 600 bytes for a meta of three fields. Every tracked socket has one.
 #[derive(Debug, PartialEq)]
-struct Meta(Box<[(Box<str>, Value)]>);
+struct Meta(Box<[(Arc<str>, Value)]>);
 
 impl From<Map<String, Value>> for Meta {
     fn from(map: Map<String, Value>) -> Meta {
-        let mut fields: Vec<(Box<str>, Value)> = map.into_iter().map(|(k, v)| (k.into_boxed_str(), v)).collect();
+        let mut fields: Vec<(Arc<str>, Value)> = map.into_iter().map(|(k, v)| (field_name(k), v)).collect();
         fields.sort_by(|a, b| a.0.cmp(&b.0));
         Meta(fields.into_boxed_slice())
     }
+}
+
+/// Most field names a process shares; names past these are allocated per meta, so metas with
+/// ever new field names cannot grow the shared set without bound.
+const SHARED_FIELD_NAMES: usize = 64;
+
+/// `name`, shared with every meta that has a field of that name (metas of an application have
+/// the same few: `nickname`, `online_at`, `phx_ref`…).
+fn field_name(name: String) -> Arc<str> {
+    static NAMES: Mutex<Vec<Arc<str>>> = Mutex::new(Vec::new());
+    let mut names = NAMES.lock();
+    if let Some(shared) = names.iter().find(|n| ***n == *name) {
+        return shared.clone();
+    }
+    let fresh: Arc<str> = Arc::from(name);
+    if names.len() < SHARED_FIELD_NAMES {
+        names.push(fresh.clone());
+    }
+    fresh
 }
 
 impl Meta {
@@ -127,7 +146,7 @@ impl serde::Serialize for Meta {
         use serde::ser::SerializeMap;
         let mut map = serializer.serialize_map(Some(self.0.len()))?;
         for (k, v) in self.0.iter() {
-            map.serialize_entry(k, v)?;
+            map.serialize_entry(&**k, v)?;
         }
         map.end()
     }
@@ -712,6 +731,8 @@ mod tests {
         assert_eq!(serde_json::to_string(&meta).unwrap(), serde_json::to_string(&map).unwrap());
         assert_eq!(meta.to_map(), map);
         assert_eq!(json_len(&meta), json_len(&map));
+        let again = Meta::from(map);
+        assert!(Arc::ptr_eq(&meta.0[1].0, &again.0[1].0), "field names are shared");
     }
 
     #[test]
