@@ -260,6 +260,9 @@ pub struct WsPlan {
     pub targeted_repeats: usize,
 }
 
+/// Clients that connect, join and leave before scenario 1's first reading.
+const WARM_UP: usize = 200;
+
 /// Scenarios 1–3 on one fresh server, then scenario 4 on another fresh one.
 pub async fn run_ws(kind: Kind, n: usize, paths: &Paths, plan: &WsPlan) -> anyhow::Result<Row> {
     let mut row = Row { kind: Some(kind), n, ..Row::default() };
@@ -276,7 +279,12 @@ pub async fn run_ws(kind: Kind, n: usize, paths: &Paths, plan: &WsPlan) -> anyho
     };
     let watchdog = Watchdog::start(server.pid, paths.max_rss);
     let result = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Warm-up: what a server allocates once, on its first connections (caches, database
+        // pools, its threads' allocator arenas), is in the "before" reading rather than
+        // divided among the N sockets measured.
+        let (warm, _) = Clients::connect(target.clone(), WARM_UP.min(n), Some(64)).await?;
+        warm.close().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         row.rss_before = rss_of_tree(server.pid).unwrap_or(0);
         let (mut clients, joined) = Clients::connect(target.clone(), n, Some(64)).await?;
         row.joined = joined.joined;
