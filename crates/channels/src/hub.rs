@@ -570,8 +570,8 @@ mod tests {
     }
 
     fn text_ptr(socket: &SocketShared) -> (*const u8, String) {
-        let (mut frames, _) = socket.outbox.take();
-        match frames.pop_front() {
+        let (frames, _) = socket.outbox.take();
+        match frames.into_iter().next() {
             Some(Frame::Text(t)) => (t.as_str().as_ptr(), t.as_str().to_owned()),
             other => panic!("expected one text frame, got {other:?}"),
         }

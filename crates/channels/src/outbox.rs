@@ -3,15 +3,19 @@
 //! Producers (broadcasters on any thread, the socket's own session) push already-encoded
 //! frames and never wait; the socket task drains them. A full queue means the client does not
 //! keep up: the queue is dropped and the socket is closed rather than letting memory grow or
-//! slowing the broadcaster. A `Mutex<VecDeque>` + `Notify` costs a few dozen bytes while idle,
-//! unlike a channel that preallocates blocks per socket.
-
-use std::collections::VecDeque;
+//! slowing the broadcaster. A `Mutex` around a list that holds one frame inline + `Notify` costs a
+//! few dozen bytes while idle, unlike a channel that preallocates blocks per socket, and a
+//! broadcast reaching an idle socket (one frame, taken at once) allocates nothing.
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use smallvec::SmallVec;
+
 use crate::serializer::Frame;
+
+/// Frames taken from an outbox, in order.
+pub(crate) type Frames = SmallVec<[Frame; 1]>;
 
 /// Why and how the server closes a socket (a WebSocket close code and reason).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +51,7 @@ pub(crate) struct Outbox {
 
 #[derive(Default)]
 struct State {
-    queue: VecDeque<Frame>,
+    queue: Frames,
     close: Option<Close>,
 }
 
@@ -62,14 +66,14 @@ impl Outbox {
             return Pushed::Closed;
         }
         if state.queue.len() >= self.capacity {
-            state.queue = VecDeque::new();
+            state.queue = Frames::new();
             state.close = Some(Close::SLOW_CONSUMER);
             drop(state);
             self.notify.notify_one();
             return Pushed::Overflow;
         }
         let was_empty = state.queue.is_empty();
-        state.queue.push_back(frame);
+        state.queue.push(frame);
         drop(state);
         if was_empty {
             self.notify.notify_one();
@@ -90,7 +94,7 @@ impl Outbox {
     }
 
     /// Everything queued so far, and the close request if one came.
-    pub(crate) fn take(&self) -> (VecDeque<Frame>, Option<Close>) {
+    pub(crate) fn take(&self) -> (Frames, Option<Close>) {
         let mut state = self.state.lock();
         (std::mem::take(&mut state.queue), state.close)
     }

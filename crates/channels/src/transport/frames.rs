@@ -9,13 +9,13 @@
 //! header slice and a payload slice per frame, many frames per system call), so nothing is
 //! copied per socket and no write buffer exists.
 
-use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::{self, Cursor, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
@@ -239,6 +239,9 @@ impl Outbound {
 
 }
 
+/// A batch of frames: usually one (a broadcast reaching an idle socket), held inline.
+pub(crate) type Frames<F> = SmallVec<[F; 1]>;
+
 /// What goes out as one WebSocket frame (FIN set, unmasked): its opcode and payload, shared with
 /// every other socket it goes to.
 pub(crate) trait WireFrame {
@@ -284,34 +287,44 @@ impl Header {
     }
 }
 
-/// Frames on their way out, in order, and how much of the first one is already written.
+/// Frames on their way out, in order: the ones not yet fully written start at `next`, and
+/// `written` bytes of that one are out.
 pub(crate) struct Outgoing<F> {
-    frames: VecDeque<F>,
+    frames: Frames<F>,
+    next: usize,
     written: usize,
 }
 
 impl<F: WireFrame> Outgoing<F> {
-    pub(crate) fn new(frames: VecDeque<F>) -> Outgoing<F> {
-        Outgoing { frames, written: 0 }
+    pub(crate) fn new(frames: Frames<F>) -> Outgoing<F> {
+        Outgoing { frames, next: 0, written: 0 }
+    }
+
+    pub(crate) fn one(frame: F) -> Outgoing<F> {
+        Outgoing::new(smallvec::smallvec![frame])
+    }
+
+    fn pending(&self) -> &[F] {
+        &self.frames[self.next..]
     }
 
     /// Write until every frame is out (then flush), with as few system calls as the socket
     /// allows. On `Pending`, what was written is remembered and the next call goes on from there.
     pub(crate) fn poll_write<W: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, io: &mut W) -> Poll<io::Result<()>> {
-        while !self.frames.is_empty() {
+        while !self.pending().is_empty() {
             // Headers and slices live on the stack for this call only.
-            let batch = self.frames.len().min(FRAMES_PER_WRITE);
-            let headers: [Header; FRAMES_PER_WRITE] = std::array::from_fn(|i| match self.frames.get(i) {
-                Some(frame) if i < batch => {
+            let batch = &self.pending()[..self.pending().len().min(FRAMES_PER_WRITE)];
+            let headers: [Header; FRAMES_PER_WRITE] = std::array::from_fn(|i| match batch.get(i) {
+                Some(frame) => {
                     let (opcode, payload) = frame.parts();
                     Header::of(opcode, payload.len())
                 }
-                _ => Header { bytes: [0; MAX_HEADER], len: 0 },
+                None => Header { bytes: [0; MAX_HEADER], len: 0 },
             });
             let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE * 2];
             let mut count = 0;
             let mut skip = self.written;
-            for (frame, header) in self.frames.iter().zip(&headers).take(batch) {
+            for (frame, header) in batch.iter().zip(&headers) {
                 for part in [header.as_slice(), frame.parts().1] {
                     let cut = skip.min(part.len());
                     skip -= cut;
@@ -333,7 +346,7 @@ impl<F: WireFrame> Outgoing<F> {
 
     fn advance(&mut self, mut n: usize, headers: &[Header]) {
         for header in headers {
-            let Some(front) = self.frames.front() else { return };
+            let Some(front) = self.pending().first() else { return };
             let left = header.len + front.parts().1.len() - self.written;
             if n < left {
                 self.written += n;
@@ -341,7 +354,7 @@ impl<F: WireFrame> Outgoing<F> {
             }
             n -= left;
             self.written = 0;
-            self.frames.pop_front();
+            self.next += 1;
         }
     }
 
@@ -555,7 +568,7 @@ mod tests {
             let mut io = Trickle { out: Vec::new(), limit, calls: 0 };
             let mut out = Outgoing::new(messages.iter().cloned().map(text).collect());
             out.write_all(&mut io).await.unwrap();
-            assert!(out.frames.is_empty());
+            assert!(out.pending().is_empty());
             assert_eq!(io.out, expected, "limit {limit}");
             if limit == 1 << 20 {
                 assert_eq!(io.calls, 100usize.div_ceil(FRAMES_PER_WRITE), "many frames per write");

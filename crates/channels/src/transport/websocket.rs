@@ -7,10 +7,11 @@
 //! messages are written whole, straight from the bytes shared by every subscriber, many frames
 //! per vectored write.
 
-use std::collections::{HashMap, VecDeque};
-use std::future::poll_fn;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -214,14 +215,14 @@ fn run<H: SocketHandler>(
 async fn close(mut io: Io, mut reader: Reader, end: End) {
     match end {
         End::Close(code, reason) => {
-            let mut close = Outgoing::new(VecDeque::from([Outbound::close(code, reason)]));
+            let mut close = Outgoing::one(Outbound::close(code, reason));
             if let Ok(Ok(())) = tokio::time::timeout(CLOSE_GRACE, close.write_all(&mut io)).await {
                 finish(&mut io, &mut reader).await;
             }
         }
         End::PeerClosed(code) => {
             // Echo the client's code (RFC 6455 section 5.5.1), then the server closes TCP.
-            let mut close = Outgoing::new(VecDeque::from([Outbound::close(code.unwrap_or(1000), "")]));
+            let mut close = Outgoing::one(Outbound::close(code.unwrap_or(1000), ""));
             let _ = tokio::time::timeout(CLOSE_GRACE, close.write_all(&mut io)).await;
         }
         End::Broken => {}
@@ -272,14 +273,22 @@ async fn drive<H: SocketHandler>(
             () = socket.outbox.ready() => {
                 // Drain until empty, so the next `ready` cannot miss a push.
                 loop {
-                    let (frames, close) = socket.outbox.take();
-                    if frames.is_empty() {
-                        if let Some(close) = close {
-                            return close.into();
+                    // Scoped, so that only the boxed rest of a blocked write lives across the await.
+                    let blocked = {
+                        let (frames, close) = socket.outbox.take();
+                        if frames.is_empty() {
+                            if let Some(close) = close {
+                                return close.into();
+                            }
+                            break;
                         }
-                        break;
-                    }
-                    if let Some(end) = send(io, Outgoing::new(frames), socket).await {
+                        match send(io, Outgoing::new(frames), socket) {
+                            Ok(None) => continue,
+                            Ok(Some(blocked)) => blocked,
+                            Err(end) => return end,
+                        }
+                    };
+                    if let Some(end) = blocked.await {
                         return end;
                     }
                 }
@@ -301,12 +310,15 @@ async fn drive<H: SocketHandler>(
                     match inbound {
                         Inbound::Text(text) => Box::pin(session.handle_text(&text)).await,
                         Inbound::Binary(data) => Box::pin(session.handle_binary(data)).await,
-                        Inbound::Ping(data) => {
-                            let pong = Outgoing::new(VecDeque::from([Outbound::Pong(data)]));
-                            if let Some(end) = send(io, pong, socket).await {
-                                return end;
+                        Inbound::Ping(data) => match send(io, Outgoing::one(Outbound::Pong(data)), socket) {
+                            Ok(None) => {}
+                            Ok(Some(blocked)) => {
+                                if let Some(end) = blocked.await {
+                                    return end;
+                                }
                             }
-                        }
+                            Err(end) => return end,
+                        },
                         Inbound::Pong => {}
                         Inbound::Close(code) => return End::PeerClosed(code),
                     }
@@ -316,23 +328,26 @@ async fn drive<H: SocketHandler>(
     }
 }
 
-/// Write frames; `None` when all went out. Most writes complete at once, without a future; a
-/// client that stops reading blocks the rest, so a close request (slow consumer, disconnect,
-/// shutdown) interrupts it, and the connection is then closed without a close frame, since a
-/// frame may be half written.
+/// The rest of a write the socket did not take at once, with the close requests that may
+/// interrupt it: `Some(end)` if the socket must end.
+type Blocked<'a> = Pin<Box<dyn Future<Output = Option<End>> + Send + 'a>>;
+
+/// Writes frames as far as the socket takes them now, without a future: `Ok(None)` when all went
+/// out (the usual case), `Ok(Some(rest))` when the client's window is full. A client that stops
+/// reading blocks the rest, so a close request (slow consumer, disconnect, shutdown) interrupts
+/// it, and the connection is then closed without a close frame, since a frame may be half
+/// written. The socket task's future holds only the box, and only while blocked.
 fn send<'a, F: WireFrame + Send + 'a>(
     io: &'a mut Io,
     mut out: Outgoing<F>,
     socket: &'a SocketShared,
-) -> impl std::future::Future<Output = Option<End>> + Send + 'a {
-    // An `async move` block rather than an `async fn`, which would lay out `out` twice.
-    async move {
-        match poll_fn(|cx| Poll::Ready(out.poll_write(cx, io))).await {
-            Poll::Ready(Ok(())) => None,
-            Poll::Ready(Err(_)) => Some(End::Broken),
-            // Boxed: laid out in the socket's future, it would cost every idle socket its size.
-            Poll::Pending => Box::pin(send_blocked(io, out, socket)).await,
-        }
+) -> Result<Option<Blocked<'a>>, End> {
+    // A no-op waker: if the socket is not writable now, `send_blocked` polls again at once with
+    // the task's own waker, which is what then gets registered.
+    match out.poll_write(&mut Context::from_waker(Waker::noop()), io) {
+        Poll::Ready(Ok(())) => Ok(None),
+        Poll::Ready(Err(_)) => Err(End::Broken),
+        Poll::Pending => Ok(Some(Box::pin(send_blocked(io, out, socket)))),
     }
 }
 
