@@ -298,7 +298,6 @@ async fn online_cmd(args: &Args) -> anyhow::Result<()> {
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         let rows = online::run(&paths, &plan).await?;
         let ended = chrono::Utc::now();
-        let command: Vec<String> = std::env::args().skip(1).collect();
         println!(
             "Date: {}–{} · {label} · machine: {} · load average at start: {}",
             started.format("%Y-%m-%d %H:%M"),
@@ -306,7 +305,7 @@ async fn online_cmd(args: &Args) -> anyhow::Result<()> {
             machine(),
             load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
         );
-        println!("Command: `{}cargo run --release -p bench -- {}`", if std::env::var("TAKO_BIN").is_ok() { "TAKO_BIN=… " } else { "" }, command.join(" "));
+        println!("Command: `{}cargo run --release -p bench -- online {}`", if std::env::var("TAKO_BIN").is_ok() { "TAKO_BIN=… " } else { "" }, args.rest.join(" "));
         println!(
             "Plan: N online = {:?} on {} nodes, {} rounds {}; {} recipients in the measuring process; {} targeted messages per run, one at a time (POST /api/messages on node A → the recipient's socket); ballast children of at most {} sockets, {} joins in flight each\n",
             plan.sizes,

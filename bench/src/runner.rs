@@ -327,11 +327,7 @@ pub async fn run_ws(kind: Kind, n: usize, paths: &Paths, plan: &WsPlan) -> anyho
         anyhow::Ok(())
     }
     .await;
-    watchdog.finish(&mut row);
-    server.stop().await;
-    if let Err(e) = result {
-        row.notes.push(format!("scenarios 1–3 stopped: {e:#}"));
-    }
+    end_phase(watchdog, server, &mut row, result, "scenarios 1–3").await;
 
     // 4: the storm, on a fresh server.
     let server = start(kind, paths, &db).await?;
@@ -357,12 +353,17 @@ pub async fn run_ws(kind: Kind, n: usize, paths: &Paths, plan: &WsPlan) -> anyho
         anyhow::Ok(())
     }
     .await;
-    watchdog.finish(&mut row);
+    end_phase(watchdog, server, &mut row, result, "storm").await;
+    Ok(row)
+}
+
+/// Stops a phase's server and notes how the phase ended (the watchdog's kill, an error).
+async fn end_phase(watchdog: Watchdog, server: Server, row: &mut Row, result: anyhow::Result<()>, phase: &str) {
+    watchdog.finish(row);
     server.stop().await;
     if let Err(e) = result {
-        row.notes.push(format!("storm stopped: {e:#}"));
+        row.notes.push(format!("{phase} stopped: {e:#}"));
     }
-    Ok(row)
 }
 
 /// Kills a server whose RSS passes the limit (the machine is shared), and says so.
