@@ -13,7 +13,9 @@ use anyhow::{bail, Context};
 
 use crate::gen::{node_of, Clients, Target};
 use crate::proto::Proto;
-use crate::runner::{free_port, log_file, q, tako_command_with, wait_http, Paths, Server, Watchdog, WsPlan, PG_ADMIN};
+use crate::runner::{
+    free_port, log_file, q, tako_command_with, wait_http, Paths, Server, Watchdog, WsPlan, PG_ADMIN,
+};
 use crate::stats::{fmt_rate, quantiles, Quantiles};
 
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -56,7 +58,16 @@ pub struct ClusterRow {
 
 impl ClusterRow {
     fn new(n: usize, layout: Layout) -> ClusterRow {
-        ClusterRow { n, layout, joined_total: 0, joined: [0, 0], first: None, last: None, deliveries_per_sec: None, notes: Vec::new() }
+        ClusterRow {
+            n,
+            layout,
+            joined_total: 0,
+            joined: [0, 0],
+            first: None,
+            last: None,
+            deliveries_per_sec: None,
+            notes: Vec::new(),
+        }
     }
 }
 
@@ -85,7 +96,13 @@ async fn start_node(paths: &Paths, url: &str, cluster: &str, name: &str) -> anyh
 }
 
 /// A cluster node with `env` set on top of the harness's settings (e.g. `TAKO_PRESENCE=off`).
-pub(crate) async fn start_node_with(paths: &Paths, url: &str, cluster: &str, name: &str, env: &[(&str, &str)]) -> anyhow::Result<Server> {
+pub(crate) async fn start_node_with(
+    paths: &Paths,
+    url: &str,
+    cluster: &str,
+    name: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Server> {
     let port = free_port()?;
     let mut cmd = tako_command_with(&paths.tako, url);
     cmd.envs(env.iter().copied());
@@ -106,12 +123,18 @@ pub(crate) async fn start_node_with(paths: &Paths, url: &str, cluster: &str, nam
 }
 
 /// (Re)creates database `db`, migrated by Tako and holding users 0..=n; returns its URL.
-pub(crate) async fn fresh_database(admin: &sqlx::PgPool, paths: &Paths, db: &str, n: usize) -> anyhow::Result<String> {
+pub(crate) async fn fresh_database(
+    admin: &sqlx::PgPool,
+    paths: &Paths,
+    db: &str,
+    n: usize,
+) -> anyhow::Result<String> {
     use sqlx::Executor;
     admin.execute(format!("DROP DATABASE IF EXISTS {db}").as_str()).await?;
     admin.execute(format!("CREATE DATABASE {db}").as_str()).await?;
     let url = db_url(db);
-    let status = tako_command_with(&paths.tako, &url).arg("migrate").stdout(Stdio::null()).status().await?;
+    let status =
+        tako_command_with(&paths.tako, &url).arg("migrate").stdout(Stdio::null()).status().await?;
     if !status.success() {
         bail!("tako migrate on PostgreSQL failed");
     }
@@ -152,9 +175,20 @@ pub async fn run(paths: &Paths, sizes: &[usize], plan: &WsPlan) -> anyhow::Resul
     result
 }
 
-async fn run_one(paths: &Paths, url: &str, n: usize, layout: Layout, plan: &WsPlan, row: &mut ClusterRow) -> anyhow::Result<()> {
+async fn run_one(
+    paths: &Paths,
+    url: &str,
+    n: usize,
+    layout: Layout,
+    plan: &WsPlan,
+    row: &mut ClusterRow,
+) -> anyhow::Result<()> {
     // A cluster name of its own: nothing of an earlier run or of another harness is on the bus.
-    let cluster = format!("bench-{}-{}-{n}-{layout:?}", std::process::id(), chrono::Utc::now().timestamp_millis());
+    let cluster = format!(
+        "bench-{}-{}-{n}-{layout:?}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_millis()
+    );
     let a = start_node(paths, url, &cluster, "a").await?;
     let b = match start_node(paths, url, &cluster, "b").await {
         Ok(b) => b,
@@ -187,16 +221,26 @@ async fn run_one(paths: &Paths, url: &str, n: usize, layout: Layout, plan: &WsPl
         row.first = quantiles(&firsts);
         row.last = quantiles(&lasts);
         if incomplete > 0 {
-            row.notes.push(format!("{incomplete} of {} broadcasts did not reach everyone within 10 s", plan.repeats));
+            row.notes.push(format!(
+                "{incomplete} of {} broadcasts did not reach everyone within 10 s",
+                plan.repeats
+            ));
         }
-        let (rate, incomplete) = clients.broadcast_throughput(Duration::from_secs(plan.throughput_secs), plan.window).await?;
+        let (rate, incomplete) = clients
+            .broadcast_throughput(Duration::from_secs(plan.throughput_secs), plan.window)
+            .await?;
         row.deliveries_per_sec = Some(rate);
         if incomplete > 0 {
             row.notes.push(format!("steady broadcast: {incomplete} incomplete"));
         }
-        eprintln!("  [cluster n={n} {layout:?}] last p50 {:?}, {}", row.last.map(|q| q.p50), fmt_rate(rate));
+        eprintln!(
+            "  [cluster n={n} {layout:?}] last p50 {:?}, {}",
+            row.last.map(|q| q.p50),
+            fmt_rate(rate)
+        );
         if clients.dropped() > 0 {
-            row.notes.push(format!("{} sockets closed by a node during the run", clients.dropped()));
+            row.notes
+                .push(format!("{} sockets closed by a node during the run", clients.dropped()));
         }
         clients.close().await;
         anyhow::Ok(())
@@ -217,7 +261,10 @@ pub fn table(rows: &[ClusterRow], label: &str) -> String {
         "| server | N | subscribers | joined (A + B) | first delivery p50 / p99 | last delivery p50 / p99 | deliveries/s (steady) | deliveries/s vs all on A |\n|---|---:|---|---|---|---|---:|---:|\n",
     );
     for r in rows {
-        let one = rows.iter().find(|o| o.n == r.n && o.layout == Layout::OneNode).and_then(|o| o.deliveries_per_sec);
+        let one = rows
+            .iter()
+            .find(|o| o.n == r.n && o.layout == Layout::OneNode)
+            .and_then(|o| o.deliveries_per_sec);
         let ratio = match (r.layout, r.deliveries_per_sec, one) {
             (Layout::Split, Some(t), Some(o)) if o > 0.0 => format!("{:.0}%", 100.0 * t / o),
             _ => "–".to_owned(),
@@ -237,8 +284,12 @@ pub fn table(rows: &[ClusterRow], label: &str) -> String {
             r.deliveries_per_sec.map(fmt_rate).unwrap_or_else(|| "–".into()),
         );
     }
-    let notes: Vec<String> =
-        rows.iter().flat_map(|r| r.notes.iter().map(move |n| format!("- cluster N={} {}: {n}", r.n, r.layout.label()))).collect();
+    let notes: Vec<String> = rows
+        .iter()
+        .flat_map(|r| {
+            r.notes.iter().map(move |n| format!("- cluster N={} {}: {n}", r.n, r.layout.label()))
+        })
+        .collect();
     if !notes.is_empty() {
         out.push('\n');
         out.push_str(&notes.join("\n"));

@@ -140,7 +140,9 @@ async fn raw_connection(stream: TcpStream, id: u64, registry: Arc<Registry<Utf8B
         uid = uid_from_query(req.uri().query());
         Ok(resp)
     };
-    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await else {
+    let Ok(mut ws) =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await
+    else {
         return;
     };
     let inbox = registry.join(id, &uid);
@@ -168,16 +170,24 @@ async fn raw_connection(stream: TcpStream, id: u64, registry: Arc<Registry<Utf8B
 }
 
 pub async fn serve_axum(port: u16) -> anyhow::Result<()> {
-    use axum::extract::ws::{Message as AxMessage, Utf8Bytes as AxText, WebSocket, WebSocketUpgrade};
+    use axum::extract::ws::{
+        Message as AxMessage, Utf8Bytes as AxText, WebSocket, WebSocketUpgrade,
+    };
     use axum::extract::{RawQuery, State};
     use axum::response::Response as AxResponse;
     use std::sync::atomic::{AtomicU64, Ordering};
 
     type Shared = Arc<(Registry<AxText>, AtomicU64)>;
 
-    async fn upgrade(ws: WebSocketUpgrade, RawQuery(query): RawQuery, State(shared): State<Shared>) -> AxResponse {
+    async fn upgrade(
+        ws: WebSocketUpgrade,
+        RawQuery(query): RawQuery,
+        State(shared): State<Shared>,
+    ) -> AxResponse {
         let uid = uid_from_query(query.as_deref());
-        ws.read_buffer_size(1024).write_buffer_size(0).on_upgrade(move |socket| run(socket, uid, shared))
+        ws.read_buffer_size(1024)
+            .write_buffer_size(0)
+            .on_upgrade(move |socket| run(socket, uid, shared))
     }
 
     async fn run(mut ws: WebSocket, uid: String, shared: Shared) {

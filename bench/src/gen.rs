@@ -128,7 +128,9 @@ pub(crate) async fn open(target: &Target, index: usize, uid: &str) -> anyhow::Re
     let tcp = socket.connect(target.addr).await.context("connect")?;
     tcp.set_nodelay(true)?;
     let url = format!("ws://{}{}", target.addr, target.proto.path(uid));
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config())).await.context("upgrade")?;
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config()))
+        .await
+        .context("upgrade")?;
     for frame in target.proto.initial() {
         ws.send(Message::text(frame)).await?;
     }
@@ -147,7 +149,12 @@ pub(crate) async fn open(target: &Target, index: usize, uid: &str) -> anyhow::Re
     }
 }
 
-async fn subscriber(shared: Arc<Shared>, target: Target, index: usize, gate: Option<Arc<Semaphore>>) {
+async fn subscriber(
+    shared: Arc<Shared>,
+    target: Target,
+    index: usize,
+    gate: Option<Arc<Semaphore>>,
+) {
     let uid = user_id(index);
     let permit = match &gate {
         Some(g) => Some(g.clone().acquire_owned().await.expect("semaphore open")),
@@ -233,13 +240,21 @@ pub struct Joined {
 impl Clients {
     /// Connects and joins `n` subscribers (user indexes 0..n) and the control connection (user
     /// index n). `concurrency` bounds connects in flight; `None` is the storm: all at once.
-    pub async fn connect(target: Target, n: usize, concurrency: Option<usize>) -> anyhow::Result<(Clients, Joined)> {
+    pub async fn connect(
+        target: Target,
+        n: usize,
+        concurrency: Option<usize>,
+    ) -> anyhow::Result<(Clients, Joined)> {
         Clients::connect_spread(vec![target], n, concurrency).await
     }
 
     /// As `connect`, with subscriber `i` on `targets[node_of(i, targets.len())]` (several nodes
     /// of one cluster) and the control connection on `targets[0]`.
-    pub async fn connect_spread(targets: Vec<Target>, n: usize, concurrency: Option<usize>) -> anyhow::Result<(Clients, Joined)> {
+    pub async fn connect_spread(
+        targets: Vec<Target>,
+        n: usize,
+        concurrency: Option<usize>,
+    ) -> anyhow::Result<(Clients, Joined)> {
         let target = targets.first().cloned().context("no target")?;
         let shared = Arc::new(Shared {
             base: Instant::now(),
@@ -258,11 +273,20 @@ impl Clients {
         });
         let gate = concurrency.map(|c| Arc::new(Semaphore::new(c)));
         let start = shared.now();
-        let tasks: Vec<JoinHandle<()>> =
-            (0..n).map(|i| tokio::spawn(subscriber(shared.clone(), targets[node_of(i, targets.len())].clone(), i, gate.clone()))).collect();
+        let tasks: Vec<JoinHandle<()>> = (0..n)
+            .map(|i| {
+                tokio::spawn(subscriber(
+                    shared.clone(),
+                    targets[node_of(i, targets.len())].clone(),
+                    i,
+                    gate.clone(),
+                ))
+            })
+            .collect();
         let deadline = Instant::now() + STEP_TIMEOUT * 4;
         loop {
-            let done = shared.joined.load(Ordering::Acquire) + shared.join_errors.load(Ordering::Acquire);
+            let done =
+                shared.joined.load(Ordering::Acquire) + shared.join_errors.load(Ordering::Acquire);
             if done >= n {
                 break;
             }
@@ -270,11 +294,16 @@ impl Clients {
             if left.is_zero() {
                 break;
             }
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), shared.notify.notified()).await;
+            let _ = tokio::time::timeout(
+                left.min(Duration::from_millis(200)),
+                shared.notify.notified(),
+            )
+            .await;
         }
         let joined = shared.joined.load(Ordering::Acquire);
         let errors = shared.join_errors.load(Ordering::Acquire);
-        let all_joined = Duration::from_nanos(shared.last_join.load(Ordering::Acquire).saturating_sub(start));
+        let all_joined =
+            Duration::from_nanos(shared.last_join.load(Ordering::Acquire).saturating_sub(start));
         if joined < n {
             shared.cancelled.store(true, Ordering::Release);
             let first = shared.first_error.lock().unwrap().clone().unwrap_or_default();
@@ -299,8 +328,14 @@ impl Clients {
             next_ref: 2,
             http,
         };
-        let join_times =
-            clients.shared.join_times.lock().unwrap().iter().map(|t| Duration::from_nanos(t.saturating_sub(start))).collect();
+        let join_times = clients
+            .shared
+            .join_times
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| Duration::from_nanos(t.saturating_sub(start)))
+            .collect();
         Ok((clients, Joined { joined, errors, all_joined, join_times }))
     }
 
@@ -330,12 +365,19 @@ impl Clients {
             if left.is_zero() {
                 return false;
             }
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), self.shared.notify.notified()).await;
+            let _ = tokio::time::timeout(
+                left.min(Duration::from_millis(50)),
+                self.shared.notify.notified(),
+            )
+            .await;
         }
     }
 
     /// One broadcast at a time, `repeats` times: (first, last) delivery after the send.
-    pub async fn broadcast_latency(&mut self, repeats: usize) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, usize)> {
+    pub async fn broadcast_latency(
+        &mut self,
+        repeats: usize,
+    ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, usize)> {
         let (mut firsts, mut lasts, mut incomplete) = (Vec::new(), Vec::new(), 0);
         let expected = self.n as u32;
         for _ in 0..repeats {
@@ -348,8 +390,11 @@ impl Clients {
                 }
                 continue;
             }
-            firsts.push(Duration::from_nanos(slot.first.load(Ordering::Acquire).saturating_sub(sent)));
-            lasts.push(Duration::from_nanos(slot.last.load(Ordering::Acquire).saturating_sub(sent)));
+            firsts.push(Duration::from_nanos(
+                slot.first.load(Ordering::Acquire).saturating_sub(sent),
+            ));
+            lasts
+                .push(Duration::from_nanos(slot.last.load(Ordering::Acquire).saturating_sub(sent)));
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Ok((firsts, lasts, incomplete))
@@ -357,7 +402,11 @@ impl Clients {
 
     /// Steady broadcasting for `duration` with `window` broadcasts in flight: a new one is sent
     /// each time the oldest has reached every subscriber. Deliveries per second.
-    pub async fn broadcast_throughput(&mut self, duration: Duration, window: usize) -> anyhow::Result<(f64, usize)> {
+    pub async fn broadcast_throughput(
+        &mut self,
+        duration: Duration,
+        window: usize,
+    ) -> anyhow::Result<(f64, usize)> {
         let expected = self.n as u32;
         let mut in_flight = std::collections::VecDeque::new();
         let start = self.shared.now();
@@ -402,7 +451,12 @@ impl Clients {
         }
     }
 
-    async fn post_message(&self, base: &str, index: usize, seq: u64) -> anyhow::Result<reqwest::StatusCode> {
+    async fn post_message(
+        &self,
+        base: &str,
+        index: usize,
+        seq: u64,
+    ) -> anyhow::Result<reqwest::StatusCode> {
         let body = serde_json::json!({"user_id": user_id(index), "message": format!("t={seq}")});
         let response = self
             .http
@@ -416,13 +470,19 @@ impl Clients {
     }
 
     /// `repeats` messages, one at a time, each to a different online user: send → receipt.
-    pub async fn targeted_latency(&mut self, repeats: usize) -> anyhow::Result<(Vec<Duration>, usize)> {
+    pub async fn targeted_latency(
+        &mut self,
+        repeats: usize,
+    ) -> anyhow::Result<(Vec<Duration>, usize)> {
         let (samples, lost) = self.targeted_latency_by_user(repeats).await?;
         Ok((samples.into_iter().map(|(_, d)| d).collect(), lost))
     }
 
     /// As `targeted_latency`, each sample with the index of the user it went to.
-    pub async fn targeted_latency_by_user(&mut self, repeats: usize) -> anyhow::Result<(Vec<(usize, Duration)>, usize)> {
+    pub async fn targeted_latency_by_user(
+        &mut self,
+        repeats: usize,
+    ) -> anyhow::Result<(Vec<(usize, Duration)>, usize)> {
         let (mut samples, mut lost) = (Vec::new(), 0);
         for k in 0..repeats {
             match self.targeted_once(k).await? {
@@ -449,7 +509,9 @@ impl Clients {
         slot.reset();
         let sent = self.shared.now();
         match self.target.proto.targeted_frame(&user_id(index), seq) {
-            Some(frame) => self.control.send(frame).await.map_err(|_| anyhow!("control connection gone"))?,
+            Some(frame) => {
+                self.control.send(frame).await.map_err(|_| anyhow!("control connection gone"))?
+            }
             None => {
                 let base = self.target.http_base.clone().ok_or_else(|| anyhow!("no HTTP base"))?;
                 let status = self.post_message(&base, index, seq).await?;
@@ -459,7 +521,10 @@ impl Clients {
             }
         }
         if self.wait_slot(slot, 1, Instant::now() + STEP_TIMEOUT).await {
-            Ok(Some((index, Duration::from_nanos(slot.first.load(Ordering::Acquire).saturating_sub(sent)))))
+            Ok(Some((
+                index,
+                Duration::from_nanos(slot.first.load(Ordering::Acquire).saturating_sub(sent)),
+            )))
         } else {
             Ok(None)
         }

@@ -18,7 +18,10 @@ struct Limit {
     limit: Option<i64>,
 }
 
-async fn leaderboard(State(pool): State<PgPool>, Query(q): Query<Limit>) -> Result<Json<Value>, StatusCode> {
+async fn leaderboard(
+    State(pool): State<PgPool>,
+    Query(q): Query<Limit>,
+) -> Result<Json<Value>, StatusCode> {
     let rows = sqlx::query(
         "SELECT nickname, stamps_collected FROM users
          WHERE nickname IS NOT NULL
@@ -43,7 +46,10 @@ async fn leaderboard(State(pool): State<PgPool>, Query(q): Query<Limit>) -> Resu
     Ok(Json(json!({ "data": data })))
 }
 
-async fn register(State(pool): State<PgPool>, Json(body): Json<Value>) -> Result<(StatusCode, Json<Value>), StatusCode> {
+async fn register(
+    State(pool): State<PgPool>,
+    Json(body): Json<Value>,
+) -> Result<(StatusCode, Json<Value>), StatusCode> {
     let nickname = body["data"]["attributes"]["nickname"].as_str().map(str::to_owned);
     let id = uuid::Uuid::new_v4();
     let now = chrono::Utc::now().naive_utc();

@@ -69,10 +69,14 @@ fn prepare_tako(work: &Path, rev: &str) -> anyhow::Result<(PathBuf, String)> {
         }
     }
     let root = repo_root();
-    let full = sh(Command::new("git").arg("-C").arg(&root).args(["rev-parse", &format!("{rev}^{{commit}}")]))?;
+    let full = sh(Command::new("git")
+        .arg("-C")
+        .arg(&root)
+        .args(["rev-parse", &format!("{rev}^{{commit}}")]))?;
     let rev = sh(Command::new("git").arg("-C").arg(&root).args(["rev-parse", "--short", &full]))?;
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .unwrap_or_else(|_| format!("{}/.cache/tako-target", std::env::var("HOME").unwrap_or_default()));
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| {
+        format!("{}/.cache/tako-target", std::env::var("HOME").unwrap_or_default())
+    });
     // A commit's build never changes: reuse it (a run, or the baseline, need not rebuild).
     let cached = Path::new(&target).join("bench-bins").join(format!("tako-{full}"));
     let bin = work.join(format!("tako-{rev}"));
@@ -89,7 +93,12 @@ fn prepare_tako(work: &Path, rev: &str) -> anyhow::Result<(PathBuf, String)> {
         .args(["archive", "--format=tar", &rev])
         .stdout(std::process::Stdio::piped())
         .spawn()?;
-    let status = Command::new("tar").arg("-x").arg("-C").arg(&src).stdin(archive.stdout.expect("piped")).status()?;
+    let status = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(&src)
+        .stdin(archive.stdout.expect("piped"))
+        .status()?;
     if !status.success() {
         bail!("extracting HEAD failed");
     }
@@ -114,12 +123,18 @@ fn prepare_tako(work: &Path, rev: &str) -> anyhow::Result<(PathBuf, String)> {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "?".into());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .and_then(|m| {
+            m.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
         .map(|kb| format!("{:.0} GiB", kb as f64 / 1024.0 / 1024.0))
         .unwrap_or_default();
     let kernel = sh(Command::new("uname").arg("-r")).unwrap_or_default();
@@ -142,7 +157,8 @@ async fn all(args: &Args, ws: bool, http: bool, cluster: bool) -> anyhow::Result
         .split(',')
         .map(|s| Kind::parse(s.trim()).with_context(|| format!("unknown server {s}")))
         .collect::<anyhow::Result<_>>()?;
-    let http_users: u64 = args.value("--http-users").map(|v| v.parse()).transpose()?.unwrap_or(1_000_000);
+    let http_users: u64 =
+        args.value("--http-users").map(|v| v.parse()).transpose()?.unwrap_or(1_000_000);
     let http_secs: u64 = args.value("--http-secs").map(|v| v.parse()).transpose()?.unwrap_or(10);
     let plan = WsPlan {
         repeats: args.value("--repeats").map(|v| v.parse()).transpose()?.unwrap_or(50),
@@ -263,7 +279,10 @@ fn clean_up(args: &Args, work: &Path) {
 /// `bench online`: scenario 3 at up to 50k online (see online.rs).
 async fn online_cmd(args: &Args) -> anyhow::Result<()> {
     let num = |flag: &str, default: usize| -> anyhow::Result<usize> {
-        args.value(flag).map(|v| v.parse::<usize>().with_context(|| flag.to_owned())).transpose().map(|v| v.unwrap_or(default))
+        args.value(flag)
+            .map(|v| v.parse::<usize>().with_context(|| flag.to_owned()))
+            .transpose()
+            .map(|v| v.unwrap_or(default))
     };
     let plan = online::OnlinePlan {
         sizes: online::parse_sizes(&args.value("--sizes").unwrap_or_else(|| "1000,50000".into()))?,

@@ -74,7 +74,10 @@ impl OnlinePlan {
             bail!("--nodes, --recipients, --per-child and --rounds must be at least 1");
         }
         if self.per_child > MAX_PER_PROCESS {
-            bail!("--per-child {}: one process holds at most {MAX_PER_PROCESS} sockets here", self.per_child);
+            bail!(
+                "--per-child {}: one process holds at most {MAX_PER_PROCESS} sockets here",
+                self.per_child
+            );
         }
         if self.recipients + 1 > MAX_PER_PROCESS {
             bail!("--recipients {}: they all live in this process", self.recipients);
@@ -84,7 +87,11 @@ impl OnlinePlan {
                 bail!("N={n} is below the {} recipients + the control connection", self.recipients);
             }
             if n.div_ceil(self.nodes) > MAX_PER_PROCESS {
-                bail!("N={n} on {} nodes is {} sockets per node, over {MAX_PER_PROCESS}: add --nodes", self.nodes, n.div_ceil(self.nodes));
+                bail!(
+                    "N={n} on {} nodes is {} sockets per node, over {MAX_PER_PROCESS}: add --nodes",
+                    self.nodes,
+                    n.div_ceil(self.nodes)
+                );
             }
         }
         Ok(())
@@ -116,8 +123,11 @@ impl OnlinePlan {
 
 /// Comma-separated `host:port` list.
 pub fn parse_targets(s: &str) -> anyhow::Result<Vec<SocketAddr>> {
-    let out: Vec<SocketAddr> =
-        s.split(',').filter(|p| !p.trim().is_empty()).map(|p| p.trim().parse().with_context(|| format!("target {p:?}"))).collect::<anyhow::Result<_>>()?;
+    let out: Vec<SocketAddr> = s
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| p.trim().parse().with_context(|| format!("target {p:?}")))
+        .collect::<anyhow::Result<_>>()?;
     if out.is_empty() {
         bail!("no targets");
     }
@@ -135,7 +145,11 @@ pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().as_deref().and_then(parse_cpu_ticks).unwrap_or(0)
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .as_deref()
+        .and_then(parse_cpu_ticks)
+        .unwrap_or(0)
 }
 
 /// Waits until the processes together used at most 5% of one core over one second (joins
@@ -157,7 +171,9 @@ async fn settle(pids: &[u32], limit: Duration) -> Option<Duration> {
 
 /// Comma-separated sizes.
 pub fn parse_sizes(s: &str) -> anyhow::Result<Vec<usize>> {
-    s.split(',').map(|p| p.trim().replace('_', "").parse::<usize>().with_context(|| format!("size {p:?}"))).collect()
+    s.split(',')
+        .map(|p| p.trim().replace('_', "").parse::<usize>().with_context(|| format!("size {p:?}")))
+        .collect()
 }
 
 /// `count` ballast sockets from user index `first` split over as few children as hold at most
@@ -202,7 +218,9 @@ pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
         } else {
             None
         };
-        if let Some(v) = value.and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse::<f64>().ok()) {
+        if let Some(v) =
+            value.and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse::<f64>().ok())
+        {
             *found.get_or_insert(0.0) += v;
         }
     }
@@ -255,7 +273,13 @@ impl Held {
 /// Joins `count` idle sockets (users `first..first+count`, user i on `targets[i mod len]`),
 /// prints `ready <joined> <errors>` once all are done or `deadline` passed, answers each
 /// `status` line on stdin with `status <open> <dropped>`, and exits when stdin closes.
-pub async fn ballast(targets: Vec<SocketAddr>, first: usize, count: usize, concurrency: usize, deadline: Duration) -> anyhow::Result<()> {
+pub async fn ballast(
+    targets: Vec<SocketAddr>,
+    first: usize,
+    count: usize,
+    concurrency: usize,
+    deadline: Duration,
+) -> anyhow::Result<()> {
     if count > MAX_PER_PROCESS {
         bail!("--count {count}: one process holds at most {MAX_PER_PROCESS} sockets here");
     }
@@ -268,9 +292,20 @@ pub async fn ballast(targets: Vec<SocketAddr>, first: usize, count: usize, concu
         first_error: std::sync::Mutex::new(None),
     });
     let gate = Arc::new(Semaphore::new(concurrency.max(1)));
-    let targets: Vec<Target> = targets.into_iter().map(|addr| Target { proto: Proto::Phoenix, addr, http_base: None }).collect();
-    let tasks: Vec<_> =
-        (first..first + count).map(|i| tokio::spawn(hold(held.clone(), targets[node_of(i, targets.len())].clone(), i, gate.clone()))).collect();
+    let targets: Vec<Target> = targets
+        .into_iter()
+        .map(|addr| Target { proto: Proto::Phoenix, addr, http_base: None })
+        .collect();
+    let tasks: Vec<_> = (first..first + count)
+        .map(|i| {
+            tokio::spawn(hold(
+                held.clone(),
+                targets[node_of(i, targets.len())].clone(),
+                i,
+                gate.clone(),
+            ))
+        })
+        .collect();
     let until = Instant::now() + deadline;
     loop {
         let done = held.joined.load(Ordering::Acquire) + held.errors.load(Ordering::Acquire);
@@ -278,10 +313,12 @@ pub async fn ballast(targets: Vec<SocketAddr>, first: usize, count: usize, concu
         if done >= count || left.is_zero() {
             break;
         }
-        let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), held.notify.notified()).await;
+        let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), held.notify.notified())
+            .await;
     }
     held.cancelled.store(true, Ordering::Release);
-    let (joined, errors) = (held.joined.load(Ordering::Acquire), held.errors.load(Ordering::Acquire));
+    let (joined, errors) =
+        (held.joined.load(Ordering::Acquire), held.errors.load(Ordering::Acquire));
     if let Some(e) = held.first_error.lock().unwrap().clone() {
         eprintln!("ballast {first}+{count}: first error: {e}");
     }
@@ -311,11 +348,23 @@ struct Ballast {
 }
 
 impl Ballast {
-    async fn spawn(paths: &Paths, targets: &str, first: usize, count: usize, concurrency: usize, join_secs: u64) -> anyhow::Result<Ballast> {
+    async fn spawn(
+        paths: &Paths,
+        targets: &str,
+        first: usize,
+        count: usize,
+        concurrency: usize,
+        join_secs: u64,
+    ) -> anyhow::Result<Ballast> {
         let mut child = Command::new(&paths.bench)
             .args(["ballast", "--targets", targets])
             .args(["--first-index", &first.to_string(), "--count", &count.to_string()])
-            .args(["--concurrency", &concurrency.to_string(), "--deadline-secs", &join_secs.to_string()])
+            .args([
+                "--concurrency",
+                &concurrency.to_string(),
+                "--deadline-secs",
+                &join_secs.to_string(),
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log_file(&paths.work, &format!("ballast-{first}"))?)
@@ -333,7 +382,8 @@ impl Ballast {
             .await
             .with_context(|| format!("ballast {} said nothing within {within:?}", self.pid))??
             .with_context(|| format!("ballast {} exited", self.pid))?;
-        parse_report(&line, word).with_context(|| format!("ballast {}: unexpected {line:?}", self.pid))
+        parse_report(&line, word)
+            .with_context(|| format!("ballast {}: unexpected {line:?}", self.pid))
     }
 
     async fn status(&mut self) -> anyhow::Result<(usize, usize)> {
@@ -380,7 +430,8 @@ pub struct OnlineRow {
 impl OnlineRow {
     /// Every planned socket joined and still open when the messages were sent.
     pub fn complete(&self) -> bool {
-        self.recipients + 1 + self.ballast == self.n && self.notes.iter().all(|n| !n.starts_with("incomplete"))
+        self.recipients + 1 + self.ballast == self.n
+            && self.notes.iter().all(|n| !n.starts_with("incomplete"))
     }
 }
 
@@ -427,7 +478,8 @@ pub async fn run(paths: &Paths, plan: &OnlinePlan) -> anyhow::Result<Vec<OnlineR
     }
     .await;
     for &n in &sizes {
-        let _ = admin.execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db(n)).as_str()).await;
+        let _ =
+            admin.execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db(n)).as_str()).await;
     }
     admin.close().await;
     result
@@ -475,7 +527,11 @@ async fn run_group(
 ) -> Vec<OnlineRow> {
     let mut ups: Vec<Up> = Vec::new();
     for &(round, n) in group {
-        eprintln!("online round {round} N={n} on {} nodes{}", plan.nodes, if group.len() > 1 { " (up together with the group's other sizes)" } else { "" });
+        eprintln!(
+            "online round {round} N={n} on {} nodes{}",
+            plan.nodes,
+            if group.len() > 1 { " (up together with the group's other sizes)" } else { "" }
+        );
         let mut up = Up {
             nodes: Vec::new(),
             dogs: Vec::new(),
@@ -492,9 +548,11 @@ async fn run_group(
         .fetch_one(admin)
         .await;
         let pg_full = match free {
-            Ok((max, used)) if max - used < (plan.nodes * PG_POOL) as i64 => {
-                Some(format!("PostgreSQL has {} of {max} connections free; {} nodes may open {PG_POOL} each", max - used, plan.nodes))
-            }
+            Ok((max, used)) if max - used < (plan.nodes * PG_POOL) as i64 => Some(format!(
+                "PostgreSQL has {} of {max} connections free; {} nodes may open {PG_POOL} each",
+                max - used,
+                plan.nodes
+            )),
             _ => None,
         };
         let brought = match pg_full {
@@ -526,14 +584,20 @@ async fn run_group(
         ups.push(up);
     }
     // Joins settle (the nodes' Redis subscriptions, the mailbox's queries) before measuring.
-    let pids: Vec<u32> = ups.iter().flat_map(|u| u.nodes.iter().map(|s| s.pid).chain(u.children.iter().map(|c| c.pid))).collect();
+    let pids: Vec<u32> = ups
+        .iter()
+        .flat_map(|u| u.nodes.iter().map(|s| s.pid).chain(u.children.iter().map(|c| c.pid)))
+        .collect();
     let settled = settle(&pids, Duration::from_secs(30)).await;
     let load = loadavg();
     for up in &mut ups {
         up.row.settled = settled;
         up.row.loadavg = load.clone();
         if settled.is_none() {
-            up.row.notes.push("the nodes still used over 5% of a core 30 s after the joins; measured anyway".into());
+            up.row.notes.push(
+                "the nodes still used over 5% of a core 30 s after the joins; measured anyway"
+                    .into(),
+            );
         }
         for s in &up.nodes {
             up.row.node_online.push(users_online(s.port).await);
@@ -543,9 +607,13 @@ async fn run_group(
     let live: Vec<usize> = (0..ups.len()).filter(|&i| ups[i].clients.is_some()).collect();
     // A group measured without one of its sizes is no paired comparison: not pooled.
     if live.len() < ups.len() && ups.len() > 1 {
-        let missing: Vec<String> = ups.iter().filter(|u| u.clients.is_none()).map(|u| u.row.n.to_string()).collect();
+        let missing: Vec<String> =
+            ups.iter().filter(|u| u.clients.is_none()).map(|u| u.row.n.to_string()).collect();
         for &i in &live {
-            ups[i].row.notes.push(format!("incomplete: unpaired (N={} of this round did not come up)", missing.join(", ")));
+            ups[i].row.notes.push(format!(
+                "incomplete: unpaired (N={} of this round did not come up)",
+                missing.join(", ")
+            ));
         }
     }
     // Warm-up, not recorded: connections (HTTP, the nodes' database pools) opened again.
@@ -600,7 +668,9 @@ async fn run_group(
                 }
             }
             if gone > 0 {
-                row.notes.push(format!("incomplete: {gone} sockets were closed by a node during the run"));
+                row.notes.push(format!(
+                    "incomplete: {gone} sockets were closed by a node during the run"
+                ));
             }
         }
         eprintln!(
@@ -619,27 +689,40 @@ async fn run_group(
 
 async fn bring_up(paths: &Paths, url: &str, plan: &OnlinePlan, up: &mut Up) -> anyhow::Result<()> {
     let (round, n) = (up.row.round, up.row.n);
-    let cluster = format!("bench-online-{}-{}-{round}-{n}", std::process::id(), chrono::Utc::now().timestamp_millis());
+    let cluster = format!(
+        "bench-online-{}-{}-{round}-{n}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_millis()
+    );
     for k in 0..plan.nodes {
         let name = format!("online-{round}-{n}-{}", (b'a' + k as u8) as char);
-        let node = start_node_with(paths, url, &cluster, &name, &[("TAKO_PRESENCE", "off")]).await?;
+        let node =
+            start_node_with(paths, url, &cluster, &name, &[("TAKO_PRESENCE", "off")]).await?;
         up.dogs.push(Watchdog::start(node.pid, paths.max_rss));
         up.nodes.push(node);
     }
     let targets: Vec<Target> = up
         .nodes
         .iter()
-        .map(|s| Target { proto: Proto::Phoenix, addr: ([127, 0, 0, 1], s.port).into(), http_base: Some(format!("http://127.0.0.1:{}", s.port)) })
+        .map(|s| Target {
+            proto: Proto::Phoenix,
+            addr: ([127, 0, 0, 1], s.port).into(),
+            http_base: Some(format!("http://127.0.0.1:{}", s.port)),
+        })
         .collect();
     // Let the nodes hear each other on the bus before anyone joins.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let started = Instant::now();
     // The recipients (users 0..R, user i on node i mod nodes) and the control connection
     // (user R, node A), in this process.
-    let (mut clients, joined) = Clients::connect_spread(targets.clone(), plan.recipients, Some(64)).await?;
+    let (mut clients, joined) =
+        Clients::connect_spread(targets.clone(), plan.recipients, Some(64)).await?;
     up.row.recipients = joined.joined;
     if joined.joined < plan.recipients {
-        up.row.notes.push(format!("incomplete: {} of {} recipients joined ({} errors)", joined.joined, plan.recipients, joined.errors));
+        up.row.notes.push(format!(
+            "incomplete: {} of {} recipients joined ({} errors)",
+            joined.joined, plan.recipients, joined.errors
+        ));
     }
     match clients.targeted_available().await? {
         Ok(()) => {}
@@ -648,25 +731,41 @@ async fn bring_up(paths: &Paths, url: &str, plan: &OnlinePlan, up: &mut Up) -> a
     up.clients = Some(clients);
     // The ballast: users R+1 .. N-1, in children of at most `per_child` sockets, all at once.
     let list = targets.iter().map(|t| t.addr.to_string()).collect::<Vec<_>>().join(",");
-    for (first, count) in split_children(plan.recipients + 1, n - plan.recipients - 1, plan.per_child) {
-        up.children.push(Ballast::spawn(paths, &list, first, count, plan.concurrency, plan.join_secs).await?);
+    for (first, count) in
+        split_children(plan.recipients + 1, n - plan.recipients - 1, plan.per_child)
+    {
+        up.children.push(
+            Ballast::spawn(paths, &list, first, count, plan.concurrency, plan.join_secs).await?,
+        );
     }
     up.row.children = up.children.len();
     for child in up.children.iter_mut() {
         let (ok, errors) = child.report("ready", Duration::from_secs(plan.join_secs + 30)).await?;
         up.row.ballast += ok;
         if ok < child.count {
-            up.row.notes.push(format!("incomplete: ballast child {}: {ok} of {} joined ({errors} errors; see its log)", child.pid, child.count));
+            up.row.notes.push(format!(
+                "incomplete: ballast child {}: {ok} of {} joined ({errors} errors; see its log)",
+                child.pid, child.count
+            ));
         }
     }
     up.row.join_time = Some(started.elapsed());
-    eprintln!("  [online round {round} n={n}] {} recipients + {} ballast joined in {:?}", up.row.recipients, up.row.ballast, started.elapsed());
+    eprintln!(
+        "  [online round {round} n={n}] {} recipients + {} ballast joined in {:?}",
+        up.row.recipients,
+        up.row.ballast,
+        started.elapsed()
+    );
     Ok(())
 }
 
 /// All, recipient on node A, recipient elsewhere.
-fn split_quantiles(samples: &[(bool, Duration)]) -> (Option<Quantiles>, Option<Quantiles>, Option<Quantiles>) {
-    let pick = |f: &dyn Fn(bool) -> bool| samples.iter().filter(|(a, _)| f(*a)).map(|(_, d)| *d).collect::<Vec<_>>();
+fn split_quantiles(
+    samples: &[(bool, Duration)],
+) -> (Option<Quantiles>, Option<Quantiles>, Option<Quantiles>) {
+    let pick = |f: &dyn Fn(bool) -> bool| {
+        samples.iter().filter(|(a, _)| f(*a)).map(|(_, d)| *d).collect::<Vec<_>>()
+    };
     (quantiles(&pick(&|_| true)), quantiles(&pick(&|a| a)), quantiles(&pick(&|a| !a)))
 }
 
@@ -692,7 +791,8 @@ pub fn pooled(rows: &[OnlineRow]) -> Vec<Pooled> {
         .into_iter()
         .map(|n| {
             let runs: Vec<&OnlineRow> = rows.iter().filter(|r| r.n == n && r.complete()).collect();
-            let samples: Vec<(bool, Duration)> = runs.iter().flat_map(|r| r.samples.iter().copied()).collect();
+            let samples: Vec<(bool, Duration)> =
+                runs.iter().flat_map(|r| r.samples.iter().copied()).collect();
             let (all, local, remote) = split_quantiles(&samples);
             Pooled { n, runs: runs.len(), all, local, remote }
         })
@@ -704,7 +804,12 @@ pub fn table(rows: &[OnlineRow], label: &str, nodes: usize) -> String {
         "| server | round | N online | joined: recipients + ballast (children) | users online per node (each node's count) | node RSS | targeted p50 / p99 | recipient on node A (the POST's node) | recipient on another node (via Redis) | load avg when measured |\n|---|---:|---:|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
-        let counts = r.node_online.iter().map(|c| c.map(|c| c.to_string()).unwrap_or_else(|| "?".into())).collect::<Vec<_>>().join(" + ");
+        let counts = r
+            .node_online
+            .iter()
+            .map(|c| c.map(|c| c.to_string()).unwrap_or_else(|| "?".into()))
+            .collect::<Vec<_>>()
+            .join(" + ");
         let rss = r.node_rss.iter().map(|&b| fmt_bytes(b as f64)).collect::<Vec<_>>().join(", ");
         let _ = writeln!(
             out,
@@ -732,11 +837,20 @@ pub fn table(rows: &[OnlineRow], label: &str, nodes: usize) -> String {
     let base = pooled.iter().find_map(|p| Some((p.n, p.all?)));
     for &Pooled { n, runs, all, local, remote } in &pooled {
         let vs = match (base, all) {
-            (Some((bn, b)), Some(a)) if bn != n => format!("{:.2}× / {:.2}×", ratio(b.p50, a.p50), ratio(b.p99, a.p99)),
+            (Some((bn, b)), Some(a)) if bn != n => {
+                format!("{:.2}× / {:.2}×", ratio(b.p50, a.p50), ratio(b.p99, a.p99))
+            }
             (Some((bn, _)), Some(_)) if bn == n => "1 (base)".to_owned(),
             _ => "–".to_owned(),
         };
-        let _ = writeln!(out, "| {label} | {n} | {runs} | {} | {} | {} | {} | {vs} |", all.map(|a| a.n).unwrap_or(0), q(all), q(local), q(remote));
+        let _ = writeln!(
+            out,
+            "| {label} | {n} | {runs} | {} | {} | {} | {} | {vs} |",
+            all.map(|a| a.n).unwrap_or(0),
+            q(all),
+            q(local),
+            q(remote)
+        );
     }
     let _ = writeln!(
         out,
@@ -766,7 +880,13 @@ pub fn table(rows: &[OnlineRow], label: &str, nodes: usize) -> String {
             None => String::new(),
         };
         if let Some(t) = r.join_time {
-            let _ = writeln!(out, "- round {} N={}: all joined in {}{settled}", r.round, r.n, fmt_duration(t));
+            let _ = writeln!(
+                out,
+                "- round {} N={}: all joined in {}{settled}",
+                r.round,
+                r.n,
+                fmt_duration(t)
+            );
         }
         for note in &r.notes {
             let _ = writeln!(out, "- round {} N={}: {note}", r.round, r.n);
@@ -840,11 +960,24 @@ mod tests {
         assert!(plan(vec![200], 3).check().is_err());
         assert_eq!(
             plan(vec![1000, 20_000, 50_000], 3).schedule(),
-            vec![(1, 1000), (1, 20_000), (1, 50_000), (2, 50_000), (2, 20_000), (2, 1000), (3, 1000), (3, 20_000), (3, 50_000)]
+            vec![
+                (1, 1000),
+                (1, 20_000),
+                (1, 50_000),
+                (2, 50_000),
+                (2, 20_000),
+                (2, 1000),
+                (3, 1000),
+                (3, 20_000),
+                (3, 50_000)
+            ]
         );
         assert_eq!(plan(vec![1000, 50_000], 3).groups().len(), 6);
         let together = OnlinePlan { rounds: 2, together: true, ..plan(vec![1000, 50_000], 3) };
-        assert_eq!(together.groups(), vec![vec![(1, 1000), (1, 50_000)], vec![(2, 1000), (2, 50_000)]]);
+        assert_eq!(
+            together.groups(),
+            vec![vec![(1, 1000), (1, 50_000)], vec![(2, 1000), (2, 50_000)]]
+        );
     }
 
     #[test]
@@ -858,11 +991,23 @@ mod tests {
     #[test]
     fn table_pools_complete_runs_only() {
         let ms = Duration::from_millis;
-        let samples = |v: &[u64]| v.iter().enumerate().map(|(k, &m)| (k % 3 == 0, ms(m))).collect::<Vec<_>>();
+        let samples =
+            |v: &[u64]| v.iter().enumerate().map(|(k, &m)| (k % 3 == 0, ms(m))).collect::<Vec<_>>();
         let row = |round, n, ballast, v: &[u64]| {
             let samples = samples(v);
             let (all, local, remote) = split_quantiles(&samples);
-            OnlineRow { round, n, recipients: 300, ballast, children: 1, samples, all, local, remote, ..Default::default() }
+            OnlineRow {
+                round,
+                n,
+                recipients: 300,
+                ballast,
+                children: 1,
+                samples,
+                all,
+                local,
+                remote,
+                ..Default::default()
+            }
         };
         let rows = [
             row(1, 1000, 699, &[1, 1, 2]),

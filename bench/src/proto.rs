@@ -109,7 +109,9 @@ impl Proto {
     /// `push_ref` is a fresh ref for protocols with replies.
     pub fn broadcast_frame(self, seq: u64, push_ref: u64) -> String {
         match self {
-            Proto::Phoenix => format!(r#"["1","{push_ref}","notifications","shout",{{"s":{seq}}}]"#),
+            Proto::Phoenix => {
+                format!(r#"["1","{push_ref}","notifications","shout",{{"s":{seq}}}]"#)
+            }
             Proto::Raw => format!(r#"b{{"s":{seq}}}"#),
             Proto::SocketIo => format!(r#"42["shout",{{"s":{seq}}}]"#),
         }
@@ -140,30 +142,46 @@ mod tests {
         let uid = user_id(3);
         assert_eq!(uid, "00000000-0000-4000-8000-000000000003");
         assert_eq!(
-            Proto::Phoenix.handshake(r#"["1","1","notifications","phx_reply",{"status":"ok","response":{}}]"#, &uid),
+            Proto::Phoenix.handshake(
+                r#"["1","1","notifications","phx_reply",{"status":"ok","response":{}}]"#,
+                &uid
+            ),
             Step::Joined
         );
         assert!(matches!(
-            Proto::Phoenix.handshake(r#"["1","1","notifications","phx_reply",{"status":"error","response":{}}]"#, &uid),
+            Proto::Phoenix.handshake(
+                r#"["1","1","notifications","phx_reply",{"status":"error","response":{}}]"#,
+                &uid
+            ),
             Step::Refused(_)
         ));
-        assert_eq!(Proto::Phoenix.classify(r#"[null,null,"notifications","shout",{"s":17}]"#), Incoming::Broadcast(17));
+        assert_eq!(
+            Proto::Phoenix.classify(r#"[null,null,"notifications","shout",{"s":17}]"#),
+            Incoming::Broadcast(17)
+        );
         assert_eq!(
             Proto::Phoenix.classify(r#"["1",null,"notifications","msg",{"message":"t=9","user_id":"00000000-0000-4000-8000-000000000003"}]"#),
             Incoming::Targeted(9)
         );
         assert_eq!(
-            Proto::Phoenix.classify(r#"["1","4","notifications","phx_reply",{"status":"ok","response":{}}]"#),
+            Proto::Phoenix
+                .classify(r#"["1","4","notifications","phx_reply",{"status":"ok","response":{}}]"#),
             Incoming::Other
         );
-        assert_eq!(Proto::Phoenix.broadcast_frame(5, 8), r#"["1","8","notifications","shout",{"s":5}]"#);
+        assert_eq!(
+            Proto::Phoenix.broadcast_frame(5, 8),
+            r#"["1","8","notifications","shout",{"s":5}]"#
+        );
         assert_eq!(Proto::Phoenix.targeted_frame(&uid, 1), None);
     }
 
     #[test]
     fn socketio_handshake_and_frames() {
         let uid = user_id(1);
-        assert_eq!(Proto::SocketIo.handshake(r#"0{"sid":"abc","pingInterval":25000}"#, &uid), Step::Wait);
+        assert_eq!(
+            Proto::SocketIo.handshake(r#"0{"sid":"abc","pingInterval":25000}"#, &uid),
+            Step::Wait
+        );
         assert_eq!(
             Proto::SocketIo.handshake(r#"40{"sid":"def"}"#, &uid),
             Step::Send(format!(r#"421["join",{{"uid":"{uid}"}}]"#))

@@ -43,7 +43,9 @@ impl Kind {
     pub fn label(self) -> &'static str {
         match self {
             Kind::Tako => TAKO_LABEL.get().copied().unwrap_or("Tako"),
-            Kind::TakoNoPresence => TAKO_NO_PRESENCE_LABEL.get().copied().unwrap_or("Tako, TAKO_PRESENCE=off"),
+            Kind::TakoNoPresence => {
+                TAKO_NO_PRESENCE_LABEL.get().copied().unwrap_or("Tako, TAKO_PRESENCE=off")
+            }
             Kind::TakoBaseline => BASELINE_LABEL.get().copied().unwrap_or("Tako baseline"),
             Kind::Floor => "raw floor (tokio-tungstenite)",
             Kind::AxumFloor => "axum floor (axum WebSocketUpgrade)",
@@ -200,8 +202,13 @@ pub async fn sqlite_with_users(paths: &Paths, n: usize, kind: Kind) -> anyhow::R
     if file.exists() {
         return Ok(url);
     }
-    let bin = if kind == Kind::TakoBaseline { paths.tako_baseline.clone().context("no baseline")? } else { paths.tako.clone() };
-    let status = tako_command_with(&bin, &url).arg("migrate").stdout(Stdio::null()).status().await?;
+    let bin = if kind == Kind::TakoBaseline {
+        paths.tako_baseline.clone().context("no baseline")?
+    } else {
+        paths.tako.clone()
+    };
+    let status =
+        tako_command_with(&bin, &url).arg("migrate").stdout(Stdio::null()).status().await?;
     if !status.success() {
         bail!("tako migrate failed: {status}");
     }
@@ -293,22 +300,35 @@ pub async fn run_ws(kind: Kind, n: usize, paths: &Paths, plan: &WsPlan) -> anyho
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
         row.rss_after = rss_of_tree(server.pid).unwrap_or(0);
-        eprintln!("  [{kind:?} n={n}] joined {} rss {} → {}", row.joined, fmt_bytes(row.rss_before as f64), fmt_bytes(row.rss_after as f64));
+        eprintln!(
+            "  [{kind:?} n={n}] joined {} rss {} → {}",
+            row.joined,
+            fmt_bytes(row.rss_before as f64),
+            fmt_bytes(row.rss_after as f64)
+        );
 
         let (firsts, lasts, incomplete) = clients.broadcast_latency(plan.repeats).await?;
         row.first = quantiles(&firsts);
         row.last = quantiles(&lasts);
         row.broadcast_incomplete = incomplete;
         if incomplete > 0 {
-            row.notes.push(format!("{incomplete} of {} broadcasts did not reach everyone within 15 s", plan.repeats));
+            row.notes.push(format!(
+                "{incomplete} of {} broadcasts did not reach everyone within 15 s",
+                plan.repeats
+            ));
         }
-        let (rate, incomplete) =
-            clients.broadcast_throughput(Duration::from_secs(plan.throughput_secs), plan.window).await?;
+        let (rate, incomplete) = clients
+            .broadcast_throughput(Duration::from_secs(plan.throughput_secs), plan.window)
+            .await?;
         row.deliveries_per_sec = Some(rate);
         if incomplete > 0 {
             row.notes.push(format!("steady broadcast: {incomplete} incomplete"));
         }
-        eprintln!("  [{kind:?} n={n}] broadcast last p50 {:?}, {}", row.last.map(|q| q.p50), fmt_rate(rate));
+        eprintln!(
+            "  [{kind:?} n={n}] broadcast last p50 {:?}, {}",
+            row.last.map(|q| q.p50),
+            fmt_rate(rate)
+        );
 
         match clients.targeted_available().await? {
             Ok(()) => {
@@ -321,7 +341,8 @@ pub async fn run_ws(kind: Kind, n: usize, paths: &Paths, plan: &WsPlan) -> anyho
             Err(why) => row.targeted_note = Some(why),
         }
         if clients.dropped() > 0 {
-            row.notes.push(format!("{} sockets closed by the server during the run", clients.dropped()));
+            row.notes
+                .push(format!("{} sockets closed by the server during the run", clients.dropped()));
         }
         clients.close().await;
         anyhow::Ok(())
@@ -358,7 +379,13 @@ pub async fn run_ws(kind: Kind, n: usize, paths: &Paths, plan: &WsPlan) -> anyho
 }
 
 /// Stops a phase's server and notes how the phase ended (the watchdog's kill, an error).
-async fn end_phase(watchdog: Watchdog, server: Server, row: &mut Row, result: anyhow::Result<()>, phase: &str) {
+async fn end_phase(
+    watchdog: Watchdog,
+    server: Server,
+    row: &mut Row,
+    result: anyhow::Result<()>,
+    phase: &str,
+) {
     watchdog.finish(row);
     server.stop().await;
     if let Err(e) = result {
@@ -384,7 +411,10 @@ impl Watchdog {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 match rss_of_tree(pid) {
                     Some(rss) if rss > limit => {
-                        let _ = std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+                        let _ = std::process::Command::new("kill")
+                            .arg("-KILL")
+                            .arg(pid.to_string())
+                            .status();
                         return Some(rss);
                     }
                     Some(_) => {}
@@ -403,7 +433,10 @@ impl Watchdog {
     pub(crate) fn note(self) -> Option<String> {
         let mut this = self;
         match futures_util::FutureExt::now_or_never(&mut this.task) {
-            Some(Ok(Some(rss))) => Some(format!("server killed by the harness: RSS {} passed the limit", fmt_bytes(rss as f64))),
+            Some(Ok(Some(rss))) => Some(format!(
+                "server killed by the harness: RSS {} passed the limit",
+                fmt_bytes(rss as f64)
+            )),
             _ => None,
         }
     }
@@ -427,7 +460,8 @@ pub fn ws_table(rows: &[Row]) -> String {
             (None, Some(note)) => format!("n/a ({note})"),
             _ => "–".to_owned(),
         };
-        let median = r.storm_median.map(|m| format!(" (median {})", fmt_duration(m))).unwrap_or_default();
+        let median =
+            r.storm_median.map(|m| format!(" (median {})", fmt_duration(m))).unwrap_or_default();
         let storm = match r.storm {
             Some(d) if r.storm_joined == r.n => format!("{}{median}", fmt_duration(d)),
             Some(d) => format!("{} of {} in {}{median}", r.storm_joined, r.n, fmt_duration(d)),
@@ -448,7 +482,11 @@ pub fn ws_table(rows: &[Row]) -> String {
     }
     let notes: Vec<String> = rows
         .iter()
-        .flat_map(|r| r.notes.iter().map(move |n| format!("- {} N={}: {n}", r.kind.map(Kind::label).unwrap_or("?"), r.n)))
+        .flat_map(|r| {
+            r.notes.iter().map(move |n| {
+                format!("- {} N={}: {n}", r.kind.map(Kind::label).unwrap_or("?"), r.n)
+            })
+        })
         .collect();
     if !notes.is_empty() {
         out.push('\n');
@@ -472,7 +510,9 @@ fn verdict(ok: bool) -> &'static str {
 
 /// The targets, each as a ratio between rows of this run, for each Tako build measured.
 pub fn targets(rows: &[Row], http: &[HttpRow]) -> String {
-    let mut out = String::from("| Tako build | target | measured (same run) | verdict |\n|---|---|---|---|\n");
+    let mut out = String::from(
+        "| Tako build | target | measured (same run) | verdict |\n|---|---|---|---|\n",
+    );
     let sizes: Vec<usize> = {
         let mut s: Vec<usize> = rows.iter().map(|r| r.n).collect();
         s.sort_unstable();
@@ -490,7 +530,12 @@ pub fn targets(rows: &[Row], http: &[HttpRow]) -> String {
             let floor = find(rows, Kind::Floor, n);
             match tako.per_socket() {
                 Some(t) => {
-                    let _ = writeln!(out, "| {b} | memory per idle joined socket ≤ 4 KiB (N={n}) | {} | {} |", fmt_bytes(t), verdict(t <= 4096.0));
+                    let _ = writeln!(
+                        out,
+                        "| {b} | memory per idle joined socket ≤ 4 KiB (N={n}) | {} | {} |",
+                        fmt_bytes(t),
+                        verdict(t <= 4096.0)
+                    );
                     if let Some(a) = find(rows, Kind::AxumFloor, n).and_then(Row::per_socket) {
                         let _ = writeln!(
                             out,
@@ -549,18 +594,28 @@ pub fn targets(rows: &[Row], http: &[HttpRow]) -> String {
                     }
                 }
                 None => {
-                    let _ = writeln!(out, "| {b} | deliveries/s (N={n}) | not measured | **missed** |");
+                    let _ =
+                        writeln!(out, "| {b} | deliveries/s (N={n}) | not measured | **missed** |");
                 }
             }
             if let Some(d) = tako.storm {
                 if n >= 10_000 {
                     let ok = tako.storm_joined == n && d < Duration::from_secs(5);
-                    let _ = writeln!(out, "| {b} | connect storm of {n}: all joined < 5 s | {} of {n} in {} | {} |", tako.storm_joined, fmt_duration(d), verdict(ok));
+                    let _ = writeln!(
+                        out,
+                        "| {b} | connect storm of {n}: all joined < 5 s | {} of {n} in {} | {} |",
+                        tako.storm_joined,
+                        fmt_duration(d),
+                        verdict(ok)
+                    );
                 }
             }
         }
-        let with_targeted: Vec<&Row> =
-            sizes.iter().filter_map(|&n| find(rows, build, n)).filter(|r| r.targeted.is_some() && r.joined == r.n).collect();
+        let with_targeted: Vec<&Row> = sizes
+            .iter()
+            .filter_map(|&n| find(rows, build, n))
+            .filter(|r| r.targeted.is_some() && r.joined == r.n)
+            .collect();
         if let (Some(lo), Some(hi)) = (with_targeted.first(), with_targeted.last()) {
             if hi.n > lo.n {
                 let (a, c) = (lo.targeted.unwrap(), hi.targeted.unwrap());
@@ -573,8 +628,11 @@ pub fn targets(rows: &[Row], http: &[HttpRow]) -> String {
                     verdict(r50 <= 1.5 && r99 <= 1.5)
                 );
             }
-        } else if let Some(why) = rows.iter().filter(|r| r.kind == Some(build)).find_map(|r| r.targeted_note.clone()) {
-            let _ = writeln!(out, "| {b} | targeted latency within 1.5× | not measured: {why} | – |");
+        } else if let Some(why) =
+            rows.iter().filter(|r| r.kind == Some(build)).find_map(|r| r.targeted_note.clone())
+        {
+            let _ =
+                writeln!(out, "| {b} | targeted latency within 1.5× | not measured: {why} | – |");
         }
     }
     for pair in ["leaderboard", "registrations"] {
@@ -607,12 +665,15 @@ pub struct HttpRow {
 
 /// `Requests/sec`, latency percentiles and non-2xx count from wrk's output.
 pub fn parse_wrk(out: &str) -> Option<(f64, String, String, u64)> {
-    let rps: f64 = out.lines().find_map(|l| l.trim().strip_prefix("Requests/sec:"))?.trim().parse().ok()?;
+    let rps: f64 =
+        out.lines().find_map(|l| l.trim().strip_prefix("Requests/sec:"))?.trim().parse().ok()?;
     let pct = |p: &str| {
         out.lines()
             .find_map(|l| {
                 let l = l.trim();
-                l.strip_prefix(p).filter(|_| l.ends_with(|c: char| c.is_ascii_alphabetic())).map(|v| v.trim().to_owned())
+                l.strip_prefix(p)
+                    .filter(|_| l.ends_with(|c: char| c.is_ascii_alphabetic()))
+                    .map(|v| v.trim().to_owned())
             })
             .unwrap_or_default()
     };
@@ -624,15 +685,25 @@ pub fn parse_wrk(out: &str) -> Option<(f64, String, String, u64)> {
         + out
             .lines()
             .filter_map(|l| l.trim().strip_prefix("Socket errors:"))
-            .map(|v| v.split(',').filter_map(|kv| kv.split_whitespace().last()?.parse::<u64>().ok()).sum::<u64>())
+            .map(|v| {
+                v.split(',')
+                    .filter_map(|kv| kv.split_whitespace().last()?.parse::<u64>().ok())
+                    .sum::<u64>()
+            })
             .sum::<u64>();
     Some((rps, pct("50%"), pct("99%"), errors))
 }
 
 pub fn http_table(rows: &[HttpRow]) -> String {
-    let mut out = String::from("| server | request | req/s | p50 | p99 | errors |\n|---|---|---:|---:|---:|---:|\n");
+    let mut out = String::from(
+        "| server | request | req/s | p50 | p99 | errors |\n|---|---|---:|---:|---:|---:|\n",
+    );
     for r in rows {
-        let _ = writeln!(out, "| {} | {} | {:.0} | {} | {} | {} |", r.server, r.what, r.rps, r.p50, r.p99, r.errors);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {} | {} | {} |",
+            r.server, r.what, r.rps, r.p50, r.p99, r.errors
+        );
     }
     out
 }
@@ -649,7 +720,9 @@ async fn wrk(paths: &Paths, url: &str, lua: Option<&str>, secs: u64) -> anyhow::
         cmd.arg("-s").arg(script);
     }
     cmd.arg(url).kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(secs + 30), cmd.output()).await.context("wrk hung")??;
+    let out = tokio::time::timeout(Duration::from_secs(secs + 30), cmd.output())
+        .await
+        .context("wrk hung")??;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -770,16 +843,37 @@ Transfer/sec:      5.00MB
 
     #[test]
     fn partial_join_is_not_compared() {
-        let tako = Row { kind: Some(Kind::Tako), n: 19000, joined: 12977, deliveries_per_sec: Some(250_000.0), ..Row::default() };
-        let floor = Row { kind: Some(Kind::Floor), n: 19000, joined: 19000, deliveries_per_sec: Some(200_000.0), ..Row::default() };
+        let tako = Row {
+            kind: Some(Kind::Tako),
+            n: 19000,
+            joined: 12977,
+            deliveries_per_sec: Some(250_000.0),
+            ..Row::default()
+        };
+        let floor = Row {
+            kind: Some(Kind::Floor),
+            n: 19000,
+            joined: 19000,
+            deliveries_per_sec: Some(200_000.0),
+            ..Row::default()
+        };
         let t = targets(&[tako, floor], &[]);
-        assert!(t.contains("12977 of 19000 subscribers, joins still arriving | not comparable |"), "{t}");
+        assert!(
+            t.contains("12977 of 19000 subscribers, joins still arriving | not comparable |"),
+            "{t}"
+        );
         assert!(!t.contains("80% of the raw floor"), "{t}");
     }
 
     #[test]
     fn per_socket_memory() {
-        let row = Row { n: 1000, joined: 1000, rss_before: 10_000_000, rss_after: 13_000_000, ..Row::default() };
+        let row = Row {
+            n: 1000,
+            joined: 1000,
+            rss_before: 10_000_000,
+            rss_after: 13_000_000,
+            ..Row::default()
+        };
         assert_eq!(row.per_socket(), Some(3000.0));
         assert_eq!(Row::default().per_socket(), None);
         // A server killed before the second reading, or a run where not everyone joined.

@@ -24,7 +24,11 @@ pub struct Quantiles {
 }
 
 pub fn quantiles(samples: &[Duration]) -> Option<Quantiles> {
-    Some(Quantiles { p50: percentile(samples, 50.0)?, p99: percentile(samples, 99.0)?, n: samples.len() })
+    Some(Quantiles {
+        p50: percentile(samples, 50.0)?,
+        p99: percentile(samples, 99.0)?,
+        n: samples.len(),
+    })
 }
 
 /// `VmRSS` in bytes from the text of `/proc/<pid>/status`.
@@ -160,7 +164,10 @@ mod tests {
 
     #[test]
     fn numbers_after_markers() {
-        assert_eq!(number_after(r#"[null,null,"notifications","shout",{"s":42}]"#, "\"s\":"), Some(42));
+        assert_eq!(
+            number_after(r#"[null,null,"notifications","shout",{"s":42}]"#, "\"s\":"),
+            Some(42)
+        );
         assert_eq!(number_after(r#"42["msg","t=7"]"#, "t="), Some(7));
         assert_eq!(number_after("nothing here", "t="), None);
         assert_eq!(number_after("t=", "t="), None);

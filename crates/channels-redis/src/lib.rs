@@ -91,13 +91,19 @@ impl RedisBus {
     /// Connects (and keeps reconnecting) to Redis, delivering what other nodes publish into
     /// `hub`. Call once; later calls do nothing.
     pub fn start(&self, hub: Hub) {
-        let Some(rx) = self.receiver.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+        let Some(rx) = self.receiver.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
         tokio::spawn(link::run(self.config.clone(), hub, rx, self.state.clone()));
     }
 
     pub fn status(&self) -> BusStatus {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        BusStatus { connected: state.connected, error: state.error.clone(), nodes: state.nodes.len() }
+        BusStatus {
+            connected: state.connected,
+            error: state.error.clone(),
+            nodes: state.nodes.len(),
+        }
     }
 
     /// Tell the other nodes this one is leaving, so its presences leave at once rather than

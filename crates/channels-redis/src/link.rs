@@ -53,9 +53,23 @@ fn lock(state: &Mutex<LinkState>) -> std::sync::MutexGuard<'_, LinkState> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub(crate) async fn run(config: RedisBusConfig, hub: Hub, mut rx: mpsc::UnboundedReceiver<Command>, state: Arc<Mutex<LinkState>>) {
+pub(crate) async fn run(
+    config: RedisBusConfig,
+    hub: Hub,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    state: Arc<Mutex<LinkState>>,
+) {
     let node = hub.node_id();
-    let mut link = Link { config, hub, node, state, users: HashSet::new(), dirty: HashSet::new(), presence_topics: HashSet::new(), leaving: false };
+    let mut link = Link {
+        config,
+        hub,
+        node,
+        state,
+        users: HashSet::new(),
+        dirty: HashSet::new(),
+        presence_topics: HashSet::new(),
+        leaving: false,
+    };
     let mut backoff = MIN_BACKOFF;
     loop {
         match link.connect().await {
@@ -179,7 +193,12 @@ impl Link {
         }
     }
 
-    async fn apply(&mut self, batch: Vec<Command>, sink: &mut PubSubSink, conn: &mut MultiplexedConnection) -> Result<(), String> {
+    async fn apply(
+        &mut self,
+        batch: Vec<Command>,
+        sink: &mut PubSubSink,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<(), String> {
         let mut publishes = Vec::new();
         for command in batch {
             match command {
@@ -211,7 +230,11 @@ impl Link {
 
     /// While Redis is away: keep the wanted subscriptions and presence topics current, drop
     /// publishes (they were delivered locally), expire silent nodes. False when the bus is gone.
-    async fn wait_offline(&mut self, wait: Duration, rx: &mut mpsc::UnboundedReceiver<Command>) -> bool {
+    async fn wait_offline(
+        &mut self,
+        wait: Duration,
+        rx: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> bool {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             self.expire_nodes();
@@ -234,7 +257,10 @@ impl Link {
     /// Applies what another node sent; `replies` gets what to publish in answer.
     fn receive(&mut self, bytes: &[u8], replies: &mut Vec<(String, Vec<u8>)>) {
         let Some((from, incoming)) = wire::decode(bytes) else {
-            tracing::warn!(bytes = bytes.len(), "cluster bus: malformed message from Redis ignored");
+            tracing::warn!(
+                bytes = bytes.len(),
+                "cluster bus: malformed message from Redis ignored"
+            );
             return;
         };
         if from == self.node {
@@ -258,7 +284,11 @@ impl Link {
             Incoming::Bye => {
                 lock(&self.state).nodes.remove(&from);
                 let left = self.hub.presence_drop_node(from);
-                tracing::info!(node = format!("{from:016x}"), presences = left, "node left the cluster");
+                tracing::info!(
+                    node = format!("{from:016x}"),
+                    presences = left,
+                    "node left the cluster"
+                );
             }
         }
     }
@@ -274,7 +304,12 @@ impl Link {
         let now = Instant::now();
         let gone: Vec<u64> = {
             let mut state = lock(&self.state);
-            let gone: Vec<u64> = state.nodes.iter().filter(|(_, seen)| now.duration_since(**seen) > self.config.node_timeout).map(|(n, _)| *n).collect();
+            let gone: Vec<u64> = state
+                .nodes
+                .iter()
+                .filter(|(_, seen)| now.duration_since(**seen) > self.config.node_timeout)
+                .map(|(n, _)| *n)
+                .collect();
             for node in &gone {
                 state.nodes.remove(node);
             }
@@ -282,13 +317,18 @@ impl Link {
         };
         for node in gone {
             let left = self.hub.presence_drop_node(node);
-            tracing::warn!(node = format!("{node:016x}"), presences = left, "node silent past the timeout: dropped from the cluster");
+            tracing::warn!(
+                node = format!("{node:016x}"),
+                presences = left,
+                "node silent past the timeout: dropped from the cluster"
+            );
         }
     }
 
     /// This node's presences on `topic`, as a share message.
     fn share(&self, topic: &str) -> (String, Vec<u8>) {
-        let mine: Vec<_> = self.hub.presence_entries(topic).into_iter().filter(|e| e.node == self.node).collect();
+        let mine: Vec<_> =
+            self.hub.presence_entries(topic).into_iter().filter(|e| e.node == self.node).collect();
         (self.channel("presence"), wire::share(self.node, topic, &mine))
     }
 
@@ -296,7 +336,11 @@ impl Link {
         self.presence_topics.iter().map(|t| self.share(t)).collect()
     }
 
-    async fn send(&self, conn: &mut MultiplexedConnection, messages: Vec<(String, Vec<u8>)>) -> Result<(), String> {
+    async fn send(
+        &self,
+        conn: &mut MultiplexedConnection,
+        messages: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), String> {
         if messages.is_empty() {
             return Ok(());
         }

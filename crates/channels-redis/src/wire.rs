@@ -22,13 +22,31 @@ fn parse_node(hex: &str) -> Option<u64> {
 enum Wire {
     /// A broadcast to a topic.
     #[serde(rename = "b")]
-    Broadcast { t: String, e: String, #[serde(flatten)] p: WirePayload, #[serde(skip_serializing_if = "Option::is_none", default)] x: Option<(String, u64)> },
+    Broadcast {
+        t: String,
+        e: String,
+        #[serde(flatten)]
+        p: WirePayload,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        x: Option<(String, u64)>,
+    },
     /// A broadcast to every topic matching.
     #[serde(rename = "m")]
-    Matching { m: WireMatch, e: String, #[serde(flatten)] p: WirePayload },
+    Matching {
+        m: WireMatch,
+        e: String,
+        #[serde(flatten)]
+        p: WirePayload,
+    },
     /// To one user's sockets on matching topics.
     #[serde(rename = "u")]
-    User { u: String, m: WireMatch, e: String, #[serde(flatten)] p: WirePayload },
+    User {
+        u: String,
+        m: WireMatch,
+        e: String,
+        #[serde(flatten)]
+        p: WirePayload,
+    },
     /// Close the sockets with this id.
     #[serde(rename = "d")]
     Disconnect { s: String },
@@ -90,14 +108,19 @@ pub enum Incoming {
 fn payload_out(payload: &Payload) -> WirePayload {
     match payload {
         Payload::Json(v) => WirePayload::Json(v.clone()),
-        Payload::Binary(b) => WirePayload::Binary(base64::engine::general_purpose::STANDARD.encode(b)),
+        Payload::Binary(b) => {
+            WirePayload::Binary(base64::engine::general_purpose::STANDARD.encode(b))
+        }
     }
 }
 
 fn payload_in(payload: WirePayload) -> Option<Payload> {
     match payload {
         WirePayload::Json(v) => Some(Payload::Json(v)),
-        WirePayload::Binary(b) => base64::engine::general_purpose::STANDARD.decode(b).ok().map(|b| Payload::Binary(Bytes::from(b))),
+        WirePayload::Binary(b) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .ok()
+            .map(|b| Payload::Binary(Bytes::from(b))),
     }
 }
 
@@ -132,9 +155,12 @@ pub fn delivery(node: u64, msg: &BusMessage) -> Vec<u8> {
         BusMessage::BroadcastMatching { topics, event, payload } => {
             Wire::Matching { m: match_out(topics), e: event.clone(), p: payload_out(payload) }
         }
-        BusMessage::User { user, topics, event, payload } => {
-            Wire::User { u: user.clone(), m: match_out(topics), e: event.clone(), p: payload_out(payload) }
-        }
+        BusMessage::User { user, topics, event, payload } => Wire::User {
+            u: user.clone(),
+            m: match_out(topics),
+            e: event.clone(),
+            p: payload_out(payload),
+        },
         BusMessage::Disconnect { socket_id } => Wire::Disconnect { s: socket_id.clone() },
         BusMessage::Signal { name, data } => Wire::Signal { s: name.clone(), d: data.clone() },
     };
@@ -169,14 +195,24 @@ pub fn decode(bytes: &[u8]) -> Option<(u64, Incoming)> {
                 Some((n, socket)) => Some(SocketRef { node: parse_node(&n)?, socket }),
                 None => None,
             };
-            Incoming::Delivery(BusMessage::Broadcast { topic: t, event: e, payload: payload_in(p)?, except })
+            Incoming::Delivery(BusMessage::Broadcast {
+                topic: t,
+                event: e,
+                payload: payload_in(p)?,
+                except,
+            })
         }
-        Wire::Matching { m, e, p } => {
-            Incoming::Delivery(BusMessage::BroadcastMatching { topics: match_in(m), event: e, payload: payload_in(p)? })
-        }
-        Wire::User { u, m, e, p } => {
-            Incoming::Delivery(BusMessage::User { user: u, topics: match_in(m), event: e, payload: payload_in(p)? })
-        }
+        Wire::Matching { m, e, p } => Incoming::Delivery(BusMessage::BroadcastMatching {
+            topics: match_in(m),
+            event: e,
+            payload: payload_in(p)?,
+        }),
+        Wire::User { u, m, e, p } => Incoming::Delivery(BusMessage::User {
+            user: u,
+            topics: match_in(m),
+            event: e,
+            payload: payload_in(p)?,
+        }),
         Wire::Disconnect { s } => Incoming::Delivery(BusMessage::Disconnect { socket_id: s }),
         Wire::Signal { s, d } => Incoming::Delivery(BusMessage::Signal { name: s, data: d }),
         Wire::Heartbeat => Incoming::Heartbeat,
@@ -214,17 +250,34 @@ mod tests {
             payload: Payload::Binary(Bytes::from_static(&[0, 255, 10])),
             except: None,
         });
-        round_trip(BusMessage::BroadcastMatching { topics: TopicMatch::Prefix("notifications".into()), event: "ping".into(), payload: Payload::Json(json!({"msg": "ping"})) });
-        round_trip(BusMessage::User { user: "u1".into(), topics: TopicMatch::Any, event: "msg".into(), payload: Payload::Json(json!({})) });
+        round_trip(BusMessage::BroadcastMatching {
+            topics: TopicMatch::Prefix("notifications".into()),
+            event: "ping".into(),
+            payload: Payload::Json(json!({"msg": "ping"})),
+        });
+        round_trip(BusMessage::User {
+            user: "u1".into(),
+            topics: TopicMatch::Any,
+            event: "msg".into(),
+            payload: Payload::Json(json!({})),
+        });
         round_trip(BusMessage::Disconnect { socket_id: "user_socket:x".into() });
         round_trip(BusMessage::Signal { name: "mailbox".into(), data: json!({"user": "u1"}) });
     }
 
     #[test]
     fn a_broadcast_carries_what_is_needed_and_no_more() {
-        let msg = BusMessage::Broadcast { topic: "notifications".into(), event: "collected-broadcast".into(), payload: Payload::Json(json!({"nickname": "Ina"})), except: None };
+        let msg = BusMessage::Broadcast {
+            topic: "notifications".into(),
+            event: "collected-broadcast".into(),
+            payload: Payload::Json(json!({"nickname": "Ina"})),
+            except: None,
+        };
         let text = String::from_utf8(delivery(1, &msg)).unwrap();
-        assert_eq!(text, r#"{"n":"0000000000000001","k":"b","t":"notifications","e":"collected-broadcast","p":{"nickname":"Ina"}}"#);
+        assert_eq!(
+            text,
+            r#"{"n":"0000000000000001","k":"b","t":"notifications","e":"collected-broadcast","p":{"nickname":"Ina"}}"#
+        );
     }
 
     #[test]
@@ -232,7 +285,10 @@ mod tests {
         let mut meta = Map::new();
         meta.insert("phx_ref".into(), json!("F1"));
         let entries = vec![PresenceEntry { key: "k1".into(), node: 42, meta }];
-        assert_eq!(decode(&share(42, "notifications", &entries)), Some((42, Incoming::Share { topic: "notifications".into(), entries })));
+        assert_eq!(
+            decode(&share(42, "notifications", &entries)),
+            Some((42, Incoming::Share { topic: "notifications".into(), entries }))
+        );
         assert_eq!(decode(&heartbeat(9)), Some((9, Incoming::Heartbeat)));
         assert_eq!(decode(&sync(9)), Some((9, Incoming::Sync)));
         assert_eq!(decode(&bye(9)), Some((9, Incoming::Bye)));
@@ -240,7 +296,15 @@ mod tests {
 
     #[test]
     fn malformed_input_is_none() {
-        for bad in [&b""[..], b"{", b"[]", br#"{"n":"zz","k":"h"}"#, br#"{"n":"01","k":"nope"}"#, br#"{"n":"01","k":"b","t":"x","e":"y","b":"%%%"}"#, br#"{"n":"01","k":"b","t":"x","e":"y","p":{},"x":["qq",1]}"#] {
+        for bad in [
+            &b""[..],
+            b"{",
+            b"[]",
+            br#"{"n":"zz","k":"h"}"#,
+            br#"{"n":"01","k":"nope"}"#,
+            br#"{"n":"01","k":"b","t":"x","e":"y","b":"%%%"}"#,
+            br#"{"n":"01","k":"b","t":"x","e":"y","p":{},"x":["qq",1]}"#,
+        ] {
             assert_eq!(decode(bad), None, "{}", String::from_utf8_lossy(bad));
         }
     }

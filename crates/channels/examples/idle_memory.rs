@@ -16,8 +16,8 @@
 use std::sync::Arc;
 
 use channels::{
-    async_trait, Channel, ChannelContext, ConnectInfo, Connection, Endpoint, EndpointConfig, HandleIn, Payload,
-    Refusal, SocketHandler, Value,
+    async_trait, Channel, ChannelContext, ConnectInfo, Connection, Endpoint, EndpointConfig,
+    HandleIn, Payload, Refusal, SocketHandler, Value,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncBufReadExt;
@@ -39,16 +39,29 @@ impl SocketHandler for Handler {
 
 #[async_trait]
 impl Channel<()> for Room {
-    async fn join(&self, _topic: &str, payload: Payload, ctx: &ChannelContext<()>) -> Result<Value, Value> {
+    async fn join(
+        &self,
+        _topic: &str,
+        payload: Payload,
+        ctx: &ChannelContext<()>,
+    ) -> Result<Value, Value> {
         if let Payload::Json(Value::Object(params)) = payload {
-            if let (Some(Value::String(key)), Some(nickname)) = (params.get("key"), params.get("nickname")) {
-                let meta = serde_json::json!({"nickname": nickname, "online_at": 1_700_000_000_000u64});
+            if let (Some(Value::String(key)), Some(nickname)) =
+                (params.get("key"), params.get("nickname"))
+            {
+                let meta =
+                    serde_json::json!({"nickname": nickname, "online_at": 1_700_000_000_000u64});
                 ctx.track(key, meta).map_err(|e| Value::String(e.to_string()))?;
             }
         }
         Ok(Value::Null)
     }
-    async fn handle_in(&self, _event: &str, _payload: Payload, _ctx: &ChannelContext<()>) -> HandleIn {
+    async fn handle_in(
+        &self,
+        _event: &str,
+        _payload: Payload,
+        _ctx: &ChannelContext<()>,
+    ) -> HandleIn {
         HandleIn::NoReply
     }
 }
@@ -101,7 +114,8 @@ async fn server() {
             trim();
         }
         let subscribers: usize =
-            (0..10).map(|i| hub.subscriber_count(&format!("room:{i}"))).sum::<usize>() + hub.subscriber_count("lobby");
+            (0..10).map(|i| hub.subscriber_count(&format!("room:{i}"))).sum::<usize>()
+                + hub.subscriber_count("lobby");
         let presences = hub.presence_list("lobby").as_object().map_or(0, |m| m.len());
         println!(
             "sockets={} subscribers={} presences={} rss_kib={}",
@@ -138,7 +152,8 @@ async fn presence_clients(port: u16, n: usize) {
         let (mut tx, mut rx) = ws.split();
         let key = format!("user{i:06}");
         let nickname = format!("{key} the long-nicknamed adventurer of HoloQuest");
-        let join = serde_json::json!(["1", "1", "lobby", "phx_join", {"key": key, "nickname": nickname}]);
+        let join =
+            serde_json::json!(["1", "1", "lobby", "phx_join", {"key": key, "nickname": nickname}]);
         tx.send(Message::text(join.to_string())).await.unwrap();
         let (replies, largest) = (replies.clone(), largest.clone());
         // Keep reading: a client that stops reading would be disconnected as a slow consumer.

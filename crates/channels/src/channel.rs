@@ -38,7 +38,9 @@ pub enum HandleIn {
     Reply(Result<Payload, Payload>),
     NoReply,
     /// The channel fails: the client gets `phx_error` (and rejoins), the channel is removed.
-    Stop { reason: String },
+    Stop {
+        reason: String,
+    },
 }
 
 /// One topic's behaviour for one socket. A single instance may serve many sockets, so it
@@ -47,7 +49,12 @@ pub enum HandleIn {
 pub trait Channel<A: Send + Sync + 'static>: Send + Sync + 'static {
     /// `Ok(response)` joins and replies `{"status":"ok","response":response}`;
     /// `Err(response)` replies status "error" and the socket stays unjoined.
-    async fn join(&self, topic: &str, payload: Payload, ctx: &ChannelContext<A>) -> Result<Value, Value>;
+    async fn join(
+        &self,
+        topic: &str,
+        payload: Payload,
+        ctx: &ChannelContext<A>,
+    ) -> Result<Value, Value>;
 
     async fn handle_in(&self, event: &str, payload: Payload, ctx: &ChannelContext<A>) -> HandleIn;
 
@@ -87,7 +94,15 @@ impl<A> ChannelContext<A> {
         hub: Hub,
     ) -> Self {
         ChannelContext {
-            inner: Arc::new(ContextInner { topic, join_ref, assigns, socket, hub, open: AtomicBool::new(true), tracked: AtomicBool::new(false) }),
+            inner: Arc::new(ContextInner {
+                topic,
+                join_ref,
+                assigns,
+                socket,
+                hub,
+                open: AtomicBool::new(true),
+                tracked: AtomicBool::new(false),
+            }),
         }
     }
 
@@ -162,7 +177,10 @@ impl<A> ChannelContext<A> {
     pub fn track(&self, key: &str, meta: Value) -> Result<String, PresenceError> {
         self.inner.tracked.store(true, Ordering::SeqCst);
         let inner = &self.inner;
-        inner.hub.presence().track(&inner.hub, &inner.topic, inner.socket.conn, key, meta, || self.is_open())
+        inner
+            .hub
+            .presence()
+            .track(&inner.hub, &inner.topic, inner.socket.conn, key, meta, || self.is_open())
     }
 
     /// Everything this connection tracked on the topic leaves now.

@@ -132,7 +132,11 @@ impl<H: SocketHandler> Endpoint<H> {
 
     /// The checks before a new socket's connect callback: origin (403), the node's cap (503),
     /// the client address's cap (429).
-    pub(crate) fn admit(&self, headers: &axum::http::HeaderMap, peer: Option<std::net::SocketAddr>) -> Result<Admitted, Refused> {
+    pub(crate) fn admit(
+        &self,
+        headers: &axum::http::HeaderMap,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<Admitted, Refused> {
         self.check_origin(headers)?;
         let live = match self.config.max_connections {
             Some(max) => self.lifecycle.try_track(max).ok_or(Refused::Full)?,
@@ -141,7 +145,9 @@ impl<H: SocketHandler> Endpoint<H> {
         let client = match self.config.max_connections_per_client {
             Some(max) => match client_ip(headers, peer, self.config.trust_forwarded_for) {
                 // A loopback peer is a local proxy or load generator, not one client.
-                Some(ip) if !ip.is_loopback() => Some(self.admission.take(ip, max).ok_or(Refused::TooManyFromClient)?),
+                Some(ip) if !ip.is_loopback() => {
+                    Some(self.admission.take(ip, max).ok_or(Refused::TooManyFromClient)?)
+                }
                 _ => None,
             },
             None => None,

@@ -13,8 +13,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
-use smallvec::SmallVec;
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
 
 use crate::bus::{Bus, BusMessage, SocketRef};
 use crate::channel::Payload;
@@ -69,7 +69,10 @@ impl SocketShared {
             Pushed::Queued => true,
             Pushed::Overflow => {
                 self.metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(conn = self.conn, "outbound queue full: disconnecting slow consumer");
+                tracing::warn!(
+                    conn = self.conn,
+                    "outbound queue full: disconnecting slow consumer"
+                );
                 false
             }
             Pushed::Closed => false,
@@ -161,7 +164,11 @@ impl Hub {
     }
 
     /// As [`Hub::with_presence_interval`], telling `observer` about deliveries.
-    pub fn with_observer(bus: Arc<dyn Bus>, interval: Duration, observer: Arc<dyn Observer>) -> Hub {
+    pub fn with_observer(
+        bus: Arc<dyn Bus>,
+        interval: Duration,
+        observer: Arc<dyn Observer>,
+    ) -> Hub {
         let mut hasher = RandomState::new().build_hasher();
         hasher.write_u32(std::process::id());
         Hub {
@@ -204,8 +211,19 @@ impl Hub {
 
     /// Push to every socket of `user` that has joined a topic matching `topics`, as a
     /// broadcast on each such topic. Returns how many local channel subscriptions got it.
-    pub fn send_to_user(&self, user: &str, topics: TopicMatch, event: &str, payload: Payload) -> usize {
-        self.publish(BusMessage::User { user: user.to_owned(), topics, event: event.to_owned(), payload })
+    pub fn send_to_user(
+        &self,
+        user: &str,
+        topics: TopicMatch,
+        event: &str,
+        payload: Payload,
+    ) -> usize {
+        self.publish(BusMessage::User {
+            user: user.to_owned(),
+            topics,
+            event: event.to_owned(),
+            payload,
+        })
     }
 
     /// Close (normally, code 1000) every socket whose id is `socket_id`; returns how many.
@@ -243,7 +261,8 @@ impl Hub {
     fn deliver_here(&self, msg: BusMessage) -> usize {
         match msg {
             BusMessage::Broadcast { topic, event, payload, except } => {
-                let except = except.filter(|r| r.node == self.inner.node).map(|r: SocketRef| r.socket);
+                let except =
+                    except.filter(|r| r.node == self.inner.node).map(|r: SocketRef| r.socket);
                 let subscribers = self.snapshot_topic(&topic);
                 let out = Outgoing::new(&topic, &event, &payload);
                 subscribers
@@ -366,7 +385,12 @@ impl Hub {
     /// Replaces what this node knows of `node`'s entries on `topic` (another node's share, as a
     /// cluster bus reports it); the difference goes to local subscribers as a diff. Entries of
     /// this node are owned here and never replaced. Every entry needs a `phx_ref`.
-    pub fn presence_merge(&self, node: u64, topic: &str, entries: Vec<PresenceEntry>) -> Result<(), PresenceError> {
+    pub fn presence_merge(
+        &self,
+        node: u64,
+        topic: &str,
+        entries: Vec<PresenceEntry>,
+    ) -> Result<(), PresenceError> {
         self.inner.presence.merge(self, node, topic, entries)
     }
 
@@ -604,7 +628,10 @@ mod tests {
         let s = hub.register(Serializer::V2, Some("sid".into()), Some("u".into()), 8);
         hub.subscribe(&s, "room:1");
         hub.broadcast("room:1", "e", Payload::Json(json!(1)));
-        assert_eq!(hub.send_to_user("u", TopicMatch::Prefix("room:".into()), "m", Payload::Json(json!(2))), 1);
+        assert_eq!(
+            hub.send_to_user("u", TopicMatch::Prefix("room:".into()), "m", Payload::Json(json!(2))),
+            1
+        );
         assert_eq!(hub.disconnect("sid"), 1);
         let seen = bus.0.lock().clone();
         assert_eq!(
@@ -653,7 +680,11 @@ mod tests {
         assert_eq!(hub.subscriber_count("a") + hub.subscriber_count("b"), 0);
         assert_eq!(hub.send_to_user("u", TopicMatch::Any, "e", Payload::Json(json!(0))), 0);
         assert_eq!(hub.disconnect("sid"), 0);
-        assert!(hub.inner.topics.read().is_empty() && hub.inner.users.read().is_empty() && hub.inner.ids.read().is_empty());
+        assert!(
+            hub.inner.topics.read().is_empty()
+                && hub.inner.users.read().is_empty()
+                && hub.inner.ids.read().is_empty()
+        );
     }
 
     #[test]

@@ -93,7 +93,9 @@ impl AllowedOrigin {
             }
         }
         match self.host.strip_prefix("*.") {
-            Some(domain) => host == domain || host.strip_suffix(domain).is_some_and(|sub| sub.ends_with('.')),
+            Some(domain) => {
+                host == domain || host.strip_suffix(domain).is_some_and(|sub| sub.ends_with('.'))
+            }
             None => host == self.host,
         }
     }
@@ -101,8 +103,11 @@ impl AllowedOrigin {
 
 impl CheckOrigin {
     /// Parses a list such as `["https://quest.example.com", "//*.example.com"]`.
-    pub fn list<S: AsRef<str>>(origins: impl IntoIterator<Item = S>) -> Result<CheckOrigin, InvalidOrigin> {
-        let parsed = origins.into_iter().map(|o| o.as_ref().parse()).collect::<Result<Vec<_>, _>>()?;
+    pub fn list<S: AsRef<str>>(
+        origins: impl IntoIterator<Item = S>,
+    ) -> Result<CheckOrigin, InvalidOrigin> {
+        let parsed =
+            origins.into_iter().map(|o| o.as_ref().parse()).collect::<Result<Vec<_>, _>>()?;
         Ok(CheckOrigin::List(parsed))
     }
 
@@ -114,7 +119,9 @@ impl CheckOrigin {
         if origins.next().is_some() {
             return false;
         }
-        let Some((scheme, host, port)) = origin.to_str().ok().and_then(parse_origin) else { return false };
+        let Some((scheme, host, port)) = origin.to_str().ok().and_then(parse_origin) else {
+            return false;
+        };
         allowed.iter().any(|a| a.matches(&scheme, &host, port))
     }
 }
@@ -131,7 +138,11 @@ fn parse_origin(origin: &str) -> Option<(String, String, Option<u16>)> {
 
 /// Where a connection comes from: the TCP peer, or — behind a proxy that says so — the
 /// left-most address of `X-Forwarded-For`.
-pub fn client_ip(headers: &HeaderMap, peer: Option<SocketAddr>, trust_forwarded_for: bool) -> Option<IpAddr> {
+pub fn client_ip(
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    trust_forwarded_for: bool,
+) -> Option<IpAddr> {
     if trust_forwarded_for {
         let forwarded = headers
             .get_all("x-forwarded-for")
@@ -140,7 +151,9 @@ pub fn client_ip(headers: &HeaderMap, peer: Option<SocketAddr>, trust_forwarded_
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .find(|v| !v.is_empty())
-            .and_then(|v| v.parse::<IpAddr>().ok().or_else(|| v.parse::<SocketAddr>().ok().map(|a| a.ip())));
+            .and_then(|v| {
+                v.parse::<IpAddr>().ok().or_else(|| v.parse::<SocketAddr>().ok().map(|a| a.ip()))
+            });
         if forwarded.is_some() {
             return forwarded;
         }
@@ -177,7 +190,12 @@ pub(crate) enum Verdict {
 
 impl InboundBudget {
     pub(crate) fn new(rate: InboundRate) -> Self {
-        InboundBudget { rate, tokens: f64::from(rate.burst.max(1)), last: Instant::now(), refused: 0 }
+        InboundBudget {
+            rate,
+            tokens: f64::from(rate.burst.max(1)),
+            last: Instant::now(),
+            refused: 0,
+        }
     }
 
     pub(crate) fn check(&mut self) -> Verdict {
@@ -282,8 +300,19 @@ mod tests {
 
     #[test]
     fn origins_as_phoenix_checks_them() {
-        let check = CheckOrigin::list(["https://quest.example.com", "//*.holo.test", "http://localhost:4000"]).unwrap();
-        for ok in ["https://quest.example.com", "https://QUEST.example.com/", "http://holo.test", "https://a.b.holo.test", "http://localhost:4000"] {
+        let check = CheckOrigin::list([
+            "https://quest.example.com",
+            "//*.holo.test",
+            "http://localhost:4000",
+        ])
+        .unwrap();
+        for ok in [
+            "https://quest.example.com",
+            "https://QUEST.example.com/",
+            "http://holo.test",
+            "https://a.b.holo.test",
+            "http://localhost:4000",
+        ] {
             assert!(check.allows(&with_origin(ok)), "{ok}");
         }
         for refused in [

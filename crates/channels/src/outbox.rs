@@ -57,7 +57,11 @@ struct State {
 
 impl Outbox {
     pub(crate) fn new(capacity: usize) -> Outbox {
-        Outbox { state: Mutex::new(State::default()), notify: Notify::new(), capacity: capacity.max(1) }
+        Outbox {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            capacity: capacity.max(1),
+        }
     }
 
     pub(crate) fn push(&self, frame: Frame) -> Pushed {

@@ -106,7 +106,8 @@ struct Meta(Box<[(Arc<str>, Value)]>);
 
 impl From<Map<String, Value>> for Meta {
     fn from(map: Map<String, Value>) -> Meta {
-        let mut fields: Vec<(Arc<str>, Value)> = map.into_iter().map(|(k, v)| (field_name(k), v)).collect();
+        let mut fields: Vec<(Arc<str>, Value)> =
+            map.into_iter().map(|(k, v)| (field_name(k), v)).collect();
         fields.sort_by(|a, b| a.0.cmp(&b.0));
         Meta(fields.into_boxed_slice())
     }
@@ -161,7 +162,10 @@ struct CachedState {
 
 impl CachedState {
     fn empty() -> CachedState {
-        CachedState { payloads: vec![Payload::Json(Value::Object(Map::new()))], frames: Default::default() }
+        CachedState {
+            payloads: vec![Payload::Json(Value::Object(Map::new()))],
+            frames: Default::default(),
+        }
     }
 }
 
@@ -184,11 +188,19 @@ struct TopicPresence {
 impl TopicPresence {
     /// (key, phx_ref) of every entry `node` owns on this topic.
     fn refs_of_node(&self, node: u64) -> Vec<(Arc<str>, Arc<str>)> {
-        self.keys.values().flatten().filter(|e| e.node == node).map(|e| (e.key.clone(), e.phx_ref.clone())).collect()
+        self.keys
+            .values()
+            .flatten()
+            .filter(|e| e.node == node)
+            .map(|e| (e.key.clone(), e.phx_ref.clone()))
+            .collect()
     }
 
     fn is_empty(&self) -> bool {
-        self.keys.is_empty() && self.pending_joins.is_empty() && self.pending_leaves.is_empty() && !self.flush_scheduled
+        self.keys.is_empty()
+            && self.pending_joins.is_empty()
+            && self.pending_leaves.is_empty()
+            && !self.flush_scheduled
     }
 
     fn has_pending(&self) -> bool {
@@ -197,7 +209,10 @@ impl TopicPresence {
 
     fn add(&mut self, entry: Entry) {
         if entry.conn != 0 {
-            self.by_conn.entry(entry.conn).or_default().push((entry.key.clone(), entry.phx_ref.clone()));
+            self.by_conn
+                .entry(entry.conn)
+                .or_default()
+                .push((entry.key.clone(), entry.phx_ref.clone()));
         }
         self.keys.entry(entry.key.clone()).or_default().push(entry.clone());
         self.pending_joins.insert(entry.phx_ref.clone(), entry);
@@ -233,9 +248,16 @@ impl TopicPresence {
         let budget = chunk_budget(topic);
         let joins = chunk(joins.into_values(), budget);
         let leaves = chunk(leaves.into_values(), budget);
-        let size = |chunks: &[(Map<String, Value>, usize)]| chunks.iter().map(|(_, n)| n).sum::<usize>();
-        if !overlap && joins.len() <= 1 && leaves.len() <= 1 && size(&joins) + size(&leaves) <= budget {
-            let single = |mut chunks: Vec<(Map<String, Value>, usize)>| chunks.pop().map(|(m, _)| m).unwrap_or_default();
+        let size =
+            |chunks: &[(Map<String, Value>, usize)]| chunks.iter().map(|(_, n)| n).sum::<usize>();
+        if !overlap
+            && joins.len() <= 1
+            && leaves.len() <= 1
+            && size(&joins) + size(&leaves) <= budget
+        {
+            let single = |mut chunks: Vec<(Map<String, Value>, usize)>| {
+                chunks.pop().map(|(m, _)| m).unwrap_or_default()
+            };
             return vec![diff(single(joins), single(leaves))];
         }
         let leaves = leaves.into_iter().map(|(m, _)| diff(Map::new(), m));
@@ -258,7 +280,9 @@ impl TopicPresence {
             .cloned();
         let mut chunks = chunk(current, chunk_budget(topic)).into_iter().map(|(m, _)| m);
         let first = Payload::Json(Value::Object(chunks.next().unwrap_or_default()));
-        let payloads = std::iter::once(first).chain(chunks.map(|m| Payload::Json(diff(m, Map::new())))).collect();
+        let payloads = std::iter::once(first)
+            .chain(chunks.map(|m| Payload::Json(diff(m, Map::new()))))
+            .collect();
         let state = Arc::new(CachedState { payloads, frames: Default::default() });
         self.state = Some(state.clone());
         state
@@ -366,12 +390,20 @@ fn chunk(entries: impl Iterator<Item = Entry>, budget: usize) -> Vec<(Map<String
         // Too many metas for one chunk: spread them over several.
         let mut open = false; // whether `current` holds this key
         for (meta, len) in metas.iter().zip(lens) {
-            let cost = if open { 1 + len } else { usize::from(!current.is_empty()) + key_len + WRAP + len };
+            let cost = if open {
+                1 + len
+            } else {
+                usize::from(!current.is_empty()) + key_len + WRAP + len
+            };
             if used + cost > budget && !current.is_empty() {
                 cut(&mut current, &mut used);
                 open = false;
             }
-            let cost = if open { 1 + len } else { usize::from(!current.is_empty()) + key_len + WRAP + len };
+            let cost = if open {
+                1 + len
+            } else {
+                usize::from(!current.is_empty()) + key_len + WRAP + len
+            };
             used += cost;
             let slot = current.entry(key.to_string()).or_insert_with(|| metas_value(Vec::new()));
             if let Some(Value::Array(list)) = slot.get_mut("metas") {
@@ -474,7 +506,13 @@ impl Presence {
         }
         let topic = Self::topic_key(&topics, topic);
         let tp = topics.entry(topic.clone()).or_default();
-        tp.add(Entry { key: Arc::from(key), phx_ref: phx_ref.clone(), node, conn, meta: Arc::new(meta.into()) });
+        tp.add(Entry {
+            key: Arc::from(key),
+            phx_ref: phx_ref.clone(),
+            node,
+            conn,
+            meta: Arc::new(meta.into()),
+        });
         self.changed(hub, &topic, tp);
         hub.local_presence_changed(&topic);
         Ok(phx_ref.to_string())
@@ -526,7 +564,11 @@ impl Presence {
                 .keys
                 .values()
                 .flatten()
-                .map(|e| PresenceEntry { key: e.key.to_string(), node: e.node, meta: e.meta.to_map() })
+                .map(|e| PresenceEntry {
+                    key: e.key.to_string(),
+                    node: e.node,
+                    meta: e.meta.to_map(),
+                })
                 .collect(),
             None => Vec::new(),
         }
@@ -535,7 +577,12 @@ impl Presence {
     /// Replaces this node's metas of every presence that `conns` tracked on their topics with
     /// `patch` merged in: each is a leave of the old meta and a join of a new one carrying
     /// `phx_ref_prev`. Returns how many metas changed.
-    pub(crate) fn update(&self, hub: &Hub, conns: &[(Arc<str>, u64)], patch: &Map<String, Value>) -> usize {
+    pub(crate) fn update(
+        &self,
+        hub: &Hub,
+        conns: &[(Arc<str>, u64)],
+        patch: &Map<String, Value>,
+    ) -> usize {
         let node = hub.node_id();
         let mut topics = self.topics.lock();
         let mut count = 0;
@@ -558,7 +605,13 @@ impl Presence {
                 let phx_ref = self.new_ref(node);
                 meta.insert("phx_ref".into(), Value::String(phx_ref.to_string()));
                 meta.insert("phx_ref_prev".into(), Value::String(old_ref.to_string()));
-                renewed.push(Entry { key, phx_ref, node, conn: *conn, meta: Arc::new(meta.into()) });
+                renewed.push(Entry {
+                    key,
+                    phx_ref,
+                    node,
+                    conn: *conn,
+                    meta: Arc::new(meta.into()),
+                });
                 count += 1;
             }
             for entry in renewed {
@@ -578,7 +631,13 @@ impl Presence {
     /// Replaces `node`'s entries on `topic` with `entries` (e.g. another node's share, as its
     /// bus reported it); the difference goes out as a diff. This node's own entries are never
     /// replaced: it owns them.
-    pub(crate) fn merge(&self, hub: &Hub, node: u64, topic: &str, entries: Vec<PresenceEntry>) -> Result<(), PresenceError> {
+    pub(crate) fn merge(
+        &self,
+        hub: &Hub,
+        node: u64,
+        topic: &str,
+        entries: Vec<PresenceEntry>,
+    ) -> Result<(), PresenceError> {
         if node == hub.node_id() {
             return Ok(());
         }
@@ -588,7 +647,13 @@ impl Presence {
                 Some(r) => Arc::from(r),
                 None => return Err(PresenceError::MetaNotObject),
             };
-            incoming.push(Entry { key: Arc::from(e.key.as_str()), phx_ref, node, conn: 0, meta: Arc::new(e.meta.into()) });
+            incoming.push(Entry {
+                key: Arc::from(e.key.as_str()),
+                phx_ref,
+                node,
+                conn: 0,
+                meta: Arc::new(e.meta.into()),
+            });
         }
         let mut topics = self.topics.lock();
         let topic = Self::topic_key(&topics, topic);
@@ -600,7 +665,8 @@ impl Presence {
                 tp.remove(key, phx_ref);
             }
         }
-        let known: std::collections::HashSet<Arc<str>> = existing.into_iter().map(|(_, r)| r).collect();
+        let known: std::collections::HashSet<Arc<str>> =
+            existing.into_iter().map(|(_, r)| r).collect();
         for entry in incoming {
             if !known.contains(&entry.phx_ref) {
                 tp.add(entry);
@@ -706,7 +772,8 @@ mod tests {
         hub.subscribe(&a, "t");
         hub.subscribe(&b, "t");
         let r = track(&hub, "t", &a, "alice", json!({"nick": "A"}));
-        let expected = json!({"joins": {"alice": {"metas": [{"nick": "A", "phx_ref": r}]}}, "leaves": {}});
+        let expected =
+            json!({"joins": {"alice": {"metas": [{"nick": "A", "phx_ref": r}]}}, "leaves": {}});
         assert_eq!(texts(&a), vec![json!([null, null, "t", "presence_diff", expected])]);
         let v1 = texts(&b);
         assert_eq!(v1[0]["event"], "presence_diff");
@@ -717,7 +784,9 @@ mod tests {
         hub.presence().push_state("t", &c);
         assert_eq!(
             texts(&c),
-            vec![json!([null, null, "t", "presence_state", {"alice": {"metas": [{"nick": "A", "phx_ref": r}]}}])]
+            vec![
+                json!([null, null, "t", "presence_state", {"alice": {"metas": [{"nick": "A", "phx_ref": r}]}}])
+            ]
         );
     }
 
@@ -750,8 +819,14 @@ mod tests {
     fn meta_must_be_an_object_and_closed_channels_cannot_track() {
         let hub = hub(0);
         let a = hub.register(Serializer::V2, None, None, 8);
-        assert_eq!(hub.presence().track(&hub, "t", a.conn, "k", json!([1]), || true), Err(PresenceError::MetaNotObject));
-        assert_eq!(hub.presence().track(&hub, "t", a.conn, "k", json!({}), || false), Err(PresenceError::ChannelClosed));
+        assert_eq!(
+            hub.presence().track(&hub, "t", a.conn, "k", json!([1]), || true),
+            Err(PresenceError::MetaNotObject)
+        );
+        assert_eq!(
+            hub.presence().track(&hub, "t", a.conn, "k", json!({}), || false),
+            Err(PresenceError::ChannelClosed)
+        );
         assert_eq!(hub.presence_list("t"), json!({}));
     }
 
@@ -768,7 +843,9 @@ mod tests {
         assert_eq!(metas(&hub.presence_list("t"), "alice"), vec![json!({"phx_ref": r2})]);
         assert_eq!(
             texts(&tab2),
-            vec![json!([null, null, "t", "presence_diff", {"joins": {}, "leaves": {"alice": {"metas": [{"phx_ref": r1}]}}}])]
+            vec![
+                json!([null, null, "t", "presence_diff", {"joins": {}, "leaves": {"alice": {"metas": [{"phx_ref": r1}]}}}])
+            ]
         );
         hub.presence().untrack_conn(&hub, "t", tab2.conn);
         assert_eq!(hub.presence_list("t"), json!({}));
@@ -821,7 +898,10 @@ mod tests {
         hub.subscribe(&other, "t");
         hub.presence().push_state("t", &other);
         let state = texts(&joiner);
-        assert_eq!(state, vec![json!([null, null, "t", "presence_state", {"a": {"metas": [{"phx_ref": ra}]}}])]);
+        assert_eq!(
+            state,
+            vec![json!([null, null, "t", "presence_state", {"a": {"metas": [{"phx_ref": ra}]}}])]
+        );
         {
             let (f1, _) = {
                 hub.presence().push_state("t", &joiner);
@@ -869,14 +949,20 @@ mod tests {
         assert_eq!(diff["leaves"]["h1"]["metas"].as_array().unwrap().len(), 2);
         let joins = diff["joins"]["h1"]["metas"].as_array().unwrap();
         assert_eq!(joins.len(), 2);
-        let j1 = joins.iter().find(|m| m["phx_ref_prev"] == json!(r1)).expect("phx_ref_prev names the old meta");
+        let j1 = joins
+            .iter()
+            .find(|m| m["phx_ref_prev"] == json!(r1))
+            .expect("phx_ref_prev names the old meta");
         assert_eq!(j1["nickname"], "new");
         assert_eq!(j1["online_at"], 1);
         assert_ne!(j1["phx_ref"], json!(r1));
         assert_ne!(j1["phx_ref"], json!("forged"));
         let b = hub.presence_list("room:b");
         assert_eq!(metas(&b, "h1")[0]["phx_ref_prev"], json!(r3));
-        assert_eq!(metas(&hub.presence_list("room:a"), "h2"), vec![json!({"nickname": "them", "phx_ref": ro})]);
+        assert_eq!(
+            metas(&hub.presence_list("room:a"), "h2"),
+            vec![json!({"nickname": "them", "phx_ref": ro})]
+        );
         // The renewed entries still leave with their connection.
         hub.presence().untrack_conn(&hub, "room:a", s1.conn);
         hub.presence().untrack_conn(&hub, "room:a", s2.conn);
@@ -900,7 +986,13 @@ mod tests {
         let mut topics = hub.presence().topics.lock();
         let tp = topics.get_mut("t").unwrap();
         tp.remove("x", "r1");
-        tp.add(Entry { key: "x".into(), phx_ref: "r1".into(), node: remote, conn: 0, meta: Arc::new(entry("new").meta.into()) });
+        tp.add(Entry {
+            key: "x".into(),
+            phx_ref: "r1".into(),
+            node: remote,
+            conn: 0,
+            meta: Arc::new(entry("new").meta.into()),
+        });
         let diffs = tp.take_diff("t");
         drop(topics);
         // The client applies a diff's joins before its leaves: in one diff, r1 would be gone.
@@ -930,7 +1022,10 @@ mod tests {
         hub.presence_merge(remote, "t", vec![entry("x", "r1"), entry("y", "r2")]).unwrap();
         let mut entries = hub.presence_entries("t");
         entries.sort_by(|a, b| a.key.cmp(&b.key));
-        assert_eq!(entries.iter().map(|e| (e.key.as_str(), e.node)).collect::<Vec<_>>(), vec![("me", me), ("x", remote), ("y", remote)]);
+        assert_eq!(
+            entries.iter().map(|e| (e.key.as_str(), e.node)).collect::<Vec<_>>(),
+            vec![("me", me), ("x", remote), ("y", remote)]
+        );
         texts(&watcher);
         // The remote node's new share: y left, z joined; x unchanged sends nothing for x.
         hub.presence_merge(remote, "t", vec![entry("x", "r1"), entry("z", "r3")]).unwrap();
@@ -971,12 +1066,23 @@ mod cost {
 
     #[async_trait]
     impl Channel<()> for Tracking {
-        async fn join(&self, _topic: &str, _payload: Payload, ctx: &ChannelContext<()>) -> Result<Value, Value> {
+        async fn join(
+            &self,
+            _topic: &str,
+            _payload: Payload,
+            ctx: &ChannelContext<()>,
+        ) -> Result<Value, Value> {
             let key = ctx.user().unwrap_or("anon").to_owned();
-            ctx.track(&key, json!({"nickname": key, "online_at": 1_700_000_000_000u64})).map_err(|e| json!({"reason": e.to_string()}))?;
+            ctx.track(&key, json!({"nickname": key, "online_at": 1_700_000_000_000u64}))
+                .map_err(|e| json!({"reason": e.to_string()}))?;
             Ok(json!({}))
         }
-        async fn handle_in(&self, _event: &str, _payload: Payload, _ctx: &ChannelContext<()>) -> HandleIn {
+        async fn handle_in(
+            &self,
+            _event: &str,
+            _payload: Payload,
+            _ctx: &ChannelContext<()>,
+        ) -> HandleIn {
             HandleIn::NoReply
         }
     }
@@ -1071,7 +1177,9 @@ mod cost {
         assert!(plain.diff_frames >= per_change, "{plain:?}");
         let state_chunks = (json_len(&list_plain) / (MAX_FRAME_BYTES / 2) + 1) as u64;
         assert!(plain.diff_frames - per_change <= N as u64 * state_chunks, "{plain:?}");
-        assert!(plain.largest <= MAX_FRAME_BYTES as u64 && coalesced.largest <= MAX_FRAME_BYTES as u64);
+        assert!(
+            plain.largest <= MAX_FRAME_BYTES as u64 && coalesced.largest <= MAX_FRAME_BYTES as u64
+        );
         // Coalesced: about one diff per interval (here 1 s of joins → ~20) to everyone, plus the
         // rest of each state.
         assert!(coalesced.diff_frames <= 22 * N as u64 + N as u64 * state_chunks, "{coalesced:?}");

@@ -5,10 +5,10 @@
 //! shares it. Decoding never panics: anything a client can send maps to [`Malformed`], which
 //! keeps whatever refs could still be read so the session can answer with an error reply.
 
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::channel::Payload;
 
@@ -225,7 +225,9 @@ impl Serializer {
     ) -> Frame {
         let text = match self {
             Serializer::V2 => serde_json::to_string(&(join_ref, reference, topic, event, payload)),
-            Serializer::V1 => serde_json::to_string(&V1Out { topic, event, payload, reference, join_ref }),
+            Serializer::V1 => {
+                serde_json::to_string(&V1Out { topic, event, payload, reference, join_ref })
+            }
         };
         // Serialising a Value with string keys cannot fail.
         Frame::Text(Utf8Bytes::from(text.unwrap_or_default()))
@@ -244,7 +246,9 @@ impl Serializer {
             Payload::Json(value) => {
                 let body = ReplyBody { status: status.as_str(), response: value };
                 let text = match self {
-                    Serializer::V2 => serde_json::to_string(&(join_ref, reference, topic, "phx_reply", body)),
+                    Serializer::V2 => {
+                        serde_json::to_string(&(join_ref, reference, topic, "phx_reply", body))
+                    }
                     Serializer::V1 => serde_json::to_string(&V1Out {
                         topic,
                         event: "phx_reply",
@@ -259,14 +263,21 @@ impl Serializer {
                 if self == Serializer::V1 {
                     return None;
                 }
-                let header = [join_ref.unwrap_or(""), reference.unwrap_or(""), topic, status.as_str()];
+                let header =
+                    [join_ref.unwrap_or(""), reference.unwrap_or(""), topic, status.as_str()];
                 binary_frame(KIND_REPLY, &header, data)
             }
         }
     }
 
     /// A server push on a joined channel: its join_ref and a null ref.
-    pub(crate) fn encode_push(self, join_ref: Option<&str>, topic: &str, event: &str, payload: &Payload) -> Option<Frame> {
+    pub(crate) fn encode_push(
+        self,
+        join_ref: Option<&str>,
+        topic: &str,
+        event: &str,
+        payload: &Payload,
+    ) -> Option<Frame> {
         match payload {
             Payload::Json(value) => Some(self.encode_json(join_ref, None, topic, event, value)),
             Payload::Binary(data) => {
@@ -279,7 +290,12 @@ impl Serializer {
     }
 
     /// A broadcast: null join_ref and ref.
-    pub(crate) fn encode_broadcast(self, topic: &str, event: &str, payload: &Payload) -> Option<Frame> {
+    pub(crate) fn encode_broadcast(
+        self,
+        topic: &str,
+        event: &str,
+        payload: &Payload,
+    ) -> Option<Frame> {
         match payload {
             Payload::Json(value) => Some(self.encode_json(None, None, topic, event, value)),
             Payload::Binary(data) => {
@@ -363,9 +379,7 @@ mod tests {
 
     #[test]
     fn v2_text_decodes() {
-        let m = Serializer::V2
-            .decode_text(r#"["1","2","room:a","phx_join",{"x":1}]"#)
-            .unwrap();
+        let m = Serializer::V2.decode_text(r#"["1","2","room:a","phx_join",{"x":1}]"#).unwrap();
         assert_eq!(m.join_ref.as_deref(), Some("1"));
         assert_eq!(m.reference.as_deref(), Some("2"));
         assert_eq!(m.topic, "room:a");
@@ -408,7 +422,10 @@ mod tests {
         let f = Serializer::V2
             .encode_reply(Some("1"), Some("2"), "t", Status::Ok, &Payload::Json(json!({"k":1})))
             .unwrap();
-        assert_eq!(json_of(&f), json!(["1","2","t","phx_reply",{"status":"ok","response":{"k":1}}]));
+        assert_eq!(
+            json_of(&f),
+            json!(["1","2","t","phx_reply",{"status":"ok","response":{"k":1}}])
+        );
         let f = Serializer::V1
             .encode_reply(None, Some("3"), "phoenix", Status::Error, &Payload::Json(json!({})))
             .unwrap();
@@ -445,13 +462,20 @@ mod tests {
     #[test]
     fn binary_out_layouts() {
         let data = Payload::Binary(Bytes::from_static(b"\x01\x02"));
-        let Frame::Binary(r) = Serializer::V2.encode_reply(Some("1"), Some("22"), "t", Status::Ok, &data).unwrap() else {
+        let Frame::Binary(r) =
+            Serializer::V2.encode_reply(Some("1"), Some("22"), "t", Status::Ok, &data).unwrap()
+        else {
             panic!()
         };
         assert_eq!(&r[..], b"\x01\x01\x02\x01\x02122tok\x01\x02");
-        let Frame::Binary(p) = Serializer::V2.encode_push(Some("1"), "t", "ev", &data).unwrap() else { panic!() };
+        let Frame::Binary(p) = Serializer::V2.encode_push(Some("1"), "t", "ev", &data).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(&p[..], b"\x00\x01\x01\x021tev\x01\x02");
-        let Frame::Binary(b) = Serializer::V2.encode_broadcast("t", "ev", &data).unwrap() else { panic!() };
+        let Frame::Binary(b) = Serializer::V2.encode_broadcast("t", "ev", &data).unwrap() else {
+            panic!()
+        };
         assert_eq!(&b[..], b"\x02\x01\x02tev\x01\x02");
         // v1 cannot carry binary payloads
         assert!(Serializer::V1.encode_broadcast("t", "ev", &data).is_none());
@@ -501,17 +525,18 @@ mod tests {
     fn malformed_binary_frames() {
         let bad: Vec<(Vec<u8>, Option<&str>)> = vec![
             (vec![], None),
-            (vec![1, 0, 0, 0, 0], None),          // reply kind is server -> client only
-            (vec![2, 0, 0], None),                // broadcast kind likewise
-            (vec![9, 0, 0, 0, 0], None),          // unknown kind
-            (vec![0, 0, 0, 0], None),             // short header
-            (vec![0, 5, 0, 0, 0, b'a'], None),    // join_ref longer than frame
+            (vec![1, 0, 0, 0, 0], None), // reply kind is server -> client only
+            (vec![2, 0, 0], None),       // broadcast kind likewise
+            (vec![9, 0, 0, 0, 0], None), // unknown kind
+            (vec![0, 0, 0, 0], None),    // short header
+            (vec![0, 5, 0, 0, 0, b'a'], None), // join_ref longer than frame
             (vec![0, 1, 1, 9, 0, b'a', b'b', b't'], Some("b")), // topic longer than frame
-            (vec![0, 0, 1, 1, 0, 0xff, b't'], None),             // ref not UTF-8
+            (vec![0, 0, 1, 1, 0, 0xff, b't'], None), // ref not UTF-8
             (vec![0, 0, 1, 1, 1, b'r', b't', 0xc3], Some("r")), // event not UTF-8
         ];
         for (raw, reference) in bad {
-            let err = Serializer::V2.decode_binary(Bytes::from(raw.clone())).expect_err("must fail");
+            let err =
+                Serializer::V2.decode_binary(Bytes::from(raw.clone())).expect_err("must fail");
             assert_eq!(err.reference.as_deref(), reference, "{raw:?}");
         }
         assert!(Serializer::V1.decode_binary(Bytes::from_static(&[0, 0, 0, 0, 0])).is_err());

@@ -44,7 +44,15 @@ impl<H: SocketHandler> Session<H> {
         hub: Hub,
         max_channels: usize,
     ) -> Self {
-        Session { handler, assigns: Arc::new(assigns), socket, hub, max_channels, channels: SmallVec::new(), inbound: None }
+        Session {
+            handler,
+            assigns: Arc::new(assigns),
+            socket,
+            hub,
+            max_channels,
+            channels: SmallVec::new(),
+            inbound: None,
+        }
     }
 
     /// Inbound messages over `rate` get error replies, and a socket that persists is closed.
@@ -54,18 +62,33 @@ impl<H: SocketHandler> Session<H> {
     }
 
     /// Whether a message may be handled; answers and counts it when not.
-    fn within_budget(&mut self, event: &str, topic: Option<&str>, join_ref: Option<&str>, reference: Option<&str>) -> bool {
+    fn within_budget(
+        &mut self,
+        event: &str,
+        topic: Option<&str>,
+        join_ref: Option<&str>,
+        reference: Option<&str>,
+    ) -> bool {
         let Some(budget) = &mut self.inbound else { return true };
         match budget.check() {
             Verdict::Allowed => true,
             verdict => {
                 self.hub.observer().inbound(event, false);
                 if verdict == Verdict::Close {
-                    tracing::info!(conn = self.socket.conn, "socket over its inbound message budget: closing");
+                    tracing::info!(
+                        conn = self.socket.conn,
+                        "socket over its inbound message budget: closing"
+                    );
                     self.socket.outbox.close(Close::RATE_LIMITED);
                 } else if reference.is_some() {
                     let reason = Payload::Json(json!({ "reason": "rate limited" }));
-                    self.reply(join_ref, reference, topic.unwrap_or(PHOENIX), Status::Error, &reason);
+                    self.reply(
+                        join_ref,
+                        reference,
+                        topic.unwrap_or(PHOENIX),
+                        Status::Error,
+                        &reason,
+                    );
                 }
                 false
             }
@@ -87,7 +110,12 @@ impl<H: SocketHandler> Session<H> {
             Ok(msg) => {
                 let heartbeat = msg.topic == PHOENIX && msg.event == "heartbeat";
                 if !heartbeat
-                    && !self.within_budget(&msg.event, Some(&msg.topic), msg.join_ref.as_deref(), msg.reference.as_deref())
+                    && !self.within_budget(
+                        &msg.event,
+                        Some(&msg.topic),
+                        msg.join_ref.as_deref(),
+                        msg.reference.as_deref(),
+                    )
                 {
                     return;
                 }
@@ -95,7 +123,12 @@ impl<H: SocketHandler> Session<H> {
                 self.handle(msg).await
             }
             Err(bad) => {
-                if self.within_budget("malformed", bad.topic.as_deref(), bad.join_ref.as_deref(), bad.reference.as_deref()) {
+                if self.within_budget(
+                    "malformed",
+                    bad.topic.as_deref(),
+                    bad.join_ref.as_deref(),
+                    bad.reference.as_deref(),
+                ) {
                     self.malformed(bad)
                 }
             }
@@ -119,7 +152,13 @@ impl<H: SocketHandler> Session<H> {
     async fn handle(&mut self, msg: Inbound) {
         match (msg.topic.as_str(), msg.event.as_str()) {
             (PHOENIX, "heartbeat") => {
-                self.reply(None, msg.reference.as_deref(), PHOENIX, Status::Ok, &Payload::Json(json!({})));
+                self.reply(
+                    None,
+                    msg.reference.as_deref(),
+                    PHOENIX,
+                    Status::Ok,
+                    &Payload::Json(json!({})),
+                );
             }
             (_, "phx_join") => self.join(msg).await,
             (_, "phx_leave") => self.leave(msg).await,
@@ -130,11 +169,20 @@ impl<H: SocketHandler> Session<H> {
     async fn join(&mut self, msg: Inbound) {
         let Inbound { join_ref, reference, topic, payload, .. } = msg;
         if let Some(index) = self.find(&topic) {
-            tracing::debug!(conn = self.socket.conn, topic, "duplicate join: closing the existing channel first");
+            tracing::debug!(
+                conn = self.socket.conn,
+                topic,
+                "duplicate join: closing the existing channel first"
+            );
             let old = self.channels.swap_remove(index);
             self.close_channel(old, Some(("phx_close", json!({})))).await;
         } else if self.channels.len() >= self.max_channels {
-            self.error_reply(join_ref.as_deref(), reference.as_deref(), &topic, "too many channels joined");
+            self.error_reply(
+                join_ref.as_deref(),
+                reference.as_deref(),
+                &topic,
+                "too many channels joined",
+            );
             return;
         }
         let Some(channel) = self.handler.channel(&topic) else {
@@ -153,7 +201,13 @@ impl<H: SocketHandler> Session<H> {
                 self.hub.subscribe(&self.socket, &topic);
                 let tracked = ctx.tracked();
                 self.channels.push(Joined { channel, ctx });
-                self.reply(join_ref.as_deref(), reference.as_deref(), &topic, Status::Ok, &Payload::Json(response));
+                self.reply(
+                    join_ref.as_deref(),
+                    reference.as_deref(),
+                    &topic,
+                    Status::Ok,
+                    &Payload::Json(response),
+                );
                 if tracked {
                     // Subscribed before reading the state: every later change reaches it.
                     self.hub.presence().push_state(&topic, &self.socket);
@@ -161,7 +215,13 @@ impl<H: SocketHandler> Session<H> {
             }
             Err(response) => {
                 ctx.close();
-                self.reply(join_ref.as_deref(), reference.as_deref(), &topic, Status::Error, &Payload::Json(response));
+                self.reply(
+                    join_ref.as_deref(),
+                    reference.as_deref(),
+                    &topic,
+                    Status::Error,
+                    &Payload::Json(response),
+                );
             }
         }
     }
@@ -169,20 +229,37 @@ impl<H: SocketHandler> Session<H> {
     async fn leave(&mut self, msg: Inbound) {
         let Some(index) = self.find(&msg.topic) else {
             // The server may have dropped the channel already; leaving it is still fine.
-            self.reply(msg.join_ref.as_deref(), msg.reference.as_deref(), &msg.topic, Status::Ok, &Payload::Json(json!({})));
+            self.reply(
+                msg.join_ref.as_deref(),
+                msg.reference.as_deref(),
+                &msg.topic,
+                Status::Ok,
+                &Payload::Json(json!({})),
+            );
             return;
         };
         if self.is_stale(index, &msg) {
             return;
         }
         let joined = self.channels.swap_remove(index);
-        self.reply(msg.join_ref.as_deref(), msg.reference.as_deref(), &msg.topic, Status::Ok, &Payload::Json(json!({})));
+        self.reply(
+            msg.join_ref.as_deref(),
+            msg.reference.as_deref(),
+            &msg.topic,
+            Status::Ok,
+            &Payload::Json(json!({})),
+        );
         self.close_channel(joined, Some(("phx_close", json!({})))).await;
     }
 
     async fn event(&mut self, msg: Inbound) {
         let Some(index) = self.find(&msg.topic) else {
-            self.error_reply(msg.join_ref.as_deref(), msg.reference.as_deref(), &msg.topic, "unmatched topic");
+            self.error_reply(
+                msg.join_ref.as_deref(),
+                msg.reference.as_deref(),
+                &msg.topic,
+                "unmatched topic",
+            );
             return;
         };
         if self.is_stale(index, &msg) {
@@ -195,15 +272,20 @@ impl<H: SocketHandler> Session<H> {
             HandleIn::Reply(Ok(response)) => {
                 self.reply(join_ref.as_deref(), reference.as_deref(), &topic, Status::Ok, &response)
             }
-            HandleIn::Reply(Err(response)) => {
-                self.reply(join_ref.as_deref(), reference.as_deref(), &topic, Status::Error, &response)
-            }
+            HandleIn::Reply(Err(response)) => self.reply(
+                join_ref.as_deref(),
+                reference.as_deref(),
+                &topic,
+                Status::Error,
+                &response,
+            ),
             HandleIn::NoReply => {}
             HandleIn::Stop { reason } => {
                 tracing::info!(conn = self.socket.conn, topic, reason, "channel stopped");
                 if let Some(index) = self.find(&topic) {
                     let joined = self.channels.swap_remove(index);
-                    self.close_channel(joined, Some(("phx_error", json!({ "reason": reason })))).await;
+                    self.close_channel(joined, Some(("phx_error", json!({ "reason": reason }))))
+                        .await;
                 }
             }
         }
@@ -214,7 +296,12 @@ impl<H: SocketHandler> Session<H> {
         let current = self.channels[index].ctx.join_ref();
         let stale = msg.join_ref.is_some() && msg.join_ref.as_deref() != current;
         if stale {
-            tracing::debug!(conn = self.socket.conn, topic = msg.topic, event = msg.event, "stale join_ref: ignored");
+            tracing::debug!(
+                conn = self.socket.conn,
+                topic = msg.topic,
+                event = msg.event,
+                "stale join_ref: ignored"
+            );
         }
         stale
     }
@@ -243,11 +330,30 @@ impl<H: SocketHandler> Session<H> {
         }
     }
 
-    fn error_reply(&self, join_ref: Option<&str>, reference: Option<&str>, topic: &str, reason: &str) {
-        self.reply(join_ref, reference, topic, Status::Error, &Payload::Json(json!({ "reason": reason })));
+    fn error_reply(
+        &self,
+        join_ref: Option<&str>,
+        reference: Option<&str>,
+        topic: &str,
+        reason: &str,
+    ) {
+        self.reply(
+            join_ref,
+            reference,
+            topic,
+            Status::Error,
+            &Payload::Json(json!({ "reason": reason })),
+        );
     }
 
-    fn reply(&self, join_ref: Option<&str>, reference: Option<&str>, topic: &str, status: Status, response: &Payload) {
+    fn reply(
+        &self,
+        join_ref: Option<&str>,
+        reference: Option<&str>,
+        topic: &str,
+        status: Status,
+        response: &Payload,
+    ) {
         match self.socket.serializer.encode_reply(join_ref, reference, topic, status, response) {
             Some(frame) => {
                 if self.socket.send(frame) {

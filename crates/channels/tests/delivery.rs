@@ -24,17 +24,31 @@ async fn send_to_user_reaches_only_that_users_matching_subscriptions() {
     bob.join("room:a", "1").await;
     nobody.join("room:a", "1").await;
 
-    let n = hub.send_to_user("alice", TopicMatch::Prefix("room:".into()), "note", json!({"k": 1}).into());
+    let n = hub.send_to_user(
+        "alice",
+        TopicMatch::Prefix("room:".into()),
+        "note",
+        json!({"k": 1}).into(),
+    );
     assert_eq!(n, 3);
     let mut got = vec![alice1.json().await, alice1.json().await];
     got.sort_by_key(|v| v[2].as_str().unwrap().to_owned());
-    assert_eq!(got, vec![json!([null, null, "room:a", "note", {"k": 1}]), json!([null, null, "room:b", "note", {"k": 1}])]);
+    assert_eq!(
+        got,
+        vec![
+            json!([null, null, "room:a", "note", {"k": 1}]),
+            json!([null, null, "room:b", "note", {"k": 1}])
+        ]
+    );
     assert_eq!(alice2.json().await["event"], json!("note"));
     alice1.heartbeat("h").await; // nothing on "echo"
     bob.heartbeat("h").await;
     nobody.heartbeat("h").await;
 
-    assert_eq!(hub.send_to_user("alice", TopicMatch::Exact("echo".into()), "e", json!(2).into()), 1);
+    assert_eq!(
+        hub.send_to_user("alice", TopicMatch::Exact("echo".into()), "e", json!(2).into()),
+        1
+    );
     assert_eq!(alice1.json().await, json!([null, null, "echo", "e", 2]));
     assert_eq!(hub.send_to_user("carol", TopicMatch::Any, "e", json!(2).into()), 0);
 
@@ -42,7 +56,10 @@ async fn send_to_user_reaches_only_that_users_matching_subscriptions() {
     alice1.send(json!(["1", "9", "room:a", "phx_leave", {}])).await;
     alice1.json().await;
     alice1.json().await;
-    assert_eq!(hub.send_to_user("alice", TopicMatch::Exact("room:a".into()), "e", json!(3).into()), 1);
+    assert_eq!(
+        hub.send_to_user("alice", TopicMatch::Exact("room:a".into()), "e", json!(3).into()),
+        1
+    );
     drop(alice2);
     server
         .eventually("alice2 gone", || {
@@ -88,7 +105,8 @@ async fn disconnect_closes_every_socket_with_that_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_disconnected_without_blocking_others() {
-    let server = Server::start_with(EndpointConfig { outbound_queue: 4, ..Default::default() }).await;
+    let server =
+        Server::start_with(EndpointConfig { outbound_queue: 4, ..Default::default() }).await;
     let hub = server.endpoint.hub();
     let mut slow = server.v2("").await;
     let mut fast = server.v2("").await;
@@ -164,7 +182,9 @@ async fn counts_follow_joins_leaves_and_closes() {
     b.json().await;
     assert_eq!(hub.subscriber_count("room:c"), 1);
     drop(a);
-    server.eventually("a gone", || hub.subscriber_count("room:c") == 0 && hub.socket_count() == 1).await;
+    server
+        .eventually("a gone", || hub.subscriber_count("room:c") == 0 && hub.socket_count() == 1)
+        .await;
     server.log.wait_for("terminate room:c 1").await;
 }
 
@@ -175,7 +195,10 @@ async fn binary_broadcast_from_the_hub_skips_v1_but_reaches_v2() {
     let mut v2 = server.v2("").await;
     let mut v1 = server.v1("").await;
     v2.join("room:b", "1").await;
-    v1.send(json!({"topic": "room:b", "event": "phx_join", "payload": {}, "ref": "1", "join_ref": "1"})).await;
+    v1.send(
+        json!({"topic": "room:b", "event": "phx_join", "payload": {}, "ref": "1", "join_ref": "1"}),
+    )
+    .await;
     v1.json().await;
     hub.broadcast("room:b", "bin", Payload::Binary(bytes::Bytes::from_static(b"\x07")));
     assert_eq!(&v2.binary().await[..], b"\x02\x06\x03room:bbin\x07");
@@ -192,7 +215,11 @@ async fn a_panicking_channel_loses_its_socket_but_not_the_server() {
     other.join("room:p", "1").await;
     doomed.send(json!(["1", "2", "room:p", "panic", {}])).await;
     assert_eq!(doomed.ended().await, None);
-    server.eventually("indexes cleaned", || hub.socket_count() == 1 && hub.subscriber_count("room:p") == 1).await;
+    server
+        .eventually("indexes cleaned", || {
+            hub.socket_count() == 1 && hub.subscriber_count("room:p") == 1
+        })
+        .await;
     assert_eq!(hub.send_to_user("u", TopicMatch::Any, "e", json!(1).into()), 0);
     other.heartbeat("h").await;
 }

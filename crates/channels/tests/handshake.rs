@@ -30,7 +30,8 @@ async fn head(server: &Server, method: &str, headers: &str) -> String {
 #[tokio::test]
 async fn malformed_upgrades_are_refused_with_axums_statuses() {
     let server = Server::start().await;
-    let ok = "Connection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\nSec-WebSocket-Version: 13\r\n";
+    let ok =
+        "Connection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\nSec-WebSocket-Version: 13\r\n";
     let cases = [
         ("POST", format!("{ok}{KEY}Content-Length: 0\r\n"), "http/1.1 405"),
         ("GET", format!("Connection: keep-alive\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n{KEY}"), "http/1.1 400"),
@@ -44,14 +45,18 @@ async fn malformed_upgrades_are_refused_with_axums_statuses() {
     }
     let accepted = head(&server, "GET", &format!("{ok}{KEY}")).await;
     assert!(accepted.starts_with("http/1.1 101"), "{accepted}");
-    assert!(accepted.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"), "{accepted}");
+    assert!(
+        accepted.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
+        "{accepted}"
+    );
     assert!(!accepted.contains("sec-websocket-protocol"), "{accepted}");
 }
 
 #[tokio::test]
 async fn the_phoenix_subprotocol_is_answered_when_offered() {
     let server = Server::start().await;
-    let client = Client::connect_with_protocols(&server.url("vsn=2.0.0&token=ok"), Some("phoenix")).await;
+    let client =
+        Client::connect_with_protocols(&server.url("vsn=2.0.0&token=ok"), Some("phoenix")).await;
     assert_eq!(client.response_protocol.as_deref(), Some("phoenix"));
     let client = Client::connect(&server.url("vsn=2.0.0&token=ok")).await;
     assert_eq!(client.response_protocol, None);

@@ -15,11 +15,15 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 async fn upgrade_status(url: &str, headers: &[(&str, &str)]) -> Result<(), u16> {
     let mut request = url.into_client_request().unwrap();
     for (k, v) in headers {
-        request.headers_mut().insert(axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        request
+            .headers_mut()
+            .insert(axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
     }
     match tokio_tungstenite::connect_async(request).await {
         Ok(_) => Ok(()),
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
         Err(other) => panic!("unexpected error {other}"),
     }
 }
@@ -43,25 +47,47 @@ async fn origins_outside_the_list_get_403_on_websocket_and_longpoll() {
     assert_eq!(upgrade_status(&url, &[("origin", "http://quest.example.com")]).await, Err(403));
 
     let http = reqwest::Client::new();
-    let ok = http.get(longpoll_url(&server)).header("origin", "https://a.holo.test").send().await.unwrap();
+    let ok = http
+        .get(longpoll_url(&server))
+        .header("origin", "https://a.holo.test")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
     assert_eq!(ok.json::<serde_json::Value>().await.unwrap()["status"], 410);
-    let refused = http.get(longpoll_url(&server)).header("origin", "https://evil.example").send().await.unwrap();
+    let refused = http
+        .get(longpoll_url(&server))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(refused.status(), 403);
     assert_eq!(refused.json::<serde_json::Value>().await.unwrap()["status"], 403);
-    let post = http.post(longpoll_url(&server)).header("origin", "https://evil.example").body("[]").send().await.unwrap();
+    let post = http
+        .post(longpoll_url(&server))
+        .header("origin", "https://evil.example")
+        .body("[]")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(post.status(), 403);
 }
 
 #[tokio::test]
 async fn the_node_cap_refuses_with_503_and_frees_places() {
-    let server = Server::start_with(EndpointConfig { max_connections: Some(2), ..Default::default() }).await;
+    let server =
+        Server::start_with(EndpointConfig { max_connections: Some(2), ..Default::default() }).await;
     let mut a = server.v2("").await;
     let mut b = server.v2("").await;
     a.heartbeat("1").await;
     b.heartbeat("1").await;
     assert_eq!(refused_status(&server.url("vsn=2.0.0&token=ok")).await, 503);
-    let lp = reqwest::get(longpoll_url(&server)).await.unwrap().json::<serde_json::Value>().await.unwrap();
+    let lp = reqwest::get(longpoll_url(&server))
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
     assert_eq!(lp["status"], 500, "LongPoll clients retry on 500");
     drop(a);
     server.eventually("a place is free", || server.endpoint.hub().socket_count() == 1).await;
@@ -89,7 +115,11 @@ async fn one_address_may_hold_only_so_many_sockets() {
     a.heartbeat("1").await;
     b.heartbeat("1").await;
     // Without trust, X-Forwarded-For is ignored (and the peer here is loopback).
-    let untrusting = Server::start_with(EndpointConfig { max_connections_per_client: Some(1), ..Default::default() }).await;
+    let untrusting = Server::start_with(EndpointConfig {
+        max_connections_per_client: Some(1),
+        ..Default::default()
+    })
+    .await;
     let url = untrusting.url("vsn=2.0.0&token=ok");
     assert_eq!(upgrade_status(&url, &first).await, Ok(()));
     assert_eq!(upgrade_status(&url, &first).await, Ok(()));
@@ -130,7 +160,10 @@ async fn a_socket_over_its_budget_gets_error_replies_then_a_1008_close() {
     }
     for r in ["4", "5", "6"] {
         c.send(json!(["1", r, "room:1", "echo", {}])).await;
-        assert_eq!(c.json().await, error_reply(Some("1"), r, "room:1", json!({"reason": "rate limited"})));
+        assert_eq!(
+            c.json().await,
+            error_reply(Some("1"), r, "room:1", json!({"reason": "rate limited"}))
+        );
     }
     c.send(json!(["1", "7", "room:1", "echo", {}])).await;
     assert_eq!(c.close_code().await, 1008);

@@ -108,7 +108,10 @@ async fn token_dance_join_and_messages() {
     assert!(started.elapsed() >= Duration::from_millis(250), "held for the window");
 
     assert_eq!(lp.post(r#"["1","1","room:lp","phx_join",{}]"#).await, json!({"status": 200}));
-    assert_eq!(lp.messages(1).await, vec![ok_reply("1", "1", "room:lp", json!({"joined": "room:lp"}))]);
+    assert_eq!(
+        lp.messages(1).await,
+        vec![ok_reply("1", "1", "room:lp", json!({"joined": "room:lp"}))]
+    );
 
     // A batch, answered in order.
     let batch = [
@@ -118,7 +121,10 @@ async fn token_dance_join_and_messages() {
     ];
     assert_eq!(lp.post_ndjson(&batch).await, json!({"status": 200}));
     let got = lp.messages(3).await;
-    assert_eq!(got[0], json!([null, "2", "phoenix", "phx_reply", {"status": "ok", "response": {}}]));
+    assert_eq!(
+        got[0],
+        json!([null, "2", "phoenix", "phx_reply", {"status": "ok", "response": {}}])
+    );
     assert_eq!(got[1], ok_reply("1", "3", "room:lp", json!({"n": 1})));
     assert_eq!(got[2][4]["response"]["name"], "poller");
     assert_eq!(got[2][4]["response"]["has_peer"], true);
@@ -133,7 +139,9 @@ async fn token_dance_join_and_messages() {
 
 #[tokio::test]
 async fn a_held_poll_is_answered_as_soon_as_a_message_arrives() {
-    let server = Server::start_with(EndpointConfig { longpoll_window: Duration::from_secs(3), ..config() }).await;
+    let server =
+        Server::start_with(EndpointConfig { longpoll_window: Duration::from_secs(3), ..config() })
+            .await;
     let lp = Lp::open(&server, "vsn=2.0.0&token=ok").await;
     lp.post(r#"["1","1","room:hold","phx_join",{}]"#).await;
     lp.messages(1).await;
@@ -159,7 +167,10 @@ async fn refused_connect_is_403_and_unknown_sessions_are_410() {
     assert_eq!(get(&http, &format!("{url}?vsn=2.0.0&token=nope")).await, json!({"status": 403}));
     assert_eq!(get(&http, &format!("{url}?vsn=2.0.0")).await, json!({"status": 403}));
     // POST to a session that does not exist (or never did).
-    assert_eq!(post(&http, &format!("{url}?vsn=2.0.0&token=forged"), "[]", None).await, json!({"status": 410}));
+    assert_eq!(
+        post(&http, &format!("{url}?vsn=2.0.0&token=forged"), "[]", None).await,
+        json!({"status": 410})
+    );
     assert_eq!(post(&http, &format!("{url}?vsn=2.0.0"), "[]", None).await, json!({"status": 410}));
     // An unsupported vsn is a plain 400.
     let res = http.get(format!("{url}?vsn=9.9.9&token=ok")).send().await.unwrap();
@@ -236,7 +247,10 @@ async fn malformed_posts_never_break_the_session() {
     assert_eq!(lp.post(r#"["1","6","nowhere","evt",{}]"#).await, json!({"status": 200}));
     let got = lp.messages(2).await;
     assert_eq!(got[0], error_reply(None, "5", "room:x", json!({"reason": "malformed message"})));
-    assert_eq!(got[1], error_reply(Some("1"), "6", "nowhere", json!({"reason": "unmatched topic"})));
+    assert_eq!(
+        got[1],
+        error_reply(Some("1"), "6", "nowhere", json!({"reason": "unmatched topic"}))
+    );
     // Binary frames travel base64 in both directions.
     lp.post(r#"["1","7","room:bin","phx_join",{}]"#).await;
     lp.messages(1).await;
@@ -244,7 +258,9 @@ async fn malformed_posts_never_break_the_session() {
     let line = base64::engine::general_purpose::STANDARD.encode(&push);
     assert_eq!(lp.post_ndjson(&[&line]).await, json!({"status": 200}));
     let body = lp.poll().await;
-    let reply = base64::engine::general_purpose::STANDARD.decode(body["messages"][0].as_str().unwrap()).unwrap();
+    let reply = base64::engine::general_purpose::STANDARD
+        .decode(body["messages"][0].as_str().unwrap())
+        .unwrap();
     assert_eq!(reply[0], 1, "a binary reply");
     assert!(reply.ends_with(&[0xde, 0xad]));
     // A body over the limit ends the session, as a too-big frame closes a WebSocket.
@@ -282,7 +298,9 @@ async fn an_abandoned_session_expires_and_its_presence_leaves() {
 
 #[tokio::test]
 async fn shutdown_ends_sessions_and_refuses_new_ones() {
-    let server = Server::start_with(EndpointConfig { longpoll_window: Duration::from_secs(3), ..config() }).await;
+    let server =
+        Server::start_with(EndpointConfig { longpoll_window: Duration::from_secs(3), ..config() })
+            .await;
     let lp = Lp::open(&server, "vsn=2.0.0&token=ok").await;
     lp.post(r#"["1","1","room:s","phx_join",{}]"#).await;
     lp.messages(1).await;
@@ -291,11 +309,16 @@ async fn shutdown_ends_sessions_and_refuses_new_ones() {
         async move { get(&http, &url).await }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    tokio::time::timeout(Duration::from_secs(2), server.endpoint.shutdown()).await.expect("shutdown waits for sessions");
+    tokio::time::timeout(Duration::from_secs(2), server.endpoint.shutdown())
+        .await
+        .expect("shutdown waits for sessions");
     assert_eq!(held.await.unwrap()["status"], 204);
     server.log.wait_for("terminate room:s 1").await;
     let http = reqwest::Client::new();
-    assert_eq!(get(&http, &format!("{}?vsn=2.0.0&token=ok", Lp::url(&server))).await, json!({"status": 500}));
+    assert_eq!(
+        get(&http, &format!("{}?vsn=2.0.0&token=ok", Lp::url(&server))).await,
+        json!({"status": 500})
+    );
     assert_eq!(lp.post("[]").await, json!({"status": 410}));
 }
 
@@ -306,5 +329,8 @@ async fn the_hub_disconnects_longpoll_sessions_too() {
     assert_eq!(server.endpoint.hub().disconnect("user_socket:7"), 1);
     server.eventually("session gone", || server.endpoint.longpoll_sessions() == 0).await;
     let body = lp.poll().await;
-    assert_eq!(body["status"], 410, "a new session, which the client takes as: the old one is gone");
+    assert_eq!(
+        body["status"], 410,
+        "a new session, which the client takes as: the old one is gone"
+    );
 }

@@ -74,11 +74,15 @@ async fn two_connections_of_one_key_are_two_metas() {
     join_present(&mut tab2, "room:k", "1", "same").await;
     let hub = server.endpoint.hub();
     server
-        .eventually("two metas", || hub.presence_list("room:k")["same"]["metas"].as_array().map_or(0, Vec::len) == 2)
+        .eventually("two metas", || {
+            hub.presence_list("room:k")["same"]["metas"].as_array().map_or(0, Vec::len) == 2
+        })
         .await;
     drop(tab1);
     server
-        .eventually("one meta left", || hub.presence_list("room:k")["same"]["metas"].as_array().map_or(0, Vec::len) == 1)
+        .eventually("one meta left", || {
+            hub.presence_list("room:k")["same"]["metas"].as_array().map_or(0, Vec::len) == 1
+        })
         .await;
     assert_eq!(hub.presence_list("room:k")["same"]["metas"][0]["name"], "t2");
     tab2.heartbeat("h").await;
@@ -110,7 +114,9 @@ async fn a_silent_socket_leaves_within_the_heartbeat_timeout() {
     let hub = server.endpoint.hub();
     assert!(hub.presence_list("room:h").get("s").is_some());
     let started = std::time::Instant::now();
-    server.eventually("the silent socket left", || hub.presence_list("room:h").get("s").is_none()).await;
+    server
+        .eventually("the silent socket left", || hub.presence_list("room:h").get("s").is_none())
+        .await;
     assert!(started.elapsed() < Duration::from_millis(1000), "left after {:?}", started.elapsed());
 }
 
@@ -123,7 +129,12 @@ async fn untrack_failed_track_and_rejoin() {
     c.send(json!(["1", "2", "room:u", "track_bad", {}])).await;
     assert_eq!(
         c.json().await,
-        error_reply(Some("1"), "2", "room:u", json!({"reason": "presence meta must be a JSON object"}))
+        error_reply(
+            Some("1"),
+            "2",
+            "room:u",
+            json!({"reason": "presence meta must be a JSON object"})
+        )
     );
     c.send(json!(["1", "3", "room:u", "untrack", {}])).await;
     assert_eq!(keys(&diff(&mut c).await["leaves"]), vec!["c"]);
@@ -134,7 +145,9 @@ async fn untrack_failed_track_and_rejoin() {
     assert_eq!(c.json().await[3], "presence_state");
     let hub = server.endpoint.hub();
     server
-        .eventually("one meta", || hub.presence_list("room:u")["c"]["metas"].as_array().map_or(0, Vec::len) == 1)
+        .eventually("one meta", || {
+            hub.presence_list("room:u")["c"]["metas"].as_array().map_or(0, Vec::len) == 1
+        })
         .await;
     // Leaving after an untrack is still clean.
     c.send(json!(["4", "5", "room:u", "phx_leave", {}])).await;
@@ -173,11 +186,19 @@ impl Fold {
     }
 
     fn diff(&mut self, diff: &Value) {
-        let refs = |p: &Value| -> Vec<Value> { p["metas"].as_array().unwrap().iter().map(|m| m["phx_ref"].clone()).collect() };
+        let refs = |p: &Value| -> Vec<Value> {
+            p["metas"].as_array().unwrap().iter().map(|m| m["phx_ref"].clone()).collect()
+        };
         for (key, joined) in diff["joins"].as_object().unwrap() {
             let joined_refs = refs(joined);
             let mut metas: Vec<Value> = match self.0.get(key) {
-                Some(current) => current["metas"].as_array().unwrap().iter().filter(|m| !joined_refs.contains(&m["phx_ref"])).cloned().collect(),
+                Some(current) => current["metas"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|m| !joined_refs.contains(&m["phx_ref"]))
+                    .cloned()
+                    .collect(),
                 None => Vec::new(),
             };
             metas.extend(joined["metas"].as_array().unwrap().iter().cloned());
@@ -209,7 +230,9 @@ impl Fold {
 async fn drain(client: &mut Client) -> Vec<(usize, Value)> {
     let mut frames = Vec::new();
     while let Ok(message) = tokio::time::timeout(Duration::from_millis(300), client.next()).await {
-        let tokio_tungstenite::tungstenite::Message::Text(text) = message else { panic!("unexpected {message:?}") };
+        let tokio_tungstenite::tungstenite::Message::Text(text) = message else {
+            panic!("unexpected {message:?}")
+        };
         frames.push((text.len(), serde_json::from_str(text.as_str()).unwrap()));
     }
     frames
@@ -218,15 +241,18 @@ async fn drain(client: &mut Client) -> Vec<(usize, Value)> {
 /// Another node's share of `count` presences (long nicknames), plus one key with so many metas
 /// that they alone exceed a frame.
 fn remote_share(prefix: &str, count: usize) -> Vec<channels::PresenceEntry> {
-    let entry = |key: String, r: String| channels::PresenceEntry {
+    let entry = |key: String, r: String| {
+        channels::PresenceEntry {
         meta: json!({"nickname": format!("{key}, the long-nicknamed adventurer of the realm"), "online_at": 1_700_000_000_000u64, "phx_ref": r})
             .as_object()
             .unwrap()
             .clone(),
         key,
         node: 7,
+    }
     };
-    let mut entries: Vec<_> = (0..count).map(|i| entry(format!("{prefix}{i:05}"), format!("{prefix}-ref{i}"))).collect();
+    let mut entries: Vec<_> =
+        (0..count).map(|i| entry(format!("{prefix}{i:05}"), format!("{prefix}-ref{i}"))).collect();
     entries.extend((0..300).map(|i| entry("crowd".into(), format!("{prefix}-crowd{i}"))));
     entries
 }
@@ -256,7 +282,11 @@ async fn join_and_fold(server: &Server, mut client: Client, topic: &str, v1: boo
     }
     let list = server.endpoint.hub().presence_list(topic);
     assert!(list.get("me").is_some());
-    assert_eq!(Fold::normalized(&Value::Object(fold.0)), Fold::normalized(&list), "the folded list is the server's");
+    assert_eq!(
+        Fold::normalized(&Value::Object(fold.0)),
+        Fold::normalized(&list),
+        "the folded list is the server's"
+    );
     frames.len() - 1
 }
 
@@ -299,7 +329,8 @@ async fn a_big_diff_goes_out_as_bounded_diffs_leaves_first() {
     }
     // Within one interval: half the old ones leave, 2000 new ones join, and one phx_ref leaves
     // and comes back with a new meta (a diff applies joins before leaves: it must leave first).
-    let mut next: Vec<_> = old.iter().filter(|e| e.key.as_str() < "old01000" || e.key == "crowd").cloned().collect();
+    let mut next: Vec<_> =
+        old.iter().filter(|e| e.key.as_str() < "old01000" || e.key == "crowd").cloned().collect();
     next.extend(remote_share("new", 2000).into_iter().filter(|e| e.key != "crowd"));
     let back = next.iter().position(|e| e.key == "old00001").unwrap();
     let mut back = next.remove(back);

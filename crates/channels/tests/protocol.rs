@@ -39,9 +39,13 @@ async fn refused_connect_is_403_or_503_and_no_socket() {
 async fn auth_token_from_subprotocol_and_phoenix_answered() {
     let server = Server::start().await;
     let protocols = format!("phoenix, {}", bearer_protocol("ok"));
-    let mut c = Client::connect_with_protocols(&server.url("vsn=2.0.0&name=tok"), Some(&protocols)).await;
+    let mut c =
+        Client::connect_with_protocols(&server.url("vsn=2.0.0&name=tok"), Some(&protocols)).await;
     assert_eq!(c.response_protocol.as_deref(), Some("phoenix"));
-    assert_eq!(c.join("room:a", "1").await, ok_reply("1", "1", "room:a", json!({"joined": "room:a"})));
+    assert_eq!(
+        c.join("room:a", "1").await,
+        ok_reply("1", "1", "room:a", json!({"joined": "room:a"}))
+    );
     c.send(json!(["1", "2", "room:a", "whoami", {}])).await;
     let reply = c.json().await;
     assert_eq!(reply[4]["response"]["via_token"], json!(true));
@@ -49,10 +53,11 @@ async fn auth_token_from_subprotocol_and_phoenix_answered() {
     assert_eq!(reply[4]["response"]["has_peer"], json!(true));
     // a bad token in the subprotocol is refused like any bad token
     let protocols = format!("phoenix, {}", bearer_protocol("nope"));
-    let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-        server.url("vsn=2.0.0"),
-    )
-    .unwrap();
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            server.url("vsn=2.0.0"),
+        )
+        .unwrap();
     request.headers_mut().insert("sec-websocket-protocol", protocols.parse().unwrap());
     match tokio_tungstenite::connect_async(request).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 403),
@@ -83,10 +88,16 @@ async fn join_reply_v2_and_v1() {
 async fn join_refused_by_channel_is_an_error_reply() {
     let server = Server::start().await;
     let mut c = server.v2("").await;
-    assert_eq!(c.join("deny:x", "1").await, error_reply(Some("1"), "1", "deny:x", json!({"reason": "denied"})));
+    assert_eq!(
+        c.join("deny:x", "1").await,
+        error_reply(Some("1"), "1", "deny:x", json!({"reason": "denied"}))
+    );
     // not joined: events on it are unmatched
     c.send(json!(["1", "2", "deny:x", "echo", {}])).await;
-    assert_eq!(c.json().await, error_reply(Some("1"), "2", "deny:x", json!({"reason": "unmatched topic"})));
+    assert_eq!(
+        c.json().await,
+        error_reply(Some("1"), "2", "deny:x", json!({"reason": "unmatched topic"}))
+    );
     assert_eq!(server.endpoint.hub().subscriber_count("deny:x"), 0);
 }
 
@@ -94,9 +105,15 @@ async fn join_refused_by_channel_is_an_error_reply() {
 async fn unmatched_topic_join_and_event() {
     let server = Server::start().await;
     let mut c = server.v2("").await;
-    assert_eq!(c.join("nowhere", "1").await, error_reply(Some("1"), "1", "nowhere", json!({"reason": "unmatched topic"})));
+    assert_eq!(
+        c.join("nowhere", "1").await,
+        error_reply(Some("1"), "1", "nowhere", json!({"reason": "unmatched topic"}))
+    );
     c.send(json!([null, "2", "room:never-joined", "echo", {}])).await;
-    assert_eq!(c.json().await, error_reply(None, "2", "room:never-joined", json!({"reason": "unmatched topic"})));
+    assert_eq!(
+        c.json().await,
+        error_reply(None, "2", "room:never-joined", json!({"reason": "unmatched topic"}))
+    );
     c.heartbeat("3").await;
 }
 
@@ -127,7 +144,10 @@ async fn leave_replies_ok_then_phx_close_and_terminates() {
     assert_eq!(server.endpoint.hub().subscriber_count("room:a"), 0);
     // after leaving, events are unmatched; leaving again is fine
     c.send(json!(["5", "7", "room:a", "echo", {}])).await;
-    assert_eq!(c.json().await, error_reply(Some("5"), "7", "room:a", json!({"reason": "unmatched topic"})));
+    assert_eq!(
+        c.json().await,
+        error_reply(Some("5"), "7", "room:a", json!({"reason": "unmatched topic"}))
+    );
     c.send(json!(["5", "8", "room:a", "phx_leave", {}])).await;
     assert_eq!(c.json().await, ok_reply("5", "8", "room:a", json!({})));
 }
@@ -179,7 +199,10 @@ async fn replies_pushes_and_stop() {
     assert_eq!(c.json().await, json!(["1", "1", "room:a", "phx_error", {"reason": "asked"}]));
     server.log.wait_for("terminate room:a 1").await;
     c.send(json!(["1", "6", "room:a", "echo", {}])).await;
-    assert_eq!(c.json().await, error_reply(Some("1"), "6", "room:a", json!({"reason": "unmatched topic"})));
+    assert_eq!(
+        c.json().await,
+        error_reply(Some("1"), "6", "room:a", json!({"reason": "unmatched topic"}))
+    );
     // the client rejoins after phx_error
     assert_eq!(c.join("room:a", "7").await[4]["status"], json!("ok"));
 }
@@ -206,7 +229,10 @@ async fn broadcast_reaches_all_subscribers_in_their_dialect() {
     a.join("room:x", "1").await;
     b.join("room:x", "1").await;
     other_room.join("room:y", "1").await;
-    old.send(json!({"topic": "room:x", "event": "phx_join", "payload": {}, "ref": "1", "join_ref": "1"})).await;
+    old.send(
+        json!({"topic": "room:x", "event": "phx_join", "payload": {}, "ref": "1", "join_ref": "1"}),
+    )
+    .await;
     old.json().await;
 
     a.send(json!(["1", "2", "room:x", "shout", {"m": 1}])).await;
@@ -301,7 +327,11 @@ async fn malformed_v2_text_frames() {
     ];
     for (text, jr, reference, topic) in with_ref {
         c.send_text(text).await;
-        assert_eq!(c.json().await, error_reply(jr, reference, topic, json!({"reason": "malformed message"})), "{text}");
+        assert_eq!(
+            c.json().await,
+            error_reply(jr, reference, topic, json!({"reason": "malformed message"})),
+            "{text}"
+        );
         c.heartbeat("after").await;
     }
     // still joined and working
@@ -313,7 +343,11 @@ async fn malformed_v2_text_frames() {
 async fn malformed_v1_text_frames() {
     let server = Server::start().await;
     let mut c = server.v1("").await;
-    for (i, text) in ["", "[]", "[null,\"1\",\"phoenix\",\"heartbeat\",{}]", "{\"event\":1}", "nope"].iter().enumerate() {
+    for (i, text) in
+        ["", "[]", "[null,\"1\",\"phoenix\",\"heartbeat\",{}]", "{\"event\":1}", "nope"]
+            .iter()
+            .enumerate()
+    {
         c.send_text(text).await;
         c.heartbeat_v1(&format!("h{i}")).await;
     }
@@ -347,16 +381,21 @@ async fn malformed_binary_frames() {
     }
     // the ref is readable but the topic runs past the end of the frame
     c.send_binary(vec![0, 1, 1, 50, 4, b'1', b'7', b'r']).await;
-    assert_eq!(c.json().await, error_reply(Some("1"), "7", "phoenix", json!({"reason": "malformed message"})));
+    assert_eq!(
+        c.json().await,
+        error_reply(Some("1"), "7", "phoenix", json!({"reason": "malformed message"}))
+    );
     c.heartbeat("end").await;
 }
 
 #[tokio::test]
 async fn frame_over_the_limit_closes_with_1009() {
-    let server = Server::start_with(EndpointConfig { max_frame_bytes: 1024, ..Default::default() }).await;
+    let server =
+        Server::start_with(EndpointConfig { max_frame_bytes: 1024, ..Default::default() }).await;
     let mut c = server.v2("").await;
     c.heartbeat("1").await;
-    let big = format!("[null,\"2\",\"phoenix\",\"heartbeat\",{{\"pad\":\"{}\"}}]", "x".repeat(2000));
+    let big =
+        format!("[null,\"2\",\"phoenix\",\"heartbeat\",{{\"pad\":\"{}\"}}]", "x".repeat(2000));
     c.send_text(&big).await;
     assert_eq!(c.close_code().await, 1009);
     server.eventually("socket gone", || server.endpoint.hub().socket_count() == 0).await;

@@ -39,7 +39,8 @@ impl RawClient {
             }
             client.fill().await;
         };
-        let head = String::from_utf8(client.buf.drain(..end).collect()).unwrap().to_ascii_lowercase();
+        let head =
+            String::from_utf8(client.buf.drain(..end).collect()).unwrap().to_ascii_lowercase();
         assert!(head.starts_with("http/1.1 101"), "{head}");
         // RFC 6455 section 1.3's example key and answer.
         assert!(head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"), "{head}");
@@ -48,7 +49,10 @@ impl RawClient {
 
     async fn fill(&mut self) {
         let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk)).await.expect("read timed out").unwrap();
+        let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
+            .await
+            .expect("read timed out")
+            .unwrap();
         assert!(n > 0, "connection closed");
         self.buf.extend_from_slice(&chunk[..n]);
     }
@@ -112,8 +116,13 @@ impl RawClient {
     /// One whole data message: (opcode, payload, its frames' payload sizes).
     async fn message(&mut self) -> (u8, Vec<u8>, Vec<usize>) {
         let first = self.frame().await;
-        assert!(first.opcode == 1 || first.opcode == 2, "a data frame first, got opcode {}", first.opcode);
-        let (opcode, mut payload, mut sizes, mut fin) = (first.opcode, first.payload, Vec::new(), first.fin);
+        assert!(
+            first.opcode == 1 || first.opcode == 2,
+            "a data frame first, got opcode {}",
+            first.opcode
+        );
+        let (opcode, mut payload, mut sizes, mut fin) =
+            (first.opcode, first.payload, Vec::new(), first.fin);
         sizes.push(payload.len());
         while !fin {
             let next = self.frame().await;
@@ -150,7 +159,9 @@ impl RawClient {
 
     async fn closed(&mut self) {
         let mut chunk = [0u8; 64];
-        let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk)).await.expect("server did not close");
+        let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
+            .await
+            .expect("server did not close");
         assert!(matches!(n, Ok(0) | Err(_)), "expected the end of the stream, got {n:?}");
     }
 }
@@ -187,7 +198,10 @@ fn ok_reply_null(reference: &str) -> Value {
 async fn v1_big_text_is_sent_as_one_frame() {
     let server = Server::start().await;
     let mut raw = RawClient::connect(&server, "vsn=1.0.0&token=ok").await;
-    raw.send_json(json!({"topic": "echo", "event": "phx_join", "payload": {}, "ref": "1", "join_ref": "1"})).await;
+    raw.send_json(
+        json!({"topic": "echo", "event": "phx_join", "payload": {}, "ref": "1", "join_ref": "1"}),
+    )
+    .await;
     let (reply, _) = raw.json().await;
     assert_eq!(reply["payload"]["status"], json!("ok"));
 
@@ -229,7 +243,10 @@ async fn a_websocket_library_reassembles_big_messages_on_v1_and_v2() {
     assert_eq!(v2.json().await, ok_reply("1", "2", "echo", json!({"big": big})));
 
     let mut v1 = server.v1("").await;
-    v1.send(json!({"topic": "echo", "event": "phx_join", "payload": {}, "ref": "1", "join_ref": "1"})).await;
+    v1.send(
+        json!({"topic": "echo", "event": "phx_join", "payload": {}, "ref": "1", "join_ref": "1"}),
+    )
+    .await;
     v1.json().await;
     v1.send(json!({"topic": "echo", "event": "echo", "payload": {"big": big}, "ref": "2", "join_ref": "1"})).await;
     let reply = v1.json().await;

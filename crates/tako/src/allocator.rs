@@ -69,7 +69,10 @@ mod tests {
         const MIB: usize = 1024 * 1024;
         assert!(!worth_trimming(0, 100 * MIB));
         assert!(!worth_trimming(8 * MIB, 10 * MIB), "small heaps are left alone");
-        assert!(!worth_trimming(20 * MIB, 200 * MIB), "a little free in a big heap is reuse, not waste");
+        assert!(
+            !worth_trimming(20 * MIB, 200 * MIB),
+            "a little free in a big heap is reuse, not waste"
+        );
         assert!(worth_trimming(40 * MIB, 100 * MIB));
         assert!(worth_trimming(usize::MAX, usize::MAX), "no overflow");
     }
@@ -91,6 +94,9 @@ mod tests {
         let after = rss_bytes();
         assert!(after + 16 * 1024 * 1024 < before, "rss {before} -> {after}");
         assert_eq!(kept.len(), 5_000);
-        assert!(kept.iter().enumerate().all(|(i, b)| b[0] == (i * 8) as u8), "what is in use is untouched");
+        assert!(
+            kept.iter().enumerate().all(|(i, b)| b[0] == (i * 8) as u8),
+            "what is in use is untouched"
+        );
     }
 }

@@ -28,21 +28,28 @@ pub enum UsersCommand {
 impl Remote {
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.url.trim_end_matches('/'));
-        let mut request = reqwest::Client::new().request(method, &url).header("accept", "application/json");
+        let mut request =
+            reqwest::Client::new().request(method, &url).header("accept", "application/json");
         if let Some(token) = self.admin_token.as_deref().filter(|t| !t.is_empty()) {
             request = request.bearer_auth(token);
         }
         if let Some(body) = body {
             request = request.header("content-type", "application/json").body(body.to_string());
         }
-        let response = request.send().await.with_context(|| format!("cannot reach {url} (is tako running? set TAKO_URL)"))?;
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url} (is tako running? set TAKO_URL)"))?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status.is_success() {
             return Ok(body);
         }
-        let detail = body["errors"][0]["detail"].as_str().map(str::to_owned).unwrap_or_else(|| body.to_string());
+        let detail = body["errors"][0]["detail"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| body.to_string());
         match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 bail!("{status}: {detail} (set TAKO_ADMIN_TOKEN to the server's admin token)")
@@ -52,7 +59,13 @@ impl Remote {
     }
 
     pub async fn send(&self, user_id: &str, message: &str) -> anyhow::Result<()> {
-        let body = self.call(Method::POST, "/api/messages", Some(json!({"user_id": user_id, "message": message}))).await?;
+        let body = self
+            .call(
+                Method::POST,
+                "/api/messages",
+                Some(json!({"user_id": user_id, "message": message})),
+            )
+            .await?;
         let id = body["id"].as_str().unwrap_or("?");
         if body["delivered"] == Value::Bool(true) {
             println!("delivered live (message {id})");
@@ -63,15 +76,27 @@ impl Remote {
         Ok(())
     }
 
-    pub async fn broadcast(&self, topic: &str, event: &str, payload: Option<&str>) -> anyhow::Result<()> {
+    pub async fn broadcast(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: Option<&str>,
+    ) -> anyhow::Result<()> {
         let payload: Value = match payload {
             None => Value::Object(Map::new()),
-            Some(raw) => serde_json::from_str(raw).context("the payload must be a JSON object, e.g. '{\"text\":\"hi\"}'")?,
+            Some(raw) => serde_json::from_str(raw)
+                .context("the payload must be a JSON object, e.g. '{\"text\":\"hi\"}'")?,
         };
         if !payload.is_object() {
             bail!("the payload must be a JSON object, e.g. '{{\"text\":\"hi\"}}'");
         }
-        let body = self.call(Method::POST, "/api/broadcasts", Some(json!({"topic": topic, "event": event, "payload": payload}))).await?;
+        let body = self
+            .call(
+                Method::POST,
+                "/api/broadcasts",
+                Some(json!({"topic": topic, "event": event, "payload": payload})),
+            )
+            .await?;
         println!("broadcast {event} on {topic} to {} subscriber(s)", body["subscribers"]);
         Ok(())
     }
@@ -90,8 +115,10 @@ impl Remote {
                     None => json!({}),
                 };
                 let body = json!({"data": {"type": "user", "attributes": attributes}});
-                let created = self.call(Method::POST, "/api/json/accounts/users", Some(body)).await?;
-                let id = created["data"]["id"].as_str().context("the server answered without an id")?;
+                let created =
+                    self.call(Method::POST, "/api/json/accounts/users", Some(body)).await?;
+                let id =
+                    created["data"]["id"].as_str().context("the server answered without an id")?;
                 println!("{id}");
                 Ok(())
             }

@@ -160,7 +160,9 @@ impl Config {
                 return Err(ConfigError::MissingInProd("TAKO_ADMIN_TOKEN"));
             }
             if self.allowed_origins.is_empty() {
-                return Err(ConfigError::MissingInProd("TAKO_ALLOWED_ORIGINS (or `*` for any origin)"));
+                return Err(ConfigError::MissingInProd(
+                    "TAKO_ALLOWED_ORIGINS (or `*` for any origin)",
+                ));
             }
             if self.database_url.is_none() {
                 return Err(ConfigError::MissingInProd("DATABASE_URL"));

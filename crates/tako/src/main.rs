@@ -65,7 +65,9 @@ async fn main() -> ExitCode {
             Err(error) => return config_error(error),
         },
         Command::Send { user_id, message, remote } => remote.send(&user_id, &message).await,
-        Command::Broadcast { topic, event, payload, remote } => remote.broadcast(&topic, &event, payload.as_deref()).await,
+        Command::Broadcast { topic, event, payload, remote } => {
+            remote.broadcast(&topic, &event, payload.as_deref()).await
+        }
         Command::Ping { remote } => remote.ping().await,
         Command::Users { command, remote } => remote.users(command).await,
     };

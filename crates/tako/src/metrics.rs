@@ -15,13 +15,13 @@ use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use channels::Observer;
-use std::sync::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::Mutex;
 
 use crate::realtime::{is_notifications_topic, Realtime};
 use crate::storage::{self, Store};
@@ -143,29 +143,70 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("tako");
         let messages_in = Family::<InboundLabels, Counter>::default();
-        registry.register("messages_in", "Messages from clients, by event; rate_limited ones were refused", messages_in.clone());
+        registry.register(
+            "messages_in",
+            "Messages from clients, by event; rate_limited ones were refused",
+            messages_in.clone(),
+        );
         let messages_out = Family::<EventLabels, Counter>::default();
-        registry.register("messages_out", "Frames queued to sockets, by event (one per subscription reached)", messages_out.clone());
+        registry.register(
+            "messages_out",
+            "Frames queued to sockets, by event (one per subscription reached)",
+            messages_out.clone(),
+        );
         let fanout = Histogram::new(exponential_buckets(0.000_01, 4.0, 10));
-        registry.register("broadcast_fanout_seconds", "Time to queue one delivery to every subscriber on this node", fanout.clone());
+        registry.register(
+            "broadcast_fanout_seconds",
+            "Time to queue one delivery to every subscriber on this node",
+            fanout.clone(),
+        );
         let http_requests = Family::<HttpLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests, by method, route template and status", http_requests.clone());
-        let http_duration: HistogramFamily<RouteLabels> = Family::new_with_constructor(http_histogram);
-        registry.register("http_request_duration_seconds", "HTTP request duration, by method and route template", http_duration.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests, by method, route template and status",
+            http_requests.clone(),
+        );
+        let http_duration: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(http_histogram);
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request duration, by method and route template",
+            http_duration.clone(),
+        );
         let rate_limited = Family::<NameLabels, Counter>::default();
-        registry.register("rate_limited", "Requests refused by a rate limit, by limit", rate_limited.clone());
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit, by limit",
+            rate_limited.clone(),
+        );
         let sockets = Family::<Vec<(String, String)>, Gauge>::default();
         registry.register("sockets", "Open sockets, by transport", sockets.clone());
         let users_online = Gauge::default();
-        registry.register("users_online", "Distinct users with a socket on this node", users_online.clone());
+        registry.register(
+            "users_online",
+            "Distinct users with a socket on this node",
+            users_online.clone(),
+        );
         let subscriptions = Family::<TopicLabels, Gauge>::default();
-        registry.register("channel_subscriptions", "Joined channels, by topic (the busiest topics; the rest as other)", subscriptions.clone());
+        registry.register(
+            "channel_subscriptions",
+            "Joined channels, by topic (the busiest topics; the rest as other)",
+            subscriptions.clone(),
+        );
         let presences = Family::<TopicLabels, Gauge>::default();
         registry.register("presences", "Users present on a notifications topic", presences.clone());
         let slow_consumers = Counter::default();
-        registry.register("slow_consumer_disconnects", "Sockets closed because they did not read fast enough", slow_consumers.clone());
+        registry.register(
+            "slow_consumer_disconnects",
+            "Sockets closed because they did not read fast enough",
+            slow_consumers.clone(),
+        );
         let db_pool = Family::<Vec<(String, String)>, Gauge>::default();
-        registry.register("db_pool_connections", "Database pool connections, by state (idle, in_use, max)", db_pool.clone());
+        registry.register(
+            "db_pool_connections",
+            "Database pool connections, by state (idle, in_use, max)",
+            db_pool.clone(),
+        );
         let db_errors = Counter::default();
         registry.register("db_query_errors", "Database queries that failed", db_errors.clone());
         Metrics {
@@ -201,7 +242,9 @@ impl Metrics {
         // `/users/{id}` as `/users/:id`: braces inside label values trip some text parsers.
         let route = route.replace('{', ":").replace('}', "");
         let method = method.to_owned();
-        self.http_duration.get_or_create(&RouteLabels { method: method.clone(), route: route.clone() }).observe(elapsed.as_secs_f64());
+        self.http_duration
+            .get_or_create(&RouteLabels { method: method.clone(), route: route.clone() })
+            .observe(elapsed.as_secs_f64());
         self.http_requests.get_or_create(&HttpLabels { method, route, status }).inc();
     }
 
@@ -211,7 +254,9 @@ impl Metrics {
             let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let (websocket, longpoll) = realtime.sockets_by_transport();
             for (transport, n) in [("websocket", websocket), ("longpoll", longpoll)] {
-                self.sockets.get_or_create(&vec![("transport".into(), transport.into())]).set(n as i64);
+                self.sockets
+                    .get_or_create(&vec![("transport".into(), transport.into())])
+                    .set(n as i64);
             }
             let hub = realtime.hub();
             self.users_online.set(hub.user_count() as i64);
@@ -227,12 +272,16 @@ impl Metrics {
                 }
                 if is_notifications_topic(&topic) {
                     let present = hub.presence_list(&topic).as_object().map_or(0, |o| o.len());
-                    self.presences.get_or_create(&TopicLabels { topic: topic.clone() }).set(present as i64);
+                    self.presences
+                        .get_or_create(&TopicLabels { topic: topic.clone() })
+                        .set(present as i64);
                 }
                 self.subscriptions.get_or_create(&TopicLabels { topic }).set(count as i64);
             }
             if other > 0 {
-                self.subscriptions.get_or_create(&TopicLabels { topic: "other".into() }).set(other as i64);
+                self.subscriptions
+                    .get_or_create(&TopicLabels { topic: "other".into() })
+                    .set(other as i64);
             }
             let slow = hub.slow_consumer_disconnects();
             self.slow_consumers.inc_by(slow.saturating_sub(seen.slow_consumers));
@@ -241,7 +290,11 @@ impl Metrics {
             self.db_errors.inc_by(errors.saturating_sub(seen.db_errors));
             seen.db_errors = seen.db_errors.max(errors);
             let pool = store.pool();
-            for (state, n) in [("idle", pool.idle), ("in_use", pool.size.saturating_sub(pool.idle)), ("max", pool.max)] {
+            for (state, n) in [
+                ("idle", pool.idle),
+                ("in_use", pool.size.saturating_sub(pool.idle)),
+                ("max", pool.max),
+            ] {
                 self.db_pool.get_or_create(&vec![("state".into(), state.into())]).set(n as i64);
             }
         }
@@ -263,7 +316,9 @@ impl Observer for Metrics {
 
     fn outbound(&self, event: &str, count: usize) {
         if count > 0 {
-            self.messages_out.get_or_create(&EventLabels { event: event_label(event) }).inc_by(count as u64);
+            self.messages_out
+                .get_or_create(&EventLabels { event: event_label(event) })
+                .inc_by(count as u64);
             self.totals.messages_out.fetch_add(count as u64, Ordering::Relaxed);
         }
     }
@@ -289,7 +344,11 @@ pub async fn mark_route(request: Request, next: Next) -> Response {
 
 /// Outermost middleware: counts and times every HTTP request by its route template
 /// (`unmatched` for the 404 fallback).
-pub async fn track_http(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+pub async fn track_http(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let method = request.method().as_str().to_owned();
     let response = next.run(request).await;

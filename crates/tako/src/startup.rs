@@ -7,11 +7,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::storage::{self, Store};
 use crate::api::{self, auth::Tokens, ops::HttpLimits, AppState};
-use crate::metrics::Metrics;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::realtime::Realtime;
+use crate::storage::{self, Store};
 
 pub struct Application {
     listener: TcpListener,
@@ -24,7 +24,11 @@ pub struct Application {
 }
 
 /// The whole HTTP service: the router inside the observability layers.
-pub(crate) type HttpService = tower::util::BoxCloneSyncService<axum::extract::Request, axum::response::Response, std::convert::Infallible>;
+pub(crate) type HttpService = tower::util::BoxCloneSyncService<
+    axum::extract::Request,
+    axum::response::Response,
+    std::convert::Infallible,
+>;
 
 /// Every HTTP request gets an `x-request-id` (the caller's, or a new UUID, echoed in the
 /// answer), a span carrying it (see `telemetry::http_span`: no query strings, no UUIDs), an
@@ -80,12 +84,21 @@ impl Application {
         let listener = listen(address).with_context(|| format!("binding {address}"))?;
         let metrics_listener = match config.metrics_bind {
             Some(address) => Some((
-                TcpListener::bind(address).await.with_context(|| format!("binding TAKO_METRICS_BIND {address}"))?,
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("binding TAKO_METRICS_BIND {address}"))?,
                 api::ops::metrics_only(state),
             )),
             None => None,
         };
-        Ok(Application { listener, router, store, realtime, shutdown_timeout: config.shutdown_timeout(), metrics_listener })
+        Ok(Application {
+            listener,
+            router,
+            store,
+            realtime,
+            shutdown_timeout: config.shutdown_timeout(),
+            metrics_listener,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -102,7 +115,10 @@ impl Application {
 
     /// Serves until `shutdown` completes; then stops accepting, closes every socket with 1001
     /// and lets HTTP requests in flight finish, all within the shutdown timeout.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         tracing::info!(address = %self.local_addr(), backend = self.store.backend(), "tako listening");
         crate::allocator::spawn_trimmer();
         if let Some((listener, router)) = self.metrics_listener {
@@ -124,8 +140,13 @@ impl Application {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let server = axum::serve(self.listener, axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(self.router))
-            .with_graceful_shutdown(stopped(stop_rx.clone()));
+        let server = axum::serve(
+            self.listener,
+            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                SocketAddr,
+            >(self.router),
+        )
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
         let mut server = std::pin::pin!(server.into_future());
         // Whichever comes first, sockets are closed with 1001 before the process may exit:
         // with no HTTP request in flight, axum's graceful stop can finish before we look.
@@ -138,7 +159,9 @@ impl Application {
             Some(result) => result.context("serving")?,
             None => match tokio::time::timeout(self.shutdown_timeout, server).await {
                 Ok(result) => result.context("serving")?,
-                Err(_) => tracing::warn!("HTTP connections still open after the shutdown timeout; exiting anyway"),
+                Err(_) => tracing::warn!(
+                    "HTTP connections still open after the shutdown timeout; exiting anyway"
+                ),
             },
         }
         tracing::info!("tako stopped");
@@ -151,7 +174,11 @@ impl Application {
 const LISTEN_BACKLOG: u32 = 4096;
 
 fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.bind(address)?;
     socket.listen(LISTEN_BACKLOG)
@@ -173,7 +200,9 @@ fn warn_about_open_access(tokens: &Tokens) {
         );
     }
     if tokens.client.is_none() && tokens.admin.is_none() {
-        tracing::warn!("!!! TAKO_ADMIN_TOKEN is not set either: operator routes are open to anyone. !!!");
+        tracing::warn!(
+            "!!! TAKO_ADMIN_TOKEN is not set either: operator routes are open to anyone. !!!"
+        );
     }
 }
 

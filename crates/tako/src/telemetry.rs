@@ -18,7 +18,8 @@ pub fn init() {
 /// The span of one HTTP request: method, path with ids hashed, request id. Its answer is
 /// logged at info by the trace layer (status, latency).
 pub fn http_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
-    let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+    let request_id =
+        request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
     tracing::info_span!(
         "http",
         method = %request.method(),
@@ -42,7 +43,8 @@ pub fn redact_path(path: &str) -> String {
 /// 32 bits of a hash cannot give back the 122 random bits of the UUID.
 pub fn user_tag(id: &uuid::Uuid) -> String {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::new().chain_update(b"tako log tag\0").chain_update(id.as_bytes()).finalize();
+    let digest =
+        Sha256::new().chain_update(b"tako log tag\0").chain_update(id.as_bytes()).finalize();
     format!("u-{:02x}{:02x}{:02x}{:02x}", digest[0], digest[1], digest[2], digest[3])
 }
 
@@ -55,7 +57,10 @@ mod tests {
         let id = "681adb8b-3c8a-4f7e-9d6e-2f1f6a1b2c3d";
         let redacted = redact_path(&format!("/api/json/accounts/users/{id}"));
         assert!(!redacted.contains(id) && !redacted.contains("681adb8b"), "{redacted}");
-        assert!(redacted.starts_with("/api/json/accounts/users/u-") && redacted.len() == "/api/json/accounts/users/u-".len() + 8);
+        assert!(
+            redacted.starts_with("/api/json/accounts/users/u-")
+                && redacted.len() == "/api/json/accounts/users/u-".len() + 8
+        );
         assert_eq!(redact_path("/socket/websocket"), "/socket/websocket");
     }
 }

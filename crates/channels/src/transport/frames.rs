@@ -85,7 +85,11 @@ impl Reader {
         poll_fn(|cx| self.poll_fill(cx, io)).await
     }
 
-    fn poll_fill<R: AsyncRead + Unpin>(&mut self, cx: &mut Context<'_>, io: &mut R) -> Poll<io::Result<usize>> {
+    fn poll_fill<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut R,
+    ) -> Poll<io::Result<usize>> {
         let mut chunk = [0u8; READ_CHUNK];
         let mut buf = ReadBuf::new(&mut chunk);
         ready!(Pin::new(io).poll_read(cx, &mut buf))?;
@@ -145,11 +149,18 @@ impl Reader {
     }
 
     /// Fold a frame into the message it belongs to; a message or control frame when complete.
-    fn assemble(&mut self, header: FrameHeader, payload: BytesMut, max_bytes: usize) -> Result<Option<Inbound>, Violation> {
+    fn assemble(
+        &mut self,
+        header: FrameHeader,
+        payload: BytesMut,
+        max_bytes: usize,
+    ) -> Result<Option<Inbound>, Violation> {
         match header.opcode {
             OpCode::Control(Control::Ping) => Ok(Some(Inbound::Ping(payload.freeze()))),
             OpCode::Control(Control::Pong) => Ok(Some(Inbound::Pong)),
-            OpCode::Control(Control::Close) => close_frame(&payload).map(|code| Some(Inbound::Close(code))),
+            OpCode::Control(Control::Close) => {
+                close_frame(&payload).map(|code| Some(Inbound::Close(code)))
+            }
             OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
                 Err(Violation::Protocol("invalid opcode"))
             }
@@ -183,7 +194,9 @@ impl Reader {
 
 fn data(opcode: Data, payload: BytesMut) -> Result<Inbound, Violation> {
     match opcode {
-        Data::Text => String::from_utf8(payload.to_vec()).map(Inbound::Text).map_err(|_| Violation::NotUtf8),
+        Data::Text => {
+            String::from_utf8(payload.to_vec()).map(Inbound::Text).map_err(|_| Violation::NotUtf8)
+        }
         _ => Ok(Inbound::Binary(payload.freeze())),
     }
 }
@@ -236,7 +249,6 @@ impl Outbound {
         payload.extend_from_slice(&reason.as_bytes()[..cut]);
         Outbound::Close(Bytes::from(payload))
     }
-
 }
 
 /// A batch of frames: usually one (a broadcast reaching an idle socket), held inline.
@@ -277,7 +289,9 @@ impl Header {
         let mut bytes = [0u8; MAX_HEADER];
         let mut cursor = Cursor::new(&mut bytes[..]);
         let header = FrameHeader { opcode, ..FrameHeader::default() };
-        header.format(payload_len as u64, &mut cursor).expect("an unmasked header fits in 10 bytes");
+        header
+            .format(payload_len as u64, &mut cursor)
+            .expect("an unmasked header fits in 10 bytes");
         let len = cursor.position() as usize;
         Header { bytes, len }
     }
@@ -310,7 +324,11 @@ impl<F: WireFrame> Outgoing<F> {
 
     /// Write until every frame is out (then flush), with as few system calls as the socket
     /// allows. On `Pending`, what was written is remembered and the next call goes on from there.
-    pub(crate) fn poll_write<W: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, io: &mut W) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_write<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut W,
+    ) -> Poll<io::Result<()>> {
         while !self.pending().is_empty() {
             // Headers and slices live on the stack for this call only.
             let batch = &self.pending()[..self.pending().len().min(FRAMES_PER_WRITE)];
@@ -412,7 +430,10 @@ mod tests {
         bytes.extend(client_frame(true, 2, &[0, 1, 2, 255]));
         assert_eq!(
             read_all(&bytes),
-            vec![Ok(Inbound::Text("héllo".into())), Ok(Inbound::Binary(Bytes::from_static(&[0, 1, 2, 255])))]
+            vec![
+                Ok(Inbound::Text("héllo".into())),
+                Ok(Inbound::Binary(Bytes::from_static(&[0, 1, 2, 255])))
+            ]
         );
     }
 
@@ -440,7 +461,10 @@ mod tests {
         bytes.extend(client_frame(true, 0, b"o"));
         assert_eq!(
             read_all(&bytes),
-            vec![Ok(Inbound::Ping(Bytes::from_static(b"are you there"))), Ok(Inbound::Text("hello".into()))]
+            vec![
+                Ok(Inbound::Ping(Bytes::from_static(b"are you there"))),
+                Ok(Inbound::Text("hello".into()))
+            ]
         );
     }
 
@@ -449,8 +473,14 @@ mod tests {
         assert_eq!(read_all(&client_frame(true, 8, b"")), vec![Ok(Inbound::Close(None))]);
         let mut payload = 1001u16.to_be_bytes().to_vec();
         payload.extend_from_slice(b"bye");
-        assert_eq!(read_all(&client_frame(true, 8, &payload)), vec![Ok(Inbound::Close(Some(1001)))]);
-        assert_eq!(read_all(&client_frame(true, 8, &[3])), vec![Err(Violation::Protocol("invalid close frame"))]);
+        assert_eq!(
+            read_all(&client_frame(true, 8, &payload)),
+            vec![Ok(Inbound::Close(Some(1001)))]
+        );
+        assert_eq!(
+            read_all(&client_frame(true, 8, &[3])),
+            vec![Err(Violation::Protocol("invalid close frame"))]
+        );
         assert_eq!(
             read_all(&client_frame(true, 8, &1005u16.to_be_bytes())),
             vec![Err(Violation::Protocol("invalid close code"))]
@@ -471,16 +501,28 @@ mod tests {
         reserved[0] |= 0x40;
         assert_eq!(read_all(&reserved), vec![Err(Violation::Protocol("reserved bits set"))]);
 
-        assert_eq!(read_all(&client_frame(true, 3, b"")), vec![Err(Violation::Protocol("invalid opcode"))]);
+        assert_eq!(
+            read_all(&client_frame(true, 3, b"")),
+            vec![Err(Violation::Protocol("invalid opcode"))]
+        );
         assert_eq!(
             read_all(&client_frame(true, 0, b"x")),
             vec![Err(Violation::Protocol("continuation without a message"))]
         );
         let mut twice = client_frame(false, 1, b"a");
         twice.extend(client_frame(true, 1, b"b"));
-        assert_eq!(read_all(&twice), vec![Err(Violation::Protocol("new message inside a fragmented one"))]);
-        assert_eq!(read_all(&client_frame(false, 9, b"")), vec![Err(Violation::Protocol("invalid control frame"))]);
-        assert_eq!(read_all(&client_frame(true, 9, &[0; 126])), vec![Err(Violation::Protocol("invalid control frame"))]);
+        assert_eq!(
+            read_all(&twice),
+            vec![Err(Violation::Protocol("new message inside a fragmented one"))]
+        );
+        assert_eq!(
+            read_all(&client_frame(false, 9, b"")),
+            vec![Err(Violation::Protocol("invalid control frame"))]
+        );
+        assert_eq!(
+            read_all(&client_frame(true, 9, &[0; 126])),
+            vec![Err(Violation::Protocol("invalid control frame"))]
+        );
         assert_eq!(read_all(&client_frame(true, 1, &[0xc3, 0x28])), vec![Err(Violation::NotUtf8)]);
     }
 
@@ -531,14 +573,22 @@ mod tests {
     }
 
     impl AsyncWrite for Trickle {
-        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
             let this = self.get_mut();
             this.calls += 1;
             let n = buf.len().min(this.limit);
             this.out.extend_from_slice(&buf[..n]);
             Poll::Ready(Ok(n))
         }
-        fn poll_write_vectored(self: Pin<&mut Self>, _: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
             let this = self.get_mut();
             this.calls += 1;
             let mut left = this.limit;
@@ -562,7 +612,8 @@ mod tests {
 
     #[tokio::test]
     async fn frames_survive_partial_writes_in_order() {
-        let messages: Vec<String> = (0..100).map(|i| format!("message {i} {}", "z".repeat(i * 7))).collect();
+        let messages: Vec<String> =
+            (0..100).map(|i| format!("message {i} {}", "z".repeat(i * 7))).collect();
         let expected: Vec<u8> = messages.iter().flat_map(|m| wire(&text(m.clone()))).collect();
         for limit in [1, 3, 10, 64, 1 << 20] {
             let mut io = Trickle { out: Vec::new(), limit, calls: 0 };

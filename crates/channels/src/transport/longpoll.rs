@@ -36,8 +36,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::endpoint::{Admitted, Endpoint};
-use crate::limits::Refused;
 use crate::hub::{Hub, SocketShared};
+use crate::limits::Refused;
 use crate::outbox::Close;
 use crate::serializer::{Frame, Serializer};
 use crate::session::Session;
@@ -108,7 +108,12 @@ fn status_json(status: u16, extra: Value) -> Response {
     };
     body.insert("status".into(), json!(status));
     with_cors(
-        (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], Value::Object(body).to_string()).into_response(),
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            Value::Object(body).to_string(),
+        )
+            .into_response(),
     )
 }
 
@@ -119,7 +124,9 @@ fn bad(status: StatusCode) -> Response {
 }
 
 fn with_cors(mut response: Response) -> Response {
-    response.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    response
+        .headers_mut()
+        .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     response
 }
 
@@ -159,7 +166,10 @@ pub(crate) async fn other_method() -> Response {
 }
 
 /// `GET`: poll a live session, or start one.
-pub(crate) async fn poll<H: SocketHandler>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request) -> Response {
+pub(crate) async fn poll<H: SocketHandler>(
+    State(endpoint): State<Arc<Endpoint<H>>>,
+    request: Request,
+) -> Response {
     if endpoint.check_origin(request.headers()).is_err() {
         return forbidden_origin();
     }
@@ -174,7 +184,9 @@ pub(crate) async fn poll<H: SocketHandler>(State(endpoint): State<Arc<Endpoint<H
                         let messages: Vec<Value> = frames.into_iter().map(frame_json).collect();
                         return status_json(200, json!({ "token": token, "messages": messages }));
                     }
-                    Ok(Polled::Empty) => return status_json(204, json!({ "token": token, "messages": [] })),
+                    Ok(Polled::Empty) => {
+                        return status_json(204, json!({ "token": token, "messages": [] }))
+                    }
                     // The session ended while we waited.
                     Err(_) => {}
                 }
@@ -189,11 +201,17 @@ pub(crate) async fn poll<H: SocketHandler>(State(endpoint): State<Arc<Endpoint<H
 fn frame_json(frame: Frame) -> Value {
     match frame {
         Frame::Text(text) => Value::String(text.as_str().to_owned()),
-        Frame::Binary(data) => Value::String(base64::engine::general_purpose::STANDARD.encode(data)),
+        Frame::Binary(data) => {
+            Value::String(base64::engine::general_purpose::STANDARD.encode(data))
+        }
     }
 }
 
-async fn connect<H: SocketHandler>(endpoint: Arc<Endpoint<H>>, request: Request, pairs: Vec<(String, String)>) -> Response {
+async fn connect<H: SocketHandler>(
+    endpoint: Arc<Endpoint<H>>,
+    request: Request,
+    pairs: Vec<(String, String)>,
+) -> Response {
     if endpoint.lifecycle.is_shutting_down() {
         // The client retries on 500 (there is no status for "unavailable" it understands).
         return status_json(500, json!({}));
@@ -206,7 +224,8 @@ async fn connect<H: SocketHandler>(endpoint: Arc<Endpoint<H>>, request: Request,
         return bad(StatusCode::BAD_REQUEST);
     };
     let (parts, _body) = request.into_parts();
-    let auth_token = parts.headers.get(AUTH_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let auth_token =
+        parts.headers.get(AUTH_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let peer = super::peer(&parts);
     let guard = match endpoint.admit(&parts.headers, peer) {
         Ok(admitted) => admitted,
@@ -238,8 +257,17 @@ async fn connect<H: SocketHandler>(endpoint: Arc<Endpoint<H>>, request: Request,
     endpoint.start_sweeper();
     let (tx, rx) = mpsc::channel(COMMANDS);
     let hub = endpoint.hub.clone();
-    let socket = hub.register(serializer, connection.id.clone(), connection.user.clone(), endpoint.config.outbound_queue);
-    endpoint.longpoll.live.lock().insert(token.clone(), Live { commands: tx, socket: socket.clone() });
+    let socket = hub.register(
+        serializer,
+        connection.id.clone(),
+        connection.user.clone(),
+        endpoint.config.outbound_queue,
+    );
+    endpoint
+        .longpoll
+        .live
+        .lock()
+        .insert(token.clone(), Live { commands: tx, socket: socket.clone() });
     if endpoint.lifecycle.is_shutting_down() {
         socket.outbox.close(Close::GOING_AWAY);
     }
@@ -249,7 +277,10 @@ async fn connect<H: SocketHandler>(endpoint: Arc<Endpoint<H>>, request: Request,
 }
 
 /// `POST`: frames from the client.
-pub(crate) async fn publish<H: SocketHandler>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request) -> Response {
+pub(crate) async fn publish<H: SocketHandler>(
+    State(endpoint): State<Arc<Endpoint<H>>>,
+    request: Request,
+) -> Response {
     if endpoint.check_origin(request.headers()).is_err() {
         return forbidden_origin();
     }
@@ -258,11 +289,10 @@ pub(crate) async fn publish<H: SocketHandler>(State(endpoint): State<Arc<Endpoin
     let Some(session) = token.as_deref().and_then(|t| endpoint.longpoll.get(t)) else {
         return status_json(410, json!({}));
     };
-    let ndjson = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case(NDJSON)));
+    let ndjson =
+        request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(
+            |v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case(NDJSON)),
+        );
     let limit = endpoint.config.max_frame_bytes;
     let body = match axum::body::to_bytes(request.into_body(), limit).await {
         Ok(body) => body,
@@ -303,7 +333,9 @@ fn parse_body(body: &Bytes, ndjson: bool) -> Result<Vec<Inbound>, &'static str> 
     lines
         .into_iter()
         .map(|line| match line.first() {
-            Some(b'[' | b'{') => std::str::from_utf8(line).map(|s| Inbound::Text(s.to_owned())).map_err(|_| "text frame is not UTF-8"),
+            Some(b'[' | b'{') => std::str::from_utf8(line)
+                .map(|s| Inbound::Text(s.to_owned()))
+                .map_err(|_| "text frame is not UTF-8"),
             Some(_) => base64::engine::general_purpose::STANDARD
                 .decode(line)
                 .map(|raw| Inbound::Binary(Bytes::from(raw)))
@@ -342,11 +374,18 @@ async fn run<H: SocketHandler>(
     _guard: Admitted,
 ) {
     let hub = endpoint.hub.clone();
-    let registration = Registration { endpoint: &endpoint, hub: hub.clone(), socket: socket.clone(), token };
+    let registration =
+        Registration { endpoint: &endpoint, hub: hub.clone(), socket: socket.clone(), token };
     let config = &endpoint.config;
     let window = config.longpoll_window.min(config.heartbeat_timeout / 2);
-    let mut session = Session::new(endpoint.handler.clone(), connection.assigns, socket.clone(), hub, config.max_channels)
-        .with_inbound_rate(config.inbound_rate);
+    let mut session = Session::new(
+        endpoint.handler.clone(),
+        connection.assigns,
+        socket.clone(),
+        hub,
+        config.max_channels,
+    )
+    .with_inbound_rate(config.inbound_rate);
     let mut waiting: Option<(oneshot::Sender<Polled>, Instant)> = None;
     // Frames taken from the outbox whose poll went away before it could take them.
     let mut unsent: VecDeque<Frame> = VecDeque::new();
@@ -410,7 +449,11 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Hands the queued frames to the held poll, if there are any.
-fn answer(waiting: &mut Option<(oneshot::Sender<Polled>, Instant)>, unsent: &mut VecDeque<Frame>, socket: &SocketShared) {
+fn answer(
+    waiting: &mut Option<(oneshot::Sender<Polled>, Instant)>,
+    unsent: &mut VecDeque<Frame>,
+    socket: &SocketShared,
+) {
     if waiting.is_none() {
         return;
     }
@@ -433,7 +476,10 @@ mod tests {
     #[test]
     fn bodies() {
         let ok = |b: &str, nd| parse_body(&Bytes::from(b.to_owned()), nd);
-        assert!(matches!(ok(r#"[null,"1","phoenix","heartbeat",{}]"#, false).unwrap()[..], [Inbound::Text(_)]));
+        assert!(matches!(
+            ok(r#"[null,"1","phoenix","heartbeat",{}]"#, false).unwrap()[..],
+            [Inbound::Text(_)]
+        ));
         assert_eq!(ok("[1]\n{\"a\":1}\r\n\nAAEC\n", true).unwrap().len(), 3);
         match &ok("AAEC", true).unwrap()[0] {
             Inbound::Binary(b) => assert_eq!(&b[..], &[0, 1, 2]),

@@ -38,7 +38,10 @@ const TOKEN_PREFIX: &str = "base64url.bearer.phx.";
 /// How long to wait for the client's answer to our close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-pub(crate) async fn upgrade<H: SocketHandler>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request) -> Response {
+pub(crate) async fn upgrade<H: SocketHandler>(
+    State(endpoint): State<Arc<Endpoint<H>>>,
+    request: Request,
+) -> Response {
     if endpoint.lifecycle.is_shutting_down() {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
@@ -61,7 +64,9 @@ pub(crate) async fn upgrade<H: SocketHandler>(State(endpoint): State<Arc<Endpoin
             tracing::debug!(?refused, "socket not admitted");
             let mut response = refused.status().into_response();
             if refused != crate::limits::Refused::Origin {
-                response.headers_mut().insert(header::RETRY_AFTER, crate::limits::RETRY_AFTER.as_secs().into());
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, crate::limits::RETRY_AFTER.as_secs().into());
             }
             return response;
         }
@@ -80,7 +85,12 @@ pub(crate) async fn upgrade<H: SocketHandler>(State(endpoint): State<Arc<Endpoin
     let endpoint = endpoint.clone();
     // Registered now rather than in the task, so the task keeps no copy of the connection's
     // id and user; if the upgrade then fails, the task unregisters it.
-    let socket = endpoint.hub.register(serializer, connection.id, connection.user, endpoint.config.outbound_queue);
+    let socket = endpoint.hub.register(
+        serializer,
+        connection.id,
+        connection.user,
+        endpoint.config.outbound_queue,
+    );
     tokio::spawn(run(on_upgrade, endpoint, socket, connection.assigns, guard));
 
     let mut response = Response::builder()
@@ -91,7 +101,9 @@ pub(crate) async fn upgrade<H: SocketHandler>(State(endpoint): State<Arc<Endpoin
         .body(Body::empty())
         .expect("static upgrade response");
     if offers_phoenix {
-        response.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
     }
     response
 }
@@ -114,12 +126,19 @@ fn check_handshake(
     let Some(key) = parts.headers.get(header::SEC_WEBSOCKET_KEY) else {
         return Err((StatusCode::BAD_REQUEST, "`Sec-WebSocket-Key` header missing"));
     };
-    let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes())).expect("base64 is a valid header value");
+    let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+        .expect("base64 is a valid header value");
     if !header_eq(&parts.headers, header::SEC_WEBSOCKET_VERSION, "13") {
-        return Err((StatusCode::BAD_REQUEST, "`Sec-WebSocket-Version` header did not include '13'"));
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "`Sec-WebSocket-Version` header did not include '13'",
+        ));
     }
     let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
-        return Err((StatusCode::UPGRADE_REQUIRED, "WebSocket request couldn't be upgraded since no upgrade state was present"));
+        return Err((
+            StatusCode::UPGRADE_REQUIRED,
+            "WebSocket request couldn't be upgraded since no upgrade state was present",
+        ));
     };
     Ok((accept, on_upgrade))
 }
@@ -351,7 +370,11 @@ fn send<'a, F: WireFrame + Send + 'a>(
     }
 }
 
-async fn send_blocked<F: WireFrame>(io: &mut Io, mut out: Outgoing<F>, socket: &SocketShared) -> Option<End> {
+async fn send_blocked<F: WireFrame>(
+    io: &mut Io,
+    mut out: Outgoing<F>,
+    socket: &SocketShared,
+) -> Option<End> {
     let write = out.write_all(io);
     tokio::pin!(write);
     loop {

@@ -8,8 +8,8 @@ use std::time::Duration;
 use base64::Engine;
 use bytes::Bytes;
 use channels::{
-    async_trait, Channel, ChannelContext, ConnectInfo, Connection, Endpoint, EndpointConfig, HandleIn, Payload,
-    Refusal, SocketHandler, Value,
+    async_trait, Channel, ChannelContext, ConnectInfo, Connection, Endpoint, EndpointConfig,
+    HandleIn, Payload, Refusal, SocketHandler, Value,
 };
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
@@ -102,14 +102,20 @@ pub struct RoomChannel {
 
 #[async_trait]
 impl Channel<Assigns> for RoomChannel {
-    async fn join(&self, topic: &str, payload: Payload, ctx: &ChannelContext<Assigns>) -> Result<Value, Value> {
+    async fn join(
+        &self,
+        topic: &str,
+        payload: Payload,
+        ctx: &ChannelContext<Assigns>,
+    ) -> Result<Value, Value> {
         if topic.starts_with("deny:") {
             return Err(json!({"reason": "denied"}));
         }
         if let Payload::Json(p) = &payload {
             // `{"presence": key}` tracks this connection under key with `{"name": …}`.
             if let Some(key) = p.get("presence").and_then(Value::as_str) {
-                ctx.track(key, json!({"name": ctx.assigns().name})).map_err(|e| json!({"reason": e.to_string()}))?;
+                ctx.track(key, json!({"name": ctx.assigns().name}))
+                    .map_err(|e| json!({"reason": e.to_string()}))?;
             }
             if p.get("push_on_join") == Some(&json!(true)) {
                 ctx.push("welcome", Payload::Json(json!({"hello": ctx.assigns().name})));
@@ -118,7 +124,12 @@ impl Channel<Assigns> for RoomChannel {
         Ok(json!({"joined": topic}))
     }
 
-    async fn handle_in(&self, event: &str, payload: Payload, ctx: &ChannelContext<Assigns>) -> HandleIn {
+    async fn handle_in(
+        &self,
+        event: &str,
+        payload: Payload,
+        ctx: &ChannelContext<Assigns>,
+    ) -> HandleIn {
         match event {
             "echo" => HandleIn::Reply(Ok(payload)),
             "fail" => HandleIn::Reply(Err(Payload::Json(json!({"oops": 1})))),
@@ -177,7 +188,8 @@ impl Server {
 
     pub async fn start_with(config: EndpointConfig) -> Server {
         let log = Arc::new(Log::default());
-        let handler = TestHandler { log: log.clone(), room: Arc::new(RoomChannel { log: log.clone() }) };
+        let handler =
+            TestHandler { log: log.clone(), room: Arc::new(RoomChannel { log: log.clone() }) };
         let endpoint = Endpoint::new(handler, config);
         let app = axum::Router::new().nest("/socket", endpoint.routes());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -223,7 +235,10 @@ pub async fn refused_status(url: &str) -> u16 {
 }
 
 pub fn bearer_protocol(token: &str) -> String {
-    format!("base64url.bearer.phx.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token))
+    format!(
+        "base64url.bearer.phx.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token)
+    )
 }
 
 pub struct Client {
@@ -296,7 +311,9 @@ impl Client {
     /// The close code the server sent (skipping any data frames still in flight).
     pub async fn close_code(&mut self) -> u16 {
         loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next()).await.expect("timed out waiting for close");
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for close");
             match msg {
                 Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
                 Some(Ok(Message::Close(None))) => panic!("close without code"),
@@ -311,7 +328,8 @@ impl Client {
     /// the connection was dropped without one. Fails if it stays open past WAIT.
     pub async fn ended(&mut self) -> Option<u16> {
         loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next()).await.expect("connection stayed open");
+            let msg =
+                tokio::time::timeout(WAIT, self.ws.next()).await.expect("connection stayed open");
             match msg {
                 Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
                 Some(Ok(_)) => continue,
@@ -337,8 +355,10 @@ impl Client {
     }
 
     pub async fn heartbeat_v1(&mut self, reference: &str) {
-        self.send(json!({"topic": "phoenix", "event": "heartbeat", "payload": {}, "ref": reference}))
-            .await;
+        self.send(
+            json!({"topic": "phoenix", "event": "heartbeat", "payload": {}, "ref": reference}),
+        )
+        .await;
         assert_eq!(
             self.json().await,
             json!({"topic": "phoenix", "event": "phx_reply", "payload": {"status": "ok", "response": {}}, "ref": reference, "join_ref": null})
@@ -355,8 +375,15 @@ pub fn error_reply(join_ref: Option<&str>, reference: &str, topic: &str, respons
 }
 
 /// A v2 binary push frame (client → server).
-pub fn binary_push(join_ref: &str, reference: &str, topic: &str, event: &str, data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0, join_ref.len() as u8, reference.len() as u8, topic.len() as u8, event.len() as u8];
+pub fn binary_push(
+    join_ref: &str,
+    reference: &str,
+    topic: &str,
+    event: &str,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut out =
+        vec![0, join_ref.len() as u8, reference.len() as u8, topic.len() as u8, event.len() as u8];
     for s in [join_ref, reference, topic, event] {
         out.extend_from_slice(s.as_bytes());
     }

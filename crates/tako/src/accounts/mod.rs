@@ -6,8 +6,8 @@ mod sqlite;
 mod store;
 mod user;
 
-pub use nickname::{Nickname, NicknameError};
 pub use crate::storage::StoreError;
+pub use nickname::{Nickname, NicknameError};
 pub use store::UserStore;
 pub use user::{LeaderboardEntry, StampCount, Timestamp, User, UserChanges, UserId};
 

@@ -5,10 +5,11 @@ use sqlx::postgres::PgRow;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{LeaderboardEntry, Nickname, StampCount, Timestamp, User, UserChanges, UserId, UserStore};
+use super::{
+    LeaderboardEntry, Nickname, StampCount, Timestamp, User, UserChanges, UserId, UserStore,
+};
 use crate::storage::postgres::{naive, timestamp};
 use crate::storage::{PostgresStore, StoreError};
-
 
 const USER_COLUMNS: &str = "id, nickname, stamps_collected, inserted_at, updated_at";
 
@@ -71,7 +72,10 @@ impl UserStore for PostgresStore {
     }
 
     async fn delete(&self, id: UserId) -> Result<bool, StoreError> {
-        let result = sqlx::query("DELETE FROM users WHERE id = $1").bind(id.as_uuid()).execute(&self.pool).await?;
+        let result = sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id.as_uuid())
+            .execute(&self.pool)
+            .await?;
         Ok(result.rows_affected() > 0)
     }
 
@@ -84,7 +88,8 @@ impl UserStore for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         let users = rows.iter().map(user_from_row).collect::<Result<_, _>>()?;
-        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&self.pool).await?;
+        let total: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&self.pool).await?;
         Ok((users, total as u64))
     }
 
@@ -123,13 +128,19 @@ impl UserStore for PostgresStore {
             .map_err(StoreError::from)
     }
 
-    async fn existing(&self, ids: &[UserId]) -> Result<Vec<(UserId, Option<Nickname>)>, StoreError> {
+    async fn existing(
+        &self,
+        ids: &[UserId],
+    ) -> Result<Vec<(UserId, Option<Nickname>)>, StoreError> {
         let uuids: Vec<Uuid> = ids.iter().map(UserId::as_uuid).collect();
-        let found: Vec<(Uuid, Option<String>)> = sqlx::query_as("SELECT id, nickname FROM users WHERE id = ANY($1)")
-            .bind(&uuids)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(found.into_iter().map(|(id, nickname)| (UserId::from(id), nickname.map(Nickname::from_stored))).collect())
+        let found: Vec<(Uuid, Option<String>)> =
+            sqlx::query_as("SELECT id, nickname FROM users WHERE id = ANY($1)")
+                .bind(&uuids)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(found
+            .into_iter()
+            .map(|(id, nickname)| (UserId::from(id), nickname.map(Nickname::from_stored)))
+            .collect())
     }
-
 }

@@ -3,7 +3,9 @@
 use async_trait::async_trait;
 use sqlx::Row;
 
-use super::{LeaderboardEntry, Nickname, StampCount, Timestamp, User, UserChanges, UserId, UserStore};
+use super::{
+    LeaderboardEntry, Nickname, StampCount, Timestamp, User, UserChanges, UserId, UserStore,
+};
 use crate::storage::{SqliteStore, StoreError};
 
 const USER_COLUMNS: &str = "id, nickname, stamps_collected, inserted_at, updated_at";
@@ -70,7 +72,10 @@ impl UserStore for SqliteStore {
     }
 
     async fn delete(&self, id: UserId) -> Result<bool, StoreError> {
-        let result = sqlx::query("DELETE FROM users WHERE id = ?1").bind(id.to_string()).execute(&self.pool).await?;
+        let result = sqlx::query("DELETE FROM users WHERE id = ?1")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
         Ok(result.rows_affected() > 0)
     }
 
@@ -83,7 +88,8 @@ impl UserStore for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         let users = rows.iter().map(user_from_row).collect::<Result<_, _>>()?;
-        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&self.pool).await?;
+        let total: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&self.pool).await?;
         Ok((users, total as u64))
     }
 
@@ -122,7 +128,10 @@ impl UserStore for SqliteStore {
             .map_err(StoreError::from)
     }
 
-    async fn existing(&self, ids: &[UserId]) -> Result<Vec<(UserId, Option<Nickname>)>, StoreError> {
+    async fn existing(
+        &self,
+        ids: &[UserId],
+    ) -> Result<Vec<(UserId, Option<Nickname>)>, StoreError> {
         let mut found = Vec::with_capacity(ids.len());
         // SQLite binds at most 32766 parameters; batches stay far below that.
         for chunk in ids.chunks(500) {
@@ -140,5 +149,4 @@ impl UserStore for SqliteStore {
         }
         Ok(found)
     }
-
 }

@@ -22,5 +22,6 @@ pub trait UserStore: Send + Sync + 'static {
     async fn leaderboard(&self, limit: u32) -> Result<Vec<LeaderboardEntry>, StoreError>;
     /// Which of `ids` exist, with their nicknames: one query for a whole batch of socket
     /// connects (and the nicknames their presences will show).
-    async fn existing(&self, ids: &[UserId]) -> Result<Vec<(UserId, Option<Nickname>)>, StoreError>;
+    async fn existing(&self, ids: &[UserId])
+        -> Result<Vec<(UserId, Option<Nickname>)>, StoreError>;
 }

@@ -51,7 +51,12 @@ pub struct ErrorDocument {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, title: &'static str, detail: impl Into<String>) -> ApiError {
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> ApiError {
         ApiError { status, errors: vec![ErrorObject::new(status, code, title, detail.into())] }
     }
 
@@ -85,9 +90,16 @@ impl ApiError {
     }
 
     pub fn invalid_attribute(name: &str, detail: impl Into<String>) -> ErrorObject {
-        let mut error =
-            ErrorObject::new(StatusCode::BAD_REQUEST, "invalid_attribute", "Invalid attribute", detail.into());
-        error.source = Some(ErrorSource { pointer: Some(format!("/data/attributes/{name}")), parameter: None });
+        let mut error = ErrorObject::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_attribute",
+            "Invalid attribute",
+            detail.into(),
+        );
+        error.source = Some(ErrorSource {
+            pointer: Some(format!("/data/attributes/{name}")),
+            parameter: None,
+        });
         error
     }
 
@@ -97,7 +109,12 @@ impl ApiError {
     }
 
     pub fn not_found() -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", "Not found", "No resource at this address")
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "Not found",
+            "No resource at this address",
+        )
     }
 
     pub fn unauthorized() -> ApiError {
@@ -164,7 +181,12 @@ impl ApiError {
 }
 
 impl ErrorObject {
-    fn new(status: StatusCode, code: &'static str, title: &'static str, detail: String) -> ErrorObject {
+    fn new(
+        status: StatusCode,
+        code: &'static str,
+        title: &'static str,
+        detail: String,
+    ) -> ErrorObject {
         ErrorObject {
             id: Uuid::new_v4().to_string(),
             status: status.as_str().to_owned(),

@@ -82,7 +82,8 @@ pub fn accepts(headers: &HeaderMap) -> bool {
     if accept.trim().is_empty() {
         return true;
     }
-    let ranges: Vec<MediaType> = accept.split(',').map(parse_media_type).filter(|m| !m.rejected).collect();
+    let ranges: Vec<MediaType> =
+        accept.split(',').map(parse_media_type).filter(|m| !m.rejected).collect();
     let jsonapi: Vec<&MediaType> = ranges.iter().filter(|m| m.essence == MEDIA_TYPE).collect();
     if !jsonapi.is_empty() {
         return jsonapi.iter().any(|m| !m.has_parameters);
@@ -115,7 +116,8 @@ pub fn refusal(request: &Request) -> Option<Response> {
     let headers = request.headers();
     let announces_body = headers.get(header::CONTENT_LENGTH).is_some_and(|l| l.as_bytes() != b"0")
         || headers.contains_key(header::TRANSFER_ENCODING);
-    let has_body = matches!(*request.method(), Method::POST | Method::PATCH | Method::PUT) && announces_body;
+    let has_body =
+        matches!(*request.method(), Method::POST | Method::PATCH | Method::PUT) && announces_body;
     if has_body && !content_type_supported(request.headers()) {
         return Some(ApiError::unsupported_media_type().into_response());
     }
@@ -156,8 +158,12 @@ impl<S: Send + Sync> FromRequest<S> for ResourceObject {
         let JsonObject(mut document) = JsonObject::from_request(request, state).await?;
         match document.remove("data") {
             Some(Value::Object(data)) => Ok(ResourceObject(data)),
-            Some(_) => Err(ApiError::invalid_body("`data` must be a resource object").at_pointer("/data")),
-            None => Err(ApiError::invalid_body("The document has no `data` member").at_pointer("/data")),
+            Some(_) => {
+                Err(ApiError::invalid_body("`data` must be a resource object").at_pointer("/data"))
+            }
+            None => {
+                Err(ApiError::invalid_body("The document has no `data` member").at_pointer("/data"))
+            }
         }
     }
 }
@@ -171,8 +177,11 @@ impl ResourceObject {
                 "Resource type `{t}` does not match this endpoint's type `{expected}`"
             ))
             .at_pointer("/data/type")),
-            Some(_) => Err(ApiError::invalid_body("`type` must be a string").at_pointer("/data/type")),
-            None => Err(ApiError::invalid_body("The resource object has no `type`").at_pointer("/data/type")),
+            Some(_) => {
+                Err(ApiError::invalid_body("`type` must be a string").at_pointer("/data/type"))
+            }
+            None => Err(ApiError::invalid_body("The resource object has no `type`")
+                .at_pointer("/data/type")),
         }
     }
 
@@ -193,7 +202,8 @@ impl ResourceObject {
         match self.0.remove("attributes") {
             None | Some(Value::Null) => Ok(Map::new()),
             Some(Value::Object(attributes)) => Ok(attributes),
-            Some(_) => Err(ApiError::invalid_body("`attributes` must be an object").at_pointer("/data/attributes")),
+            Some(_) => Err(ApiError::invalid_body("`attributes` must be an object")
+                .at_pointer("/data/attributes")),
         }
     }
 }
@@ -236,8 +246,14 @@ mod tests {
     fn content_type_rules() {
         assert!(content_type_supported(&headers(header::CONTENT_TYPE, "application/vnd.api+json")));
         assert!(content_type_supported(&headers(header::CONTENT_TYPE, "application/json")));
-        assert!(content_type_supported(&headers(header::CONTENT_TYPE, "application/json; charset=utf-8")));
-        assert!(!content_type_supported(&headers(header::CONTENT_TYPE, "application/vnd.api+json; charset=utf-8")));
+        assert!(content_type_supported(&headers(
+            header::CONTENT_TYPE,
+            "application/json; charset=utf-8"
+        )));
+        assert!(!content_type_supported(&headers(
+            header::CONTENT_TYPE,
+            "application/vnd.api+json; charset=utf-8"
+        )));
         assert!(!content_type_supported(&headers(header::CONTENT_TYPE, "text/plain")));
         assert!(!content_type_supported(&HeaderMap::new()));
     }

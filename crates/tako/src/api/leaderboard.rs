@@ -49,11 +49,12 @@ pub async fn leaderboard(
     let Query(query) = query.map_err(|e| ApiError::invalid_query("limit", e.body_text()))?;
     let limit = match query.get("limit") {
         None => DEFAULT_LIMIT,
-        Some(raw) => raw
-            .parse()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| ApiError::invalid_query("limit", format!("limit must be an integer from 1 to {MAX_LIMIT}")))?,
+        Some(raw) => raw.parse().ok().filter(|l| (1..=MAX_LIMIT).contains(l)).ok_or_else(|| {
+            ApiError::invalid_query(
+                "limit",
+                format!("limit must be an integer from 1 to {MAX_LIMIT}"),
+            )
+        })?,
     };
     let entries = state.store.leaderboard(limit).await?;
     Ok(Json(Leaderboard {

@@ -21,11 +21,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tower::ServiceBuilder;
-use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
-use crate::storage::Store;
 use crate::realtime::Realtime;
+use crate::storage::Store;
 use auth::Tokens;
 use error::ApiError;
 
@@ -47,7 +47,10 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     let jsonapi = Router::new()
         .route(users::BASE, get(users::list).post(users::create))
         .route(&format!("{}/", users::BASE), get(users::list).post(users::create))
-        .route(&format!("{}/{{id}}", users::BASE), get(users::show).patch(users::update).delete(users::delete))
+        .route(
+            &format!("{}/{{id}}", users::BASE),
+            get(users::show).patch(users::update).delete(users::delete),
+        )
         .route("/api/json/leaderboard", get(leaderboard::leaderboard))
         .route("/api/json/open_api", get(openapi::open_api))
         .route("/api/messages", post(operators::send_message))
@@ -101,7 +104,12 @@ fn cors(origins: &[String]) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(allow_origin)
         .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE, Method::OPTIONS])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT, HeaderName::from_static("x-phoenix-authtoken")])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            HeaderName::from_static("x-phoenix-authtoken"),
+        ])
         .expose_headers([header::LOCATION])
         .max_age(Duration::from_secs(3600))
 }

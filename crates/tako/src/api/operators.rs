@@ -68,7 +68,8 @@ impl From<&Message> for MessageStatus {
 }
 
 fn field_error(field: &str, detail: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", "Invalid field", detail).at_pointer(format!("/{field}"))
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", "Invalid field", detail)
+        .at_pointer(format!("/{field}"))
 }
 
 /// Send `msg` to one user: now if they are online, else when they next join.
@@ -96,14 +97,23 @@ pub async fn send_message(
 ) -> Result<(StatusCode, Json<MessageStatus>), ApiError> {
     require_admin(role)?;
     let user: UserId = match body.remove("user_id") {
-        Some(Value::String(id)) => id.parse().map_err(|_| field_error("user_id", "user_id must be a user's UUID"))?,
+        Some(Value::String(id)) => {
+            id.parse().map_err(|_| field_error("user_id", "user_id must be a user's UUID"))?
+        }
         Some(_) => return Err(field_error("user_id", "user_id must be a string (a user's UUID)")),
         None => return Err(field_error("user_id", "user_id is required")),
     };
     let text = match body.remove("message") {
-        Some(Value::String(text)) if !text.trim().is_empty() && text.chars().count() <= MAX_MESSAGE_CHARS => text,
+        Some(Value::String(text))
+            if !text.trim().is_empty() && text.chars().count() <= MAX_MESSAGE_CHARS =>
+        {
+            text
+        }
         Some(Value::String(_)) => {
-            return Err(field_error("message", format!("message must be 1 to {MAX_MESSAGE_CHARS} characters, not blank")))
+            return Err(field_error(
+                "message",
+                format!("message must be 1 to {MAX_MESSAGE_CHARS} characters, not blank"),
+            ))
         }
         Some(_) => return Err(field_error("message", "message must be a string")),
         None => return Err(field_error("message", "message is required")),
@@ -112,7 +122,13 @@ pub async fn send_message(
         return Err(field_error(reserved, format!("`{reserved}` is set by the server")));
     }
     if state.store.get(user).await?.is_none() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "Not found", "No user has this id").at_pointer("/user_id"));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "Not found",
+            "No user has this id",
+        )
+        .at_pointer("/user_id"));
     }
     let (message, _) = state.realtime.send_message(user, text, body).await?;
     Ok((StatusCode::ACCEPTED, Json(MessageStatus::from(&message))))
@@ -170,7 +186,9 @@ pub struct BroadcastSent {
 fn name(body: &mut Map<String, Value>, field: &str) -> Result<String, ApiError> {
     match body.remove(field) {
         Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_NAME_CHARS => Ok(s),
-        Some(Value::String(_)) => Err(field_error(field, format!("{field} must be 1 to {MAX_NAME_CHARS} characters"))),
+        Some(Value::String(_)) => {
+            Err(field_error(field, format!("{field} must be 1 to {MAX_NAME_CHARS} characters")))
+        }
         Some(_) => Err(field_error(field, format!("{field} must be a string"))),
         None => Err(field_error(field, format!("{field} is required"))),
     }
@@ -200,7 +218,10 @@ pub async fn broadcast(
     let topic = name(&mut body, "topic")?;
     let event = name(&mut body, "event")?;
     if event.starts_with("phx_") || event.starts_with("presence_") {
-        return Err(field_error("event", "phx_* and presence_* events are reserved for the protocol"));
+        return Err(field_error(
+            "event",
+            "phx_* and presence_* events are reserved for the protocol",
+        ));
     }
     let payload = match body.remove("payload") {
         None | Some(Value::Null) => Value::Object(Map::new()),
@@ -208,7 +229,10 @@ pub async fn broadcast(
         Some(_) => return Err(field_error("payload", "payload must be an object")),
     };
     if let Some(unknown) = body.keys().next() {
-        return Err(field_error(unknown, format!("unknown field `{unknown}` (topic, event, payload)")));
+        return Err(field_error(
+            unknown,
+            format!("unknown field `{unknown}` (topic, event, payload)"),
+        ));
     }
     let subscribers = state.realtime.hub().subscriber_count(&topic);
     state.realtime.broadcast(&topic, &event, payload);
@@ -233,7 +257,10 @@ pub struct PingSent {
     ),
     security(("bearer" = []))
 )]
-pub async fn ping(State(state): State<AppState>, Extension(role): Extension<Role>) -> Result<(StatusCode, Json<PingSent>), ApiError> {
+pub async fn ping(
+    State(state): State<AppState>,
+    Extension(role): Extension<Role>,
+) -> Result<(StatusCode, Json<PingSent>), ApiError> {
     require_admin(role)?;
     state.realtime.ping_everyone();
     Ok((StatusCode::ACCEPTED, Json(PingSent { sockets: state.realtime.hub().socket_count() })))

@@ -34,7 +34,8 @@ impl HttpLimits {
     /// `registrations_per_minute` per client address; 0: no limit.
     pub fn new(registrations_per_minute: u32, trust_proxy: bool) -> HttpLimits {
         HttpLimits {
-            registrations: NonZeroU32::new(registrations_per_minute).map(|n| RateLimiter::keyed(Quota::per_minute(n))),
+            registrations: NonZeroU32::new(registrations_per_minute)
+                .map(|n| RateLimiter::keyed(Quota::per_minute(n))),
             trust_proxy,
         }
     }
@@ -49,7 +50,9 @@ impl HttpLimits {
         if limiter.len() > LIMITER_KEYS {
             limiter.retain_recent();
         }
-        limiter.check_key(&ip).map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+        limiter
+            .check_key(&ip)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 }
 
@@ -61,7 +64,10 @@ pub struct RegistrationAllowed;
 impl FromRequestParts<AppState> for RegistrationAllowed {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
         let ip = channels::client_ip(&parts.headers, peer, state.limits.trust_proxy);
         match state.limits.registration(ip) {
@@ -90,7 +96,10 @@ fn registration_refused(state: &AppState, wait: Duration) -> Response {
 /// 503 with the reason. Load balancers route by it; `/healthz` is the liveness probe.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
     if state.realtime.is_shutting_down() {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reason": "shutting down"})));
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "reason": "shutting down"})),
+        );
     }
     // In cluster mode, a node cut off from Redis still serves its own sockets but not the
     // cluster: balancers should send new clients elsewhere until it is back.
@@ -99,20 +108,31 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_js
             let error = cluster.error.unwrap_or_else(|| "connecting".into());
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unavailable", "reason": format!("redis unreachable: {error}"), "checks": {"redis": "error"}})),
+                Json(
+                    json!({"status": "unavailable", "reason": format!("redis unreachable: {error}"), "checks": {"redis": "error"}}),
+                ),
             );
         }
     }
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, Json(json!({"status": "ready", "checks": {"database": "ok"}}))),
+        Ok(Ok(())) => {
+            (StatusCode::OK, Json(json!({"status": "ready", "checks": {"database": "ok"}})))
+        }
         Ok(Err(error)) => {
             tracing::warn!(%error, "readiness: database unavailable");
             let reason = "database unreachable";
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reason": reason, "checks": {"database": "error"}})))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(
+                    json!({"status": "unavailable", "reason": reason, "checks": {"database": "error"}}),
+                ),
+            )
         }
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "reason": "database did not answer within 2 s", "checks": {"database": "timeout"}})),
+            Json(
+                json!({"status": "unavailable", "reason": "database did not answer within 2 s", "checks": {"database": "timeout"}}),
+            ),
         ),
     }
 }
@@ -140,7 +160,12 @@ pub fn render(state: &AppState) -> String {
 /// The router of the separate `TAKO_METRICS_BIND` listener: `GET /metrics`, no token.
 pub fn metrics_only(state: AppState) -> axum::Router {
     axum::Router::new()
-        .route("/metrics", axum::routing::get(|State(state): State<AppState>| async move { crate::metrics::response(render(&state)) }))
+        .route(
+            "/metrics",
+            axum::routing::get(|State(state): State<AppState>| async move {
+                crate::metrics::response(render(&state))
+            }),
+        )
         .with_state(state)
 }
 
@@ -187,15 +212,16 @@ pub async fn search_users(
     let Query(query) = query.map_err(|e| ApiError::invalid_query("nickname", e.body_text()))?;
     let text = query.get("nickname").map(String::as_str).unwrap_or_default();
     if text.is_empty() || text.chars().count() > MAX_SEARCH_CHARS {
-        return Err(ApiError::invalid_query("nickname", format!("nickname must be 1 to {MAX_SEARCH_CHARS} characters")));
+        return Err(ApiError::invalid_query(
+            "nickname",
+            format!("nickname must be 1 to {MAX_SEARCH_CHARS} characters"),
+        ));
     }
     let limit = match query.get("limit") {
         None => 20,
-        Some(raw) => raw
-            .parse()
-            .ok()
-            .filter(|l| (1..=50).contains(l))
-            .ok_or_else(|| ApiError::invalid_query("limit", "limit must be an integer from 1 to 50"))?,
+        Some(raw) => raw.parse().ok().filter(|l| (1..=50).contains(l)).ok_or_else(|| {
+            ApiError::invalid_query("limit", "limit must be an integer from 1 to 50")
+        })?,
     };
     if text.chars().any(char::is_control) {
         // No nickname has one (and PostgreSQL refuses NUL in text).
@@ -207,7 +233,11 @@ pub async fn search_users(
             .into_iter()
             .filter_map(|u| {
                 let nickname = u.nickname?.as_str().to_owned();
-                Some(FoundUser { id: u.id.to_string(), nickname, stamps_collected: u.stamps_collected.get() })
+                Some(FoundUser {
+                    id: u.id.to_string(),
+                    nickname,
+                    stamps_collected: u.stamps_collected.get(),
+                })
             })
             .collect(),
     }))

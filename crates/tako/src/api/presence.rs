@@ -83,8 +83,11 @@ pub async fn list(
     let mut connections = 0;
     if let Value::Object(keys) = state.realtime.hub().presence_list(&topic) {
         for (key, entry) in keys {
-            let metas: Vec<PresenceMeta> =
-                entry.get("metas").and_then(Value::as_array).map(|m| m.iter().map(meta).collect()).unwrap_or_default();
+            let metas: Vec<PresenceMeta> = entry
+                .get("metas")
+                .and_then(Value::as_array)
+                .map(|m| m.iter().map(meta).collect())
+                .unwrap_or_default();
             connections += metas.len();
             presences.insert(key, PresenceMetas { metas });
         }

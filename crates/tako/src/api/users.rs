@@ -118,7 +118,10 @@ pub struct UserWriteAttributes {
     /// Trimmed (Unicode whitespace); blank or null clears it; otherwise 3 to 20 characters
     /// without control characters (the pattern says exactly that), and no profanity (which no
     /// pattern can say: a profane nickname is refused with 400).
-    #[schema(pattern = r"^[\t\n\x0B\x0C\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*(?:[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x1F\x7F-\x9F]{1,18}[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000])?[\t\n\x0B\x0C\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$", example = "Cruel_KFP")]
+    #[schema(
+        pattern = r"^[\t\n\x0B\x0C\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*(?:[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x1F\x7F-\x9F]{1,18}[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000])?[\t\n\x0B\x0C\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$",
+        example = "Cruel_KFP"
+    )]
     nickname: Option<String>,
     /// A whole number (not null) from 0 to 2^63 - 1.
     #[schema(nullable = false, minimum = 0, maximum = 9223372036854775807_i64, example = 7)]
@@ -175,7 +178,11 @@ pub struct UserUpdateDocument {
 fn resource(user: &User) -> UserResource {
     let inserted_at = user.inserted_at.to_iso8601();
     // A new user's two timestamps are the same instant: format it once.
-    let updated_at = if user.updated_at == user.inserted_at { inserted_at.clone() } else { user.updated_at.to_iso8601() };
+    let updated_at = if user.updated_at == user.inserted_at {
+        inserted_at.clone()
+    } else {
+        user.updated_at.to_iso8601()
+    };
     UserResource {
         id: user.id.to_string(),
         type_: UserType::User,
@@ -208,7 +215,8 @@ fn changes(attributes: Map<String, Value>) -> Result<UserChanges, ApiError> {
                 Ok(nick) => changes.nickname = Some(nick),
                 Err(e) => errors.push(ApiError::invalid_attribute("nickname", e.to_string())),
             },
-            ("nickname", _) => errors.push(ApiError::invalid_attribute("nickname", "Nickname must be a string or null")),
+            ("nickname", _) => errors
+                .push(ApiError::invalid_attribute("nickname", "Nickname must be a string or null")),
             ("stamps_collected", value) => match whole_number(&value).and_then(StampCount::new) {
                 Some(count) => changes.stamps_collected = Some(count),
                 None => errors.push(ApiError::invalid_attribute(
@@ -218,7 +226,9 @@ fn changes(attributes: Map<String, Value>) -> Result<UserChanges, ApiError> {
             },
             (other, _) => errors.push(ApiError::invalid_attribute(
                 other,
-                format!("`{other}` is not a writable attribute of user (nickname, stamps_collected)"),
+                format!(
+                    "`{other}` is not a writable attribute of user (nickname, stamps_collected)"
+                ),
             )),
         }
     }
@@ -273,7 +283,8 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     body.expect_type(TYPE)?;
     if body.id().is_some() {
-        return Err(ApiError::forbidden("The server generates user ids; do not send one").at_pointer("/data/id"));
+        return Err(ApiError::forbidden("The server generates user ids; do not send one")
+            .at_pointer("/data/id"));
     }
     let changes = changes(body.attributes()?)?;
     let now = Timestamp::now();
@@ -345,7 +356,10 @@ pub async fn update(
     match body.id() {
         None => {}
         Some(Value::String(given)) if given.parse::<UserId>().is_ok_and(|g| g == id) => {}
-        Some(_) => return Err(ApiError::conflict("`data.id` does not match the id in the path").at_pointer("/data/id")),
+        Some(_) => {
+            return Err(ApiError::conflict("`data.id` does not match the id in the path")
+                .at_pointer("/data/id"))
+        }
     }
     let changes = changes(body.attributes()?)?;
     let user = if changes.is_empty() {
@@ -393,19 +407,18 @@ pub async fn list(
     let Query(query) = query.map_err(|e| ApiError::invalid_query("page", e.body_text()))?;
     let limit = match query.get("page[limit]") {
         None => DEFAULT_PAGE,
-        Some(raw) => raw
-            .parse()
-            .ok()
-            .filter(|l| (1..=MAX_PAGE).contains(l))
-            .ok_or_else(|| ApiError::invalid_query("page[limit]", format!("page[limit] must be an integer from 1 to {MAX_PAGE}")))?,
+        Some(raw) => raw.parse().ok().filter(|l| (1..=MAX_PAGE).contains(l)).ok_or_else(|| {
+            ApiError::invalid_query(
+                "page[limit]",
+                format!("page[limit] must be an integer from 1 to {MAX_PAGE}"),
+            )
+        })?,
     };
     let offset = match query.get("page[offset]") {
         None => 0,
-        Some(raw) => raw
-            .parse()
-            .ok()
-            .filter(|o| *o <= i64::MAX as u64)
-            .ok_or_else(|| ApiError::invalid_query("page[offset]", "page[offset] must be a non-negative integer"))?,
+        Some(raw) => raw.parse().ok().filter(|o| *o <= i64::MAX as u64).ok_or_else(|| {
+            ApiError::invalid_query("page[offset]", "page[offset] must be a non-negative integer")
+        })?,
     };
     let (users, total) = state.store.list(limit, offset).await?;
     let next = offset.saturating_add(u64::from(limit));

@@ -38,8 +38,14 @@ pub fn routes(state: AppState) -> Router {
     Router::new()
         .route("/dashboard", get(|| async { asset(INDEX, "text/html; charset=utf-8") }))
         .route("/dashboard/", get(|| async { asset(INDEX, "text/html; charset=utf-8") }))
-        .route("/dashboard/dashboard.js", get(|| async { asset(SCRIPT, "text/javascript; charset=utf-8") }))
-        .route("/dashboard/dashboard.css", get(|| async { asset(STYLE, "text/css; charset=utf-8") }))
+        .route(
+            "/dashboard/dashboard.js",
+            get(|| async { asset(SCRIPT, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/dashboard/dashboard.css",
+            get(|| async { asset(STYLE, "text/css; charset=utf-8") }),
+        )
         .route("/dashboard/stream", get(stream))
         .with_state(state)
 }
@@ -51,7 +57,9 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"),
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+        ),
     );
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
@@ -68,18 +76,23 @@ fn bearer(request: &Request) -> Option<&str> {
 async fn stream(State(state): State<AppState>, request: Request) -> Response {
     match state.tokens.role_for(bearer(&request)) {
         Some(Role::Admin) => {}
-        Some(Role::Client) => return ApiError::forbidden("The dashboard needs the admin token").into_response(),
+        Some(Role::Client) => {
+            return ApiError::forbidden("The dashboard needs the admin token").into_response()
+        }
         None => return ApiError::unauthorized().into_response(),
     }
-    let ticks = futures_util::stream::unfold((state, tokio::time::interval(TICK)), |(state, mut interval)| async move {
-        interval.tick().await;
-        // Ends with the server, so a graceful shutdown does not wait for open dashboards.
-        if state.realtime.is_shutting_down() {
-            return None;
-        }
-        let event = Event::default().event("snapshot").data(snapshot(&state).to_string());
-        Some((Ok::<Event, Infallible>(event), (state, interval)))
-    });
+    let ticks = futures_util::stream::unfold(
+        (state, tokio::time::interval(TICK)),
+        |(state, mut interval)| async move {
+            interval.tick().await;
+            // Ends with the server, so a graceful shutdown does not wait for open dashboards.
+            if state.realtime.is_shutting_down() {
+                return None;
+            }
+            let event = Event::default().event("snapshot").data(snapshot(&state).to_string());
+            Some((Ok::<Event, Infallible>(event), (state, interval)))
+        },
+    );
     Sse::new(ticks).keep_alive(KeepAlive::default()).into_response()
 }
 

@@ -168,7 +168,14 @@ mod tests {
                 "inserted_at": "2023-11-14T22:13:20.000001Z",
             })
         );
-        let back = Message::from_body(message.id, message.user_id, message.body(), message.inserted_at, message.expires_at, None);
+        let back = Message::from_body(
+            message.id,
+            message.user_id,
+            message.body(),
+            message.inserted_at,
+            message.expires_at,
+            None,
+        );
         assert_eq!(back, message);
     }
 }

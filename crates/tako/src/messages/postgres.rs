@@ -84,15 +84,20 @@ impl MessageStore for PostgresStore {
     }
 
     async fn users_with_waiting_messages(&self, now: Timestamp) -> Result<Vec<UserId>, StoreError> {
-        let ids: Vec<Uuid> = sqlx::query_scalar("SELECT DISTINCT user_id FROM messages WHERE delivered_at IS NULL AND expires_at > $1")
-            .bind(naive(now))
-            .fetch_all(&self.pool)
-            .await?;
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT DISTINCT user_id FROM messages WHERE delivered_at IS NULL AND expires_at > $1",
+        )
+        .bind(naive(now))
+        .fetch_all(&self.pool)
+        .await?;
         Ok(ids.into_iter().map(UserId::from).collect())
     }
 
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
-        let result = sqlx::query("DELETE FROM messages WHERE expires_at <= $1").bind(naive(now)).execute(&self.pool).await?;
+        let result = sqlx::query("DELETE FROM messages WHERE expires_at <= $1")
+            .bind(naive(now))
+            .execute(&self.pool)
+            .await?;
         Ok(result.rows_affected())
     }
 }

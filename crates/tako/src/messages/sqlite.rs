@@ -86,15 +86,20 @@ impl MessageStore for SqliteStore {
     }
 
     async fn users_with_waiting_messages(&self, now: Timestamp) -> Result<Vec<UserId>, StoreError> {
-        let ids: Vec<String> = sqlx::query_scalar("SELECT DISTINCT user_id FROM messages WHERE delivered_at IS NULL AND expires_at > ?1")
-            .bind(now.as_micros())
-            .fetch_all(&self.pool)
-            .await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT user_id FROM messages WHERE delivered_at IS NULL AND expires_at > ?1",
+        )
+        .bind(now.as_micros())
+        .fetch_all(&self.pool)
+        .await?;
         Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
     }
 
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
-        let result = sqlx::query("DELETE FROM messages WHERE expires_at <= ?1").bind(now.as_micros()).execute(&self.pool).await?;
+        let result = sqlx::query("DELETE FROM messages WHERE expires_at <= ?1")
+            .bind(now.as_micros())
+            .execute(&self.pool)
+            .await?;
         Ok(result.rows_affected())
     }
 }

@@ -158,18 +158,28 @@ mod tests {
         async fn search_nickname(&self, _: &str, _: u32) -> Result<Vec<User>, StoreError> {
             unreachable!("not used by the directory")
         }
-        async fn existing(&self, ids: &[UserId]) -> Result<Vec<(UserId, Option<Nickname>)>, StoreError> {
+        async fn existing(
+            &self,
+            ids: &[UserId],
+        ) -> Result<Vec<(UserId, Option<Nickname>)>, StoreError> {
             self.queries.fetch_add(1, Ordering::SeqCst);
             // A database round trip, so concurrent connects pile up behind it.
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            Ok(ids.iter().filter(|id| self.users.contains(id)).map(|id| (*id, Nickname::parse("Known").unwrap())).collect())
+            Ok(ids
+                .iter()
+                .filter(|id| self.users.contains(id))
+                .map(|id| (*id, Nickname::parse("Known").unwrap()))
+                .collect())
         }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_connect_storm_costs_a_few_batched_queries() {
         let known: Vec<UserId> = (0..2000).map(|_| UserId::generate()).collect();
-        let store = Arc::new(CountingStore { users: known.iter().copied().collect(), queries: AtomicUsize::new(0) });
+        let store = Arc::new(CountingStore {
+            users: known.iter().copied().collect(),
+            queries: AtomicUsize::new(0),
+        });
         let directory = UserDirectory::spawn(store.clone());
 
         let unknown = UserId::generate();
@@ -194,7 +204,10 @@ mod tests {
         assert_eq!(store.queries.load(Ordering::SeqCst), storm + 1);
 
         // Nicknames came with the lookup, so joins need no query either; renames keep them current.
-        assert_eq!(directory.nickname(known[1]).flatten().map(|n| n.to_string()).as_deref(), Some("Known"));
+        assert_eq!(
+            directory.nickname(known[1]).flatten().map(|n| n.to_string()).as_deref(),
+            Some("Known")
+        );
         directory.renamed(known[1], None);
         assert_eq!(directory.nickname(known[1]), Some(None));
         assert_eq!(directory.nickname(unknown), None);

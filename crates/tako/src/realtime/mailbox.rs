@@ -13,8 +13,8 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -101,11 +101,25 @@ impl Mailbox {
     /// Stores a message for `user` and pushes what waits for them (this one included) to
     /// their live notifications sockets, wherever they are. Returns the message and whether it
     /// was delivered.
-    pub async fn send(&self, hub: &Hub, user: UserId, text: String, extra: Map<String, Value>) -> Result<(Message, bool), StoreError> {
+    pub async fn send(
+        &self,
+        hub: &Hub,
+        user: UserId,
+        text: String,
+        extra: Map<String, Value>,
+    ) -> Result<(Message, bool), StoreError> {
         let now = Timestamp::now();
         let ttl = i64::try_from(self.ttl.as_micros()).unwrap_or(i64::MAX);
         let expires_at = Timestamp::from_micros(now.as_micros().saturating_add(ttl));
-        let mut message = Message { id: MessageId::generate(), user_id: user, text, extra, inserted_at: now, expires_at, delivered_at: None };
+        let mut message = Message {
+            id: MessageId::generate(),
+            user_id: user,
+            text,
+            extra,
+            inserted_at: now,
+            expires_at,
+            delivered_at: None,
+        };
         self.store.insert_message(&message).await?;
         self.waiting().insert(user);
         if hub.has_user(&user.to_string()) && self.flush(hub, user).await?.contains(&message.id) {
@@ -138,7 +152,10 @@ impl Mailbox {
     }
 
     /// Pushes what waits for the user of `ctx` (called when it joins a notifications topic).
-    pub async fn deliver_waiting(&self, ctx: &ChannelContext<SocketUser>) -> Result<usize, StoreError> {
+    pub async fn deliver_waiting(
+        &self,
+        ctx: &ChannelContext<SocketUser>,
+    ) -> Result<usize, StoreError> {
         let user = ctx.assigns().id;
         if !self.may_have_mail(user) {
             return Ok(0);
@@ -150,7 +167,9 @@ impl Mailbox {
         // yet indexed its join.
         let push = |message: &Message| {
             let payload = Payload::Json(message.payload());
-            let pushed = ctx.hub().send_to_user(&key, notifications_topics(), "msg", payload.clone()) > 0 || ctx.push("msg", payload);
+            let pushed =
+                ctx.hub().send_to_user(&key, notifications_topics(), "msg", payload.clone()) > 0
+                    || ctx.push("msg", payload);
             if !pushed {
                 failed.store(true, Ordering::Relaxed);
             }
@@ -169,13 +188,20 @@ impl Mailbox {
     /// the bus, the others'); returns what was pushed.
     async fn flush(&self, hub: &Hub, user: UserId) -> Result<Vec<MessageId>, StoreError> {
         let key = user.to_string();
-        let push = |message: &Message| hub.send_to_user(&key, notifications_topics(), "msg", Payload::Json(message.payload())) > 0;
+        let push = |message: &Message| {
+            hub.send_to_user(&key, notifications_topics(), "msg", Payload::Json(message.payload()))
+                > 0
+        };
         self.drain(user, &push).await
     }
 
     /// Under the user's lock: hands what waits for `user` to `push`, oldest first, until it
     /// fails or nothing is left; returns what was pushed (and so marked delivered).
-    async fn drain(&self, user: UserId, push: &(dyn for<'m> Fn(&'m Message) -> bool + Send + Sync)) -> Result<Vec<MessageId>, StoreError> {
+    async fn drain(
+        &self,
+        user: UserId,
+        push: &(dyn for<'m> Fn(&'m Message) -> bool + Send + Sync),
+    ) -> Result<Vec<MessageId>, StoreError> {
         let _guard = self.stripe(user).lock().await;
         let mut delivered = Vec::new();
         loop {
@@ -204,7 +230,9 @@ async fn load_waiting(mailbox: Weak<Mailbox>) {
                 mailbox.loaded.store(true, Ordering::Release);
                 return;
             }
-            Err(error) => tracing::warn!(%error, "loading users with waiting messages failed; joins ask the database until it works"),
+            Err(error) => {
+                tracing::warn!(%error, "loading users with waiting messages failed; joins ask the database until it works")
+            }
         }
         drop(mailbox);
         tokio::time::sleep(wait).await;

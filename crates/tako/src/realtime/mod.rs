@@ -39,9 +39,17 @@ pub struct Realtime {
 
 impl Realtime {
     /// `observer` hears of messages in and out (the metrics).
-    pub fn new(store: Arc<dyn Store>, config: &Config, observer: Arc<dyn channels::Observer>) -> Realtime {
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: &Config,
+        observer: Arc<dyn channels::Observer>,
+    ) -> Realtime {
         let directory = UserDirectory::spawn(store.clone());
-        let tracker = Arc::new(presence::PresenceTracker::new(store.clone(), directory.clone(), config.presence == Switch::On));
+        let tracker = Arc::new(presence::PresenceTracker::new(
+            store.clone(),
+            directory.clone(),
+            config.presence == Switch::On,
+        ));
         let cluster = config.pubsub_url.as_ref().map(|url| {
             let mut bus = RedisBusConfig::new(url.clone());
             bus.prefix = config.cluster_name.clone();
@@ -59,9 +67,12 @@ impl Realtime {
             longpoll_window: config.longpoll_window(),
             // Validated by `Config::normalize`; a config built in code that skipped it gets
             // the strictest reading: no origin at all.
-            check_origin: config.check_origin().unwrap_or_else(|_| channels::CheckOrigin::List(Vec::new())),
+            check_origin: config
+                .check_origin()
+                .unwrap_or_else(|_| channels::CheckOrigin::List(Vec::new())),
             max_connections: (config.max_connections > 0).then_some(config.max_connections),
-            max_connections_per_client: (config.max_connections_per_ip > 0).then_some(config.max_connections_per_ip),
+            max_connections_per_client: (config.max_connections_per_ip > 0)
+                .then_some(config.max_connections_per_ip),
             trust_forwarded_for: config.trust_proxy,
             inbound_rate: (config.socket_rate > 0).then(|| channels::InboundRate {
                 per_second: f64::from(config.socket_rate),
@@ -103,7 +114,12 @@ impl Realtime {
     /// Stores a message for `user` and pushes `msg` `{"user_id","message",…extra,"id",
     /// "inserted_at"}` to their joined notifications topics if they are online; otherwise it
     /// waits for their next join. Returns the message and whether it was delivered now.
-    pub async fn send_message(&self, user: UserId, text: String, extra: Map<String, Value>) -> Result<(Message, bool), StoreError> {
+    pub async fn send_message(
+        &self,
+        user: UserId,
+        text: String,
+        extra: Map<String, Value>,
+    ) -> Result<(Message, bool), StoreError> {
         self.mailbox.send(&self.hub(), user, text, extra).await
     }
 
@@ -131,7 +147,11 @@ impl Realtime {
     /// The original's server-wide `ping`: `{"msg":"ping"}` on every notifications topic; the
     /// client answers with a `pong` push.
     pub fn ping_everyone(&self) {
-        self.hub().broadcast_matching(notifications_topics(), "ping", Payload::Json(json!({"msg": "ping"})));
+        self.hub().broadcast_matching(
+            notifications_topics(),
+            "ping",
+            Payload::Json(json!({"msg": "ping"})),
+        );
     }
 
     /// Closes every socket of `user` (socket id `user_socket:<uuid>`) and forgets that the user

@@ -13,7 +13,8 @@ use super::sockets::SocketUser;
 pub const NOTIFICATIONS: &str = "notifications";
 
 pub fn is_notifications_topic(topic: &str) -> bool {
-    topic == NOTIFICATIONS || topic.strip_prefix(NOTIFICATIONS).is_some_and(|rest| rest.starts_with(':'))
+    topic == NOTIFICATIONS
+        || topic.strip_prefix(NOTIFICATIONS).is_some_and(|rest| rest.starts_with(':'))
 }
 
 pub struct NotificationsChannel {
@@ -49,7 +50,12 @@ fn nickname(payload: &Payload) -> Result<&str, HandleIn> {
 
 #[async_trait]
 impl Channel<SocketUser> for NotificationsChannel {
-    async fn join(&self, _topic: &str, _payload: Payload, ctx: &ChannelContext<SocketUser>) -> Result<Value, Value> {
+    async fn join(
+        &self,
+        _topic: &str,
+        _payload: Payload,
+        ctx: &ChannelContext<SocketUser>,
+    ) -> Result<Value, Value> {
         // Everyone on the topic sees who joined; the joiner gets the list after its reply.
         self.presence.track(ctx).await;
         // Messages that waited for this user go out once the join is done (the task's first
@@ -63,12 +69,20 @@ impl Channel<SocketUser> for NotificationsChannel {
         Ok(json!({}))
     }
 
-    async fn handle_in(&self, event: &str, payload: Payload, ctx: &ChannelContext<SocketUser>) -> HandleIn {
+    async fn handle_in(
+        &self,
+        event: &str,
+        payload: Payload,
+        ctx: &ChannelContext<SocketUser>,
+    ) -> HandleIn {
         match event {
             // A stamp was scanned: everyone on the topic (the sender too) hears who.
             "collected" => match nickname(&payload) {
                 Ok(nick) => {
-                    ctx.broadcast("collected-broadcast", Payload::Json(json!({ "nickname": nick })));
+                    ctx.broadcast(
+                        "collected-broadcast",
+                        Payload::Json(json!({ "nickname": nick })),
+                    );
                     ok()
                 }
                 Err(reply) => reply,

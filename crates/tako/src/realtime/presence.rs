@@ -21,7 +21,8 @@ const LABEL: &[u8] = b"tako presence handle v1\0";
 
 /// The public handle of `user`: 24 hex digits.
 pub fn handle(user: UserId) -> String {
-    let digest = Sha256::new().chain_update(LABEL).chain_update(user.as_uuid().as_bytes()).finalize();
+    let digest =
+        Sha256::new().chain_update(LABEL).chain_update(user.as_uuid().as_bytes()).finalize();
     digest[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -34,7 +35,11 @@ pub struct PresenceTracker {
 }
 
 impl PresenceTracker {
-    pub fn new(store: Arc<dyn Store>, directory: Arc<UserDirectory>, enabled: bool) -> PresenceTracker {
+    pub fn new(
+        store: Arc<dyn Store>,
+        directory: Arc<UserDirectory>,
+        enabled: bool,
+    ) -> PresenceTracker {
         PresenceTracker { store, directory, enabled }
     }
 
@@ -87,7 +92,8 @@ mod tests {
         assert_ne!(handle(a), handle(b));
         let uuid_hex = a.as_uuid().simple().to_string();
         assert!(!uuid_hex.contains(&handle(a)[..8]) && !handle(a).contains(&uuid_hex[..8]));
-        let expected: String = Sha256::digest([LABEL, a.as_uuid().as_bytes().as_slice()].concat())[..12]
+        let expected: String = Sha256::digest([LABEL, a.as_uuid().as_bytes().as_slice()].concat())
+            [..12]
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();

@@ -23,7 +23,10 @@ pub fn messages_waiting(hub: &Hub, user: UserId) {
 
 /// `user` is now called `nickname`: every node's directory and live presences follow.
 pub fn renamed(hub: &Hub, user: UserId, nickname: Option<&Nickname>) {
-    hub.signal(RENAMED, json!({ "user": user.to_string(), "nickname": nickname.map(Nickname::as_str) }));
+    hub.signal(
+        RENAMED,
+        json!({ "user": user.to_string(), "nickname": nickname.map(Nickname::as_str) }),
+    );
 }
 
 /// `user` was deleted: no node may let it connect from memory.
@@ -34,14 +37,19 @@ pub fn deleted(hub: &Hub, user: UserId) {
 /// Installs this node's handler of the signals above.
 pub fn listen(hub: &Hub, mailbox: Arc<Mailbox>, directory: Arc<UserDirectory>) {
     hub.on_signal(Arc::new(move |hub: &Hub, name: &str, data: &Value| {
-        let Some(user) = data.get("user").and_then(Value::as_str).and_then(|u| u.parse::<UserId>().ok()) else {
+        let Some(user) =
+            data.get("user").and_then(Value::as_str).and_then(|u| u.parse::<UserId>().ok())
+        else {
             tracing::warn!(name, "signal without a valid user ignored");
             return;
         };
         match name {
             MAILBOX => mailbox.user_has_mail(hub, user),
             RENAMED => {
-                let nickname = data.get("nickname").and_then(Value::as_str).map(|n| Nickname::from_stored(n.to_owned()));
+                let nickname = data
+                    .get("nickname")
+                    .and_then(Value::as_str)
+                    .map(|n| Nickname::from_stored(n.to_owned()));
                 directory.renamed(user, nickname.clone());
                 let patch = presence::nickname_patch(nickname.as_ref().map(Nickname::as_str));
                 hub.presence_update_user(&user.to_string(), &patch);

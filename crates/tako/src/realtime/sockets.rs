@@ -21,8 +21,15 @@ pub struct TakoSockets {
 }
 
 impl TakoSockets {
-    pub fn new(directory: Arc<UserDirectory>, mailbox: Arc<Mailbox>, presence: Arc<PresenceTracker>) -> TakoSockets {
-        TakoSockets { directory, notifications: Arc::new(NotificationsChannel::new(mailbox, presence)) }
+    pub fn new(
+        directory: Arc<UserDirectory>,
+        mailbox: Arc<Mailbox>,
+        presence: Arc<PresenceTracker>,
+    ) -> TakoSockets {
+        TakoSockets {
+            directory,
+            notifications: Arc::new(NotificationsChannel::new(mailbox, presence)),
+        }
     }
 }
 
@@ -44,7 +51,8 @@ impl SocketHandler for TakoSockets {
     type Assigns = SocketUser;
 
     async fn connect(&self, info: &ConnectInfo) -> Result<Connection<SocketUser>, Refusal> {
-        let id: UserId = token(info).and_then(|t| t.trim().parse().ok()).ok_or(Refusal::Forbidden)?;
+        let id: UserId =
+            token(info).and_then(|t| t.trim().parse().ok()).ok_or(Refusal::Forbidden)?;
         match self.directory.exists(id).await {
             Ok(true) => Ok(Connection {
                 assigns: SocketUser { id },
@@ -57,6 +65,7 @@ impl SocketHandler for TakoSockets {
     }
 
     fn channel(&self, topic: &str) -> Option<Arc<dyn Channel<SocketUser>>> {
-        is_notifications_topic(topic).then(|| self.notifications.clone() as Arc<dyn Channel<SocketUser>>)
+        is_notifications_topic(topic)
+            .then(|| self.notifications.clone() as Arc<dyn Channel<SocketUser>>)
     }
 }

@@ -53,7 +53,7 @@ impl Store for PostgresStore {
         }
     }
 
-        fn backend(&self) -> &'static str {
+    fn backend(&self) -> &'static str {
         "postgres"
     }
 }

@@ -50,7 +50,7 @@ impl Store for SqliteStore {
         }
     }
 
-        fn backend(&self) -> &'static str {
+    fn backend(&self) -> &'static str {
         "sqlite"
     }
 }

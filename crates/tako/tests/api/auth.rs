@@ -24,8 +24,15 @@ async fn every_api_route_needs_the_token() {
     ];
     for (method, path) in &routes {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        for auth in [None, Some("Bearer wrong"), Some("Bearer client-token-and-more"), Some("client-token"), Some("Basic Y2xpZW50")] {
-            let mut request = app.client.request(method.clone(), app.url(path)).header("content-type", JSONAPI);
+        for auth in [
+            None,
+            Some("Bearer wrong"),
+            Some("Bearer client-token-and-more"),
+            Some("client-token"),
+            Some("Basic Y2xpZW50"),
+        ] {
+            let mut request =
+                app.client.request(method.clone(), app.url(path)).header("content-type", JSONAPI);
             if let Some(auth) = auth {
                 request = request.header("authorization", auth);
             }
@@ -34,10 +41,22 @@ async fn every_api_route_needs_the_token() {
         }
     }
     // The right token, whatever the scheme's case.
-    let response = app.client.get(app.url(&format!("/api/json/accounts/users/{id}"))).header("authorization", "bearer client-token").send().await.unwrap();
+    let response = app
+        .client
+        .get(app.url(&format!("/api/json/accounts/users/{id}")))
+        .header("authorization", "bearer client-token")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     // The admin token works wherever the client token does.
-    let response = app.client.get(app.url("/api/json/leaderboard")).bearer_auth("admin-token").send().await.unwrap();
+    let response = app
+        .client
+        .get(app.url("/api/json/leaderboard"))
+        .bearer_auth("admin-token")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
 }
 
@@ -60,7 +79,10 @@ async fn health_is_503_when_the_database_is_gone() {
         use sqlx::Connection;
         let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
         let name = app.database_url.rsplit('/').next().unwrap().to_owned();
-        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut conn).await.unwrap();
+        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
         let response = app.client.get(app.url("/healthz")).send().await.unwrap();
         assert_eq!(response.status(), 503);
         // And the API says so as a JSON:API error, not a 500.
@@ -79,6 +101,7 @@ async fn without_tokens_in_dev_everything_is_open() {
 
 #[tokio::test]
 async fn without_an_admin_token_nobody_lists_users() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |c| c.api_token = Some("client-token".into())).await;
+    let app =
+        TestApp::spawn_with(Backend::Sqlite, |c| c.api_token = Some("client-token".into())).await;
     assert_error(app.get("/api/json/accounts/users").await, 403, "forbidden").await;
 }

@@ -37,10 +37,13 @@ pub fn postgres_admin_url() -> Option<String> {
 pub async fn fresh_postgres_database(admin_url: &str) -> String {
     use sqlx::Connection;
     let name = format!("tako_test_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(admin_url)
+    let mut conn = sqlx::PgConnection::connect(admin_url).await.unwrap_or_else(|e| {
+        panic!("TAKO_TEST_DATABASE_URL is set but PostgreSQL does not answer: {e}")
+    });
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
         .await
-        .unwrap_or_else(|e| panic!("TAKO_TEST_DATABASE_URL is set but PostgreSQL does not answer: {e}"));
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
+        .expect("create test database");
     let (base, _) = admin_url.rsplit_once('/').expect("a postgres URL with a database path");
     format!("{base}/{name}")
 }
@@ -114,11 +117,21 @@ impl TestApp {
     }
 
     pub async fn post_json(&self, path: &str, body: &str) -> Response {
-        self.request(Method::POST, path).header("content-type", JSONAPI).body(body.to_owned()).send().await.unwrap()
+        self.request(Method::POST, path)
+            .header("content-type", JSONAPI)
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn patch_json(&self, path: &str, body: &str) -> Response {
-        self.request(Method::PATCH, path).header("content-type", JSONAPI).body(body.to_owned()).send().await.unwrap()
+        self.request(Method::PATCH, path)
+            .header("content-type", JSONAPI)
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn get(&self, path: &str) -> Response {
@@ -142,7 +155,8 @@ impl TestApp {
     }
 
     pub async fn set_stamps(&self, id: &str, stamps: i64) -> Value {
-        let body = json!({"data": {"type": "user", "attributes": {"stamps_collected": stamps}}}).to_string();
+        let body = json!({"data": {"type": "user", "attributes": {"stamps_collected": stamps}}})
+            .to_string();
         let response = self.patch_json(&format!("/api/json/accounts/users/{id}"), &body).await;
         assert_eq!(response.status(), 200, "set stamps on {:?}", self.backend);
         response.json().await.unwrap()
@@ -177,7 +191,10 @@ pub async fn assert_error(response: Response, status: u16, code: &str) -> Value 
     let error = body["errors"][0].clone();
     assert_eq!(error["status"], status.to_string(), "{body}");
     assert_eq!(error["code"], code, "{body}");
-    assert!(error["id"].is_string() && error["title"].is_string() && error["detail"].is_string(), "{body}");
+    assert!(
+        error["id"].is_string() && error["title"].is_string() && error["detail"].is_string(),
+        "{body}"
+    );
     error
 }
 
@@ -185,23 +202,30 @@ pub fn update_body(attributes: Value) -> String {
     json!({"data": {"type": "user", "attributes": attributes}}).to_string()
 }
 
-
 /// A minimal Phoenix v2 client over tokio-tungstenite, for asserting bytes on the wire.
 pub struct WsClient {
-    stream: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
     next_ref: u64,
 }
 
 impl WsClient {
     pub async fn connect(app: &TestApp, user_id: &str) -> WsClient {
-        let url = format!("{}/socket/websocket?vsn=2.0.0&userToken={user_id}", app.address.replace("http://", "ws://"));
+        let url = format!(
+            "{}/socket/websocket?vsn=2.0.0&userToken={user_id}",
+            app.address.replace("http://", "ws://")
+        );
         let (stream, _) = tokio_tungstenite::connect_async(url).await.expect("socket connects");
         WsClient { stream, next_ref: 0 }
     }
 
     pub async fn send(&mut self, frame: Value) {
         use futures_util::SinkExt;
-        self.stream.send(tokio_tungstenite::tungstenite::Message::text(frame.to_string())).await.unwrap();
+        self.stream
+            .send(tokio_tungstenite::tungstenite::Message::text(frame.to_string()))
+            .await
+            .unwrap();
     }
 
     /// Joins `topic` and waits for the ok reply.
@@ -217,7 +241,10 @@ impl WsClient {
     pub async fn next_event(&mut self, event: &str) -> Value {
         tokio::time::timeout(std::time::Duration::from_secs(5), async {
             loop {
-                let frame = self.next_frame().await.unwrap_or_else(|| panic!("socket closed waiting for {event}"));
+                let frame = self
+                    .next_frame()
+                    .await
+                    .unwrap_or_else(|| panic!("socket closed waiting for {event}"));
                 if frame[3] == event {
                     return frame;
                 }
@@ -232,7 +259,9 @@ impl WsClient {
         use futures_util::StreamExt;
         while let Some(message) = self.stream.next().await {
             match message.ok()? {
-                tokio_tungstenite::tungstenite::Message::Text(text) => return Some(serde_json::from_str(&text).unwrap()),
+                tokio_tungstenite::tungstenite::Message::Text(text) => {
+                    return Some(serde_json::from_str(&text).unwrap())
+                }
                 tokio_tungstenite::tungstenite::Message::Close(_) => return None,
                 _ => {}
             }

@@ -18,7 +18,11 @@ async fn best_first_ties_by_who_got_there_first_nameless_left_out() {
         app.set_stamps(&top, 9).await;
         app.set_stamps(&nameless, 50).await;
         // A nickname change does not move Late behind Early: only stamps count.
-        app.patch_json(&format!("/api/json/accounts/users/{late}"), &update_body(json!({"nickname": "Late2"}))).await;
+        app.patch_json(
+            &format!("/api/json/accounts/users/{late}"),
+            &update_body(json!({"nickname": "Late2"})),
+        )
+        .await;
 
         let response = app.get("/api/json/leaderboard").await;
         assert_eq!(response.status(), 200);

@@ -16,7 +16,14 @@ async fn spawn(backend: Backend) -> TestApp {
 }
 
 async fn admin_post(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
-    app.client.post(app.url(path)).bearer_auth(ADMIN).header("content-type", "application/json").body(body.to_string()).send().await.unwrap()
+    app.client
+        .post(app.url(path))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -32,7 +39,12 @@ async fn a_message_reaches_only_its_user_live() {
         let mut bob_ws = WsClient::connect(&app, &bob).await;
         bob_ws.join("notifications").await;
 
-        let response = admin_post(&app, "/api/messages", json!({"user_id": alice, "message": "Testiiing", "booth": "A-12"})).await;
+        let response = admin_post(
+            &app,
+            "/api/messages",
+            json!({"user_id": alice, "message": "Testiiing", "booth": "A-12"}),
+        )
+        .await;
         assert_eq!(response.status(), 202);
         let status: Value = response.json().await.unwrap();
         assert_eq!(status["delivered"], true, "on {:?}: {status}", app.backend);
@@ -54,7 +66,16 @@ async fn a_message_reaches_only_its_user_live() {
         again.join("notifications").await;
         again.assert_no_event("msg", 300).await;
 
-        let read: Value = app.client.get(app.url(&format!("/api/messages/{}", status["id"].as_str().unwrap()))).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+        let read: Value = app
+            .client
+            .get(app.url(&format!("/api/messages/{}", status["id"].as_str().unwrap())))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(read["delivered"], true);
         assert!(read["delivered_at"].is_string());
     }
@@ -67,12 +88,26 @@ async fn messages_wait_for_offline_users_and_arrive_in_order_on_join() {
         let carol = app.register_id(Some("Carol")).await;
         let mut ids = Vec::new();
         for i in 0..3 {
-            let response = admin_post(&app, "/api/messages", json!({"user_id": carol, "message": format!("m{i}")})).await;
+            let response = admin_post(
+                &app,
+                "/api/messages",
+                json!({"user_id": carol, "message": format!("m{i}")}),
+            )
+            .await;
             let status: Value = response.json().await.unwrap();
             assert_eq!(status["delivered"], false, "offline");
             ids.push(status["id"].as_str().unwrap().to_owned());
         }
-        let pending: Value = app.client.get(app.url(&format!("/api/messages/{}", ids[0]))).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+        let pending: Value = app
+            .client
+            .get(app.url(&format!("/api/messages/{}", ids[0])))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(pending["delivered"], false);
         assert!(pending["delivered_at"].is_null());
 
@@ -87,7 +122,16 @@ async fn messages_wait_for_offline_users_and_arrive_in_order_on_join() {
         let mut second = WsClient::connect(&app, &carol).await;
         second.join("notifications").await;
         second.assert_no_event("msg", 300).await;
-        let delivered: Value = app.client.get(app.url(&format!("/api/messages/{}", ids[2]))).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+        let delivered: Value = app
+            .client
+            .get(app.url(&format!("/api/messages/{}", ids[2])))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(delivered["delivered"], true);
     }
 }
@@ -100,14 +144,25 @@ async fn undelivered_messages_expire() {
     })
     .await;
     let dave = app.register_id(Some("Dave")).await;
-    let status: Value = admin_post(&app, "/api/messages", json!({"user_id": dave, "message": "too late"})).await.json().await.unwrap();
+    let status: Value =
+        admin_post(&app, "/api/messages", json!({"user_id": dave, "message": "too late"}))
+            .await
+            .json()
+            .await
+            .unwrap();
     assert_eq!(status["delivered"], false);
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let mut ws = WsClient::connect(&app, &dave).await;
     ws.join("notifications").await;
     ws.assert_no_event("msg", 300).await;
     // The purger deleted it.
-    let response = app.client.get(app.url(&format!("/api/messages/{}", status["id"].as_str().unwrap()))).bearer_auth(ADMIN).send().await.unwrap();
+    let response = app
+        .client
+        .get(app.url(&format!("/api/messages/{}", status["id"].as_str().unwrap())))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
     assert_error(response, 404, "not_found").await;
 }
 
@@ -129,16 +184,40 @@ async fn message_input_is_checked() {
         (json!({"user_id": erin, "message": "x", "inserted_at": "now"}), "/inserted_at"),
     ];
     for (body, pointer) in cases {
-        let error = assert_error(admin_post(&app, "/api/messages", body.clone()).await, 400, "invalid_field").await;
+        let error = assert_error(
+            admin_post(&app, "/api/messages", body.clone()).await,
+            400,
+            "invalid_field",
+        )
+        .await;
         assert_eq!(error["source"]["pointer"], pointer, "{body}");
     }
-    let unknown = admin_post(&app, "/api/messages", json!({"user_id": uuid::Uuid::new_v4().to_string(), "message": "x"})).await;
+    let unknown = admin_post(
+        &app,
+        "/api/messages",
+        json!({"user_id": uuid::Uuid::new_v4().to_string(), "message": "x"}),
+    )
+    .await;
     assert_error(unknown, 404, "not_found").await;
-    let broken = app.client.post(app.url("/api/messages")).bearer_auth(ADMIN).header("content-type", "application/json").body(r#"{"user_id": "a"b"}"#).send().await.unwrap();
+    let broken = app
+        .client
+        .post(app.url("/api/messages"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
+        .body(r#"{"user_id": "a"b"}"#)
+        .send()
+        .await
+        .unwrap();
     assert_error(broken, 400, "invalid_body").await;
     let not_object = admin_post(&app, "/api/messages", json!([1, 2])).await;
     assert_error(not_object, 400, "invalid_body").await;
-    let malformed_id = app.client.get(app.url("/api/messages/not-a-uuid")).bearer_auth(ADMIN).send().await.unwrap();
+    let malformed_id = app
+        .client
+        .get(app.url("/api/messages/not-a-uuid"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
     assert_error(malformed_id, 404, "not_found").await;
 }
 
@@ -149,7 +228,11 @@ async fn operators_routes_need_the_admin_token() {
     let routes = [
         (Method::POST, "/api/messages".to_owned(), Some(json!({"user_id": id, "message": "x"}))),
         (Method::GET, format!("/api/messages/{}", uuid::Uuid::new_v4()), None),
-        (Method::POST, "/api/broadcasts".to_owned(), Some(json!({"topic": "notifications", "event": "x"}))),
+        (
+            Method::POST,
+            "/api/broadcasts".to_owned(),
+            Some(json!({"topic": "notifications", "event": "x"})),
+        ),
         (Method::POST, "/api/ping".to_owned(), None),
         (Method::DELETE, format!("/api/json/accounts/users/{id}"), None),
     ];
@@ -183,14 +266,27 @@ async fn broadcasts_reach_a_topic_and_reserved_events_are_refused() {
     let sent: Value = response.json().await.unwrap();
     assert_eq!(sent["subscribers"], 1);
     let frame = plain.next_event("announcement").await;
-    assert_eq!(frame, json!([null, null, "notifications", "announcement", {"text": "Doors close at 6"}]));
+    assert_eq!(
+        frame,
+        json!([null, null, "notifications", "announcement", {"text": "Doors close at 6"}])
+    );
     scans.assert_no_event("announcement", 300).await;
 
     // Names are counted in characters: 255 multi-byte ones are fine.
-    let long = admin_post(&app, "/api/broadcasts", json!({"topic": "ぺ".repeat(255), "event": "ぺ".repeat(255)})).await;
+    let long = admin_post(
+        &app,
+        "/api/broadcasts",
+        json!({"topic": "ぺ".repeat(255), "event": "ぺ".repeat(255)}),
+    )
+    .await;
     assert_eq!(long.status(), 202);
 
-    let no_payload = admin_post(&app, "/api/broadcasts", json!({"topic": "notifications:scans", "event": "bare"})).await;
+    let no_payload = admin_post(
+        &app,
+        "/api/broadcasts",
+        json!({"topic": "notifications:scans", "event": "bare"}),
+    )
+    .await;
     assert_eq!(no_payload.status(), 202);
     assert_eq!(scans.next_event("bare").await[4], json!({}));
 
@@ -204,7 +300,12 @@ async fn broadcasts_reach_a_topic_and_reserved_events_are_refused() {
         (json!({"topic": "notifications"}), "/event"),
         (json!({"topic": "notifications", "event": "x", "extra": 1}), "/extra"),
     ] {
-        let error = assert_error(admin_post(&app, "/api/broadcasts", body.clone()).await, 400, "invalid_field").await;
+        let error = assert_error(
+            admin_post(&app, "/api/broadcasts", body.clone()).await,
+            400,
+            "invalid_field",
+        )
+        .await;
         assert_eq!(error["source"]["pointer"], pointer, "{body}");
     }
 }
@@ -224,7 +325,10 @@ async fn the_server_wide_ping_reaches_every_notifications_socket() {
     // The client's answer is a pong push; the channel takes it quietly and stays up.
     a.send(json!(["1", "9", "notifications", "pong", {}])).await;
     a.send(json!(["1", "10", "notifications", "ping", {"still": "here"}])).await;
-    assert_eq!(a.next_event("phx_reply").await[4], json!({"status": "ok", "response": {"still": "here"}}));
+    assert_eq!(
+        a.next_event("phx_reply").await[4],
+        json!({"status": "ok", "response": {"still": "here"}})
+    );
 }
 
 #[tokio::test]
@@ -233,22 +337,56 @@ async fn deleting_a_user_disconnects_it_and_removes_its_messages() {
         let app = spawn(backend).await;
         let hank = app.register_id(Some("Hank")).await;
         let offline = app.register_id(Some("Ivy")).await;
-        let waiting: Value = admin_post(&app, "/api/messages", json!({"user_id": offline, "message": "x"})).await.json().await.unwrap();
+        let waiting: Value =
+            admin_post(&app, "/api/messages", json!({"user_id": offline, "message": "x"}))
+                .await
+                .json()
+                .await
+                .unwrap();
         let mut ws = WsClient::connect(&app, &hank).await;
         ws.join("notifications").await;
 
         for id in [&hank, &offline] {
-            let response = app.client.delete(app.url(&format!("/api/json/accounts/users/{id}"))).bearer_auth(ADMIN).send().await.unwrap();
+            let response = app
+                .client
+                .delete(app.url(&format!("/api/json/accounts/users/{id}")))
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(response.status(), 204);
         }
-        assert!(tokio::time::timeout(std::time::Duration::from_secs(5), async { while ws.next_frame().await.is_some() {} }).await.is_ok(), "socket closed");
-        assert_error(app.get(&format!("/api/json/accounts/users/{hank}")).await, 404, "not_found").await;
-        let gone = app.client.get(app.url(&format!("/api/messages/{}", waiting["id"].as_str().unwrap()))).bearer_auth(ADMIN).send().await.unwrap();
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                while ws.next_frame().await.is_some() {}
+            })
+            .await
+            .is_ok(),
+            "socket closed"
+        );
+        assert_error(app.get(&format!("/api/json/accounts/users/{hank}")).await, 404, "not_found")
+            .await;
+        let gone = app
+            .client
+            .get(app.url(&format!("/api/messages/{}", waiting["id"].as_str().unwrap())))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
         assert_error(gone, 404, "not_found").await;
         // A deleted user cannot connect again (no stale cache).
-        let url = format!("{}/socket/websocket?vsn=2.0.0&userToken={hank}", app.address.replace("http://", "ws://"));
+        let url = format!(
+            "{}/socket/websocket?vsn=2.0.0&userToken={hank}",
+            app.address.replace("http://", "ws://")
+        );
         assert!(tokio_tungstenite::connect_async(url).await.is_err());
-        let again = app.client.delete(app.url(&format!("/api/json/accounts/users/{hank}"))).bearer_auth(ADMIN).send().await.unwrap();
+        let again = app
+            .client
+            .delete(app.url(&format!("/api/json/accounts/users/{hank}")))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
         assert_error(again, 404, "not_found").await;
         let _ = Method::DELETE;
     }

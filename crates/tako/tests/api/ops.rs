@@ -38,13 +38,17 @@ async fn scrape(app: &TestApp) -> HashMap<String, f64> {
             _ => assert!(line == "# EOF" || line.starts_with("# UNIT"), "unparsed line {line:?}"),
         }
     }
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("a Prometheus text scrape");
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("a Prometheus text scrape");
     let mut samples = HashMap::new();
     for sample in scrape.samples {
-        let mut labels: Vec<String> = sample.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut labels: Vec<String> =
+            sample.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         labels.sort();
         let value = match sample.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
             prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
             prometheus_parse::Value::Summary(_) => continue,
         };
@@ -74,8 +78,15 @@ async fn metrics_parse_and_move_with_traffic() {
     ws.join("notifications").await;
     ws.send(json!(["1", "2", "notifications", "collected", {"nickname": "Metered"}])).await;
     ws.next_event("collected-broadcast").await;
-    let response = app.client.post(app.url("/api/messages")).bearer_auth(ADMIN).header("content-type", "application/json")
-        .body(json!({"user_id": id, "message": "hello"}).to_string()).send().await.unwrap();
+    let response = app
+        .client
+        .post(app.url("/api/messages"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
+        .body(json!({"user_id": id, "message": "hello"}).to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 202);
     ws.next_event("msg").await;
 
@@ -91,15 +102,33 @@ async fn metrics_parse_and_move_with_traffic() {
     assert_eq!(get(&after, "tako_messages_out_total{event=msg}"), 1.0);
     assert!(get(&after, "tako_messages_out_total{event=phx_reply}") >= 2.0);
     assert!(get(&after, "tako_broadcast_fanout_seconds_count{}") >= 2.0);
-    assert_eq!(get(&after, "tako_http_requests_total{method=POST,route=/api/json/accounts/users/,status=201}"), 1.0);
-    assert_eq!(get(&after, "tako_http_requests_total{method=POST,route=/api/messages,status=202}"), 1.0);
-    assert!(get(&after, "tako_http_request_duration_seconds_count{method=POST,route=/api/messages}") >= 1.0);
+    assert_eq!(
+        get(
+            &after,
+            "tako_http_requests_total{method=POST,route=/api/json/accounts/users/,status=201}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(&after, "tako_http_requests_total{method=POST,route=/api/messages,status=202}"),
+        1.0
+    );
+    assert!(
+        get(&after, "tako_http_request_duration_seconds_count{method=POST,route=/api/messages}")
+            >= 1.0
+    );
     assert_eq!(get(&after, "tako_slow_consumer_disconnects_total{}"), 0.0);
     assert!(get(&after, "tako_db_query_errors_total{}") >= 0.0);
     // A route template, never an id.
     app.get(&format!("/api/json/accounts/users/{id}")).await;
     let last = scrape(&app).await;
-    assert_eq!(get(&last, "tako_http_requests_total{method=GET,route=/api/json/accounts/users/:id,status=200}"), 1.0);
+    assert_eq!(
+        get(
+            &last,
+            "tako_http_requests_total{method=GET,route=/api/json/accounts/users/:id,status=200}"
+        ),
+        1.0
+    );
     assert!(last.keys().all(|k| !k.contains(&id)));
 }
 
@@ -109,9 +138,16 @@ async fn metrics_need_the_admin_token_unless_on_their_own_listener() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let app = spawn_with(|c| c.metrics_bind = Some(format!("127.0.0.1:{port}").parse().unwrap())).await;
-    assert_error(app.client.get(app.url("/metrics")).send().await.unwrap(), 401, "unauthorized").await;
-    assert_error(app.client.get(app.url("/metrics")).bearer_auth(CLIENT).send().await.unwrap(), 403, "forbidden").await;
+    let app =
+        spawn_with(|c| c.metrics_bind = Some(format!("127.0.0.1:{port}").parse().unwrap())).await;
+    assert_error(app.client.get(app.url("/metrics")).send().await.unwrap(), 401, "unauthorized")
+        .await;
+    assert_error(
+        app.client.get(app.url("/metrics")).bearer_auth(CLIENT).send().await.unwrap(),
+        403,
+        "forbidden",
+    )
+    .await;
     let open = app.client.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap();
     assert_eq!(open.status(), 200);
     assert!(open.text().await.unwrap().contains("tako_sockets"));
@@ -125,8 +161,17 @@ async fn readiness_and_request_ids() {
         assert_eq!(response.status(), 200);
         let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
         assert_eq!(id.len(), 36, "a UUID request id: {id}");
-        assert_eq!(response.json::<Value>().await.unwrap(), json!({"status": "ready", "checks": {"database": "ok"}}));
-        let echoed = app.client.get(app.url("/healthz")).header("x-request-id", "from-the-proxy-1").send().await.unwrap();
+        assert_eq!(
+            response.json::<Value>().await.unwrap(),
+            json!({"status": "ready", "checks": {"database": "ok"}})
+        );
+        let echoed = app
+            .client
+            .get(app.url("/healthz"))
+            .header("x-request-id", "from-the-proxy-1")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(echoed.headers()["x-request-id"], "from-the-proxy-1");
         app.stop().await;
     }
@@ -156,7 +201,10 @@ async fn readiness_fails_with_a_reason_when_the_database_is_gone() {
 }
 
 async fn upgrade(app: &TestApp, id: &str, headers: &[(&'static str, &str)]) -> Result<(), u16> {
-    let url = format!("{}/socket/websocket?vsn=2.0.0&userToken={id}", app.address.replace("http://", "ws://"));
+    let url = format!(
+        "{}/socket/websocket?vsn=2.0.0&userToken={id}",
+        app.address.replace("http://", "ws://")
+    );
     let mut request = url.into_client_request().unwrap();
     for (k, v) in headers {
         request.headers_mut().insert(*k, v.parse().unwrap());
@@ -170,13 +218,21 @@ async fn upgrade(app: &TestApp, id: &str, headers: &[(&'static str, &str)]) -> R
 
 #[tokio::test]
 async fn sockets_from_origins_outside_the_list_get_403() {
-    let app = spawn_with(|c| c.allowed_origins = vec!["https://quest.example.com".into(), "//*.holo.test".into()]).await;
+    let app = spawn_with(|c| {
+        c.allowed_origins = vec!["https://quest.example.com".into(), "//*.holo.test".into()]
+    })
+    .await;
     let id = app.register_id(None).await;
     assert_eq!(upgrade(&app, &id, &[("origin", "https://quest.example.com")]).await, Ok(()));
     assert_eq!(upgrade(&app, &id, &[("origin", "http://booth.holo.test")]).await, Ok(()));
     assert_eq!(upgrade(&app, &id, &[("origin", "https://evil.example")]).await, Err(403));
-    let longpoll = app.client.get(app.url(&format!("/socket/longpoll?vsn=2.0.0&userToken={id}")))
-        .header("origin", "https://evil.example").send().await.unwrap();
+    let longpoll = app
+        .client
+        .get(app.url(&format!("/socket/longpoll?vsn=2.0.0&userToken={id}")))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(longpoll.status(), 403);
 }
 
@@ -220,7 +276,10 @@ async fn connections_per_address_behind_a_trusted_proxy() {
     })
     .await;
     let id = app.register_id(None).await;
-    let url = format!("{}/socket/websocket?vsn=2.0.0&userToken={id}", app.address.replace("http://", "ws://"));
+    let url = format!(
+        "{}/socket/websocket?vsn=2.0.0&userToken={id}",
+        app.address.replace("http://", "ws://")
+    );
     let mut request = url.into_client_request().unwrap();
     request.headers_mut().insert("x-forwarded-for", "198.51.100.7".parse().unwrap());
     let (_held, _) = tokio_tungstenite::connect_async(request).await.unwrap();
@@ -276,9 +335,16 @@ async fn registrations_per_address_are_rate_limited() {
     assert_eq!(register_from(&app, "203.0.113.5").await, 201);
     assert_eq!(register_from(&app, "203.0.113.5").await, 201);
     let body = json!({"data": {"type": "user", "attributes": {}}}).to_string();
-    let refused = app.client.post(app.url("/api/json/accounts/users")).bearer_auth(CLIENT)
-        .header("content-type", "application/vnd.api+json").header("x-forwarded-for", "203.0.113.5")
-        .body(body).send().await.unwrap();
+    let refused = app
+        .client
+        .post(app.url("/api/json/accounts/users"))
+        .bearer_auth(CLIENT)
+        .header("content-type", "application/vnd.api+json")
+        .header("x-forwarded-for", "203.0.113.5")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     let retry_after: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry_after), "{retry_after}");
     assert_error(refused, 429, "rate_limited").await;
@@ -305,9 +371,16 @@ async fn operators_find_users_by_nickname() {
         let kfp = app.register_id(Some("Cruel_KFP")).await;
         app.register_id(Some("kfp_fan")).await;
         app.register_id(Some("Other")).await;
-        let search = |q: &str| app.client.get(app.url(&format!("/api/users/search?{q}"))).bearer_auth(ADMIN).send();
+        let search = |q: &str| {
+            app.client.get(app.url(&format!("/api/users/search?{q}"))).bearer_auth(ADMIN).send()
+        };
         let found: Value = search("nickname=kfp").await.unwrap().json().await.unwrap();
-        let names: Vec<&str> = found["data"].as_array().unwrap().iter().map(|u| u["nickname"].as_str().unwrap()).collect();
+        let names: Vec<&str> = found["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["nickname"].as_str().unwrap())
+            .collect();
         assert_eq!(names, ["Cruel_KFP", "kfp_fan"]);
         assert_eq!(found["data"][0]["id"], kfp.as_str());
         // `_` is a letter here, not a LIKE wildcard.
@@ -317,7 +390,13 @@ async fn operators_find_users_by_nickname() {
         assert_eq!(none["data"], json!([]));
         assert_error(search("limit=5").await.unwrap(), 400, "invalid_query").await;
         assert_error(search("nickname=kfp&limit=0").await.unwrap(), 400, "invalid_query").await;
-        let as_client = app.client.get(app.url("/api/users/search?nickname=kfp")).bearer_auth(CLIENT).send().await.unwrap();
+        let as_client = app
+            .client
+            .get(app.url("/api/users/search?nickname=kfp"))
+            .bearer_auth(CLIENT)
+            .send()
+            .await
+            .unwrap();
         assert_error(as_client, 403, "forbidden").await;
         app.stop().await;
     }

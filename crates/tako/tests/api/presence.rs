@@ -19,7 +19,12 @@ async fn spawn() -> TestApp {
 }
 
 async fn presence(app: &TestApp, topic: &str, token: &str) -> reqwest::Response {
-    app.client.get(app.url(&format!("/api/presence/{topic}"))).bearer_auth(token).send().await.unwrap()
+    app.client
+        .get(app.url(&format!("/api/presence/{topic}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
 }
 
 /// Folds presence_state and presence_diff frames as the npm client's Presence class does.
@@ -38,8 +43,12 @@ fn apply(state: &mut serde_json::Map<String, Value>, frame: &Value) {
             }
             for (key, left) in frame[4]["leaves"].as_object().unwrap() {
                 if let Some(entry) = state.get_mut(key) {
-                    let gone: Vec<&Value> = left["metas"].as_array().unwrap().iter().map(|m| &m["phx_ref"]).collect();
-                    entry["metas"].as_array_mut().unwrap().retain(|m| !gone.contains(&&m["phx_ref"]));
+                    let gone: Vec<&Value> =
+                        left["metas"].as_array().unwrap().iter().map(|m| &m["phx_ref"]).collect();
+                    entry["metas"]
+                        .as_array_mut()
+                        .unwrap()
+                        .retain(|m| !gone.contains(&&m["phx_ref"]));
                     if entry["metas"].as_array().unwrap().is_empty() {
                         state.remove(key);
                     }
@@ -51,7 +60,11 @@ fn apply(state: &mut serde_json::Map<String, Value>, frame: &Value) {
 }
 
 /// Reads frames into `state` until `done` holds.
-async fn until(ws: &mut WsClient, state: &mut serde_json::Map<String, Value>, done: impl Fn(&serde_json::Map<String, Value>) -> bool) {
+async fn until(
+    ws: &mut WsClient,
+    state: &mut serde_json::Map<String, Value>,
+    done: impl Fn(&serde_json::Map<String, Value>) -> bool,
+) {
     tokio::time::timeout(Duration::from_secs(5), async {
         while !done(state) {
             let frame = ws.next_frame().await.expect("socket open");
@@ -65,7 +78,13 @@ async fn until(ws: &mut WsClient, state: &mut serde_json::Map<String, Value>, do
 fn nicknames(state: &serde_json::Map<String, Value>) -> Vec<String> {
     let mut n: Vec<String> = state
         .values()
-        .flat_map(|e| e["metas"].as_array().unwrap().iter().map(|m| m["nickname"].as_str().unwrap_or("").to_owned()))
+        .flat_map(|e| {
+            e["metas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["nickname"].as_str().unwrap_or("").to_owned())
+        })
         .collect();
     n.sort();
     n
@@ -101,7 +120,10 @@ async fn joiners_are_listed_by_a_public_handle_and_nickname_changes_follow() {
     // The admin route lists the same, with counts; a second tab is a second meta of one user.
     let mut a2 = WsClient::connect(&app, &alice).await;
     a2.join("notifications").await;
-    until(&mut b, &mut seen_by_b, |s| s.values().map(|e| e["metas"].as_array().unwrap().len()).sum::<usize>() == 3).await;
+    until(&mut b, &mut seen_by_b, |s| {
+        s.values().map(|e| e["metas"].as_array().unwrap().len()).sum::<usize>() == 3
+    })
+    .await;
     let res = presence(&app, "notifications", ADMIN).await;
     assert_eq!(res.status(), 200);
     let list: Value = res.json().await.unwrap();
@@ -112,7 +134,12 @@ async fn joiners_are_listed_by_a_public_handle_and_nickname_changes_follow() {
     assert!(!list.to_string().contains(&alice));
 
     // A nickname change through the API: a leave of the old meta and a join of the new.
-    let res = app.patch_json(&format!("/api/json/accounts/users/{alice}"), &update_body(json!({"nickname": "Alicia"}))).await;
+    let res = app
+        .patch_json(
+            &format!("/api/json/accounts/users/{alice}"),
+            &update_body(json!({"nickname": "Alicia"})),
+        )
+        .await;
     assert_eq!(res.status(), 200);
     let diff = b.next_event("presence_diff").await;
     let (key, joined) = diff[4]["joins"].as_object().unwrap().iter().next().unwrap();
@@ -125,13 +152,21 @@ async fn joiners_are_listed_by_a_public_handle_and_nickname_changes_follow() {
     apply(&mut seen_by_b, &diff);
     assert_eq!(nicknames(&seen_by_b), vec!["Alicia", "Alicia", "Bob"]);
     // Stamps only: presence unchanged.
-    let res = app.patch_json(&format!("/api/json/accounts/users/{bob}"), &update_body(json!({"stamps_collected": 3}))).await;
+    let res = app
+        .patch_json(
+            &format!("/api/json/accounts/users/{bob}"),
+            &update_body(json!({"stamps_collected": 3})),
+        )
+        .await;
     assert_eq!(res.status(), 200);
     b.assert_no_event("presence_diff", 150).await;
 
     // Leaving: the tab's meta goes, the user stays while another tab is on.
     drop(a2);
-    until(&mut b, &mut seen_by_b, |s| s.values().map(|e| e["metas"].as_array().unwrap().len()).sum::<usize>() == 2).await;
+    until(&mut b, &mut seen_by_b, |s| {
+        s.values().map(|e| e["metas"].as_array().unwrap().len()).sum::<usize>() == 2
+    })
+    .await;
     drop(a);
     until(&mut b, &mut seen_by_b, |s| s.len() == 1).await;
     assert_eq!(nicknames(&seen_by_b), vec!["Bob"]);
@@ -148,7 +183,10 @@ async fn the_presence_route_is_for_operators_only() {
     assert_eq!(res.status(), 401);
     assert_error(presence(&app, "room:lobby", ADMIN).await, 404, "not_found").await;
     let empty: Value = presence(&app, "notifications:scans", ADMIN).await.json().await.unwrap();
-    assert_eq!(empty, json!({"topic": "notifications:scans", "users": 0, "connections": 0, "presences": {}}));
+    assert_eq!(
+        empty,
+        json!({"topic": "notifications:scans", "users": 0, "connections": 0, "presences": {}})
+    );
     app.stop().await;
 }
 
@@ -178,9 +216,14 @@ async fn longpoll_is_mounted_with_the_same_auth() {
     let url = app.url("/socket/longpoll");
     let get = |q: String| {
         let client = app.client.clone();
-        async move { client.request(Method::GET, q).send().await.unwrap().json::<Value>().await.unwrap() }
+        async move {
+            client.request(Method::GET, q).send().await.unwrap().json::<Value>().await.unwrap()
+        }
     };
-    assert_eq!(get(format!("{url}?vsn=2.0.0&userToken=00000000-0000-4000-8000-000000000000")).await, json!({"status": 403}));
+    assert_eq!(
+        get(format!("{url}?vsn=2.0.0&userToken=00000000-0000-4000-8000-000000000000")).await,
+        json!({"status": 403})
+    );
     let opened = get(format!("{url}?vsn=2.0.0&userToken={alice}")).await;
     assert_eq!(opened["status"], 410);
     let token = opened["token"].as_str().unwrap();
@@ -196,6 +239,9 @@ async fn longpoll_is_mounted_with_the_same_auth() {
     let polled = get(format!("{url}?vsn=2.0.0&userToken={alice}&token={token}")).await;
     assert_eq!(polled["status"], 200);
     let first: Value = serde_json::from_str(polled["messages"][0].as_str().unwrap()).unwrap();
-    assert_eq!(first, json!(["1", "1", "notifications", "phx_reply", {"status": "ok", "response": {}}]));
+    assert_eq!(
+        first,
+        json!(["1", "1", "notifications", "phx_reply", {"status": "ok", "response": {}}])
+    );
     app.stop().await;
 }

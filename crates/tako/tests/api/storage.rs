@@ -25,7 +25,9 @@ INSERT INTO users (id, nickname, stamps_collected, inserted_at, updated_at) VALU
 #[tokio::test]
 async fn an_original_tako_database_keeps_working() {
     let Some(admin) = postgres_admin_url() else {
-        eprintln!("note: TAKO_TEST_DATABASE_URL is not set; the original-schema test needs PostgreSQL");
+        eprintln!(
+            "note: TAKO_TEST_DATABASE_URL is not set; the original-schema test needs PostgreSQL"
+        );
         return;
     };
     let url = fresh_postgres_database(&admin).await;
@@ -41,38 +43,70 @@ async fn an_original_tako_database_keeps_working() {
             .unwrap();
         assert!(status.success());
     }
-    let app = TestApp::spawn_with(Backend::Postgres(admin.clone()), |c| c.database_url = Some(url.clone())).await;
+    let app = TestApp::spawn_with(Backend::Postgres(admin.clone()), |c| {
+        c.database_url = Some(url.clone())
+    })
+    .await;
 
-    let kfp: Value = app.get("/api/json/accounts/users/681adb8b-be3d-4fca-8858-2827609d9b22").await.json().await.unwrap();
+    let kfp: Value = app
+        .get("/api/json/accounts/users/681adb8b-be3d-4fca-8858-2827609d9b22")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(kfp["data"]["attributes"]["nickname"], "Cruel_KFP");
     assert_eq!(kfp["data"]["attributes"]["stamps_collected"], 7);
     assert_eq!(kfp["data"]["attributes"]["inserted_at"], "2023-06-12T10:00:00.123456Z");
     assert_eq!(kfp["data"]["attributes"]["updated_at"], "2023-06-12T11:00:00.654321Z");
-    let null_stamps: Value = app.get("/api/json/accounts/users/22222222-3333-4444-8555-666666666666").await.json().await.unwrap();
+    let null_stamps: Value = app
+        .get("/api/json/accounts/users/22222222-3333-4444-8555-666666666666")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(null_stamps["data"]["attributes"]["stamps_collected"], 0);
 
     let updated = app.set_stamps("681adb8b-be3d-4fca-8858-2827609d9b22", 8).await;
     assert_eq!(updated["data"]["attributes"]["nickname"], "Cruel_KFP");
-    let response = app.patch_json("/api/json/accounts/users/11111111-2222-4333-8444-555555555555", &update_body(json!({"nickname": "Newcomer"}))).await;
+    let response = app
+        .patch_json(
+            "/api/json/accounts/users/11111111-2222-4333-8444-555555555555",
+            &update_body(json!({"nickname": "Newcomer"})),
+        )
+        .await;
     assert_eq!(response.status(), 200);
     let new_id = app.register_id(Some("FreshUser")).await;
 
     let board: Value = app.get("/api/json/leaderboard").await.json().await.unwrap();
-    let names: Vec<&str> = board["data"].as_array().unwrap().iter().map(|e| e["nickname"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        board["data"].as_array().unwrap().iter().map(|e| e["nickname"].as_str().unwrap()).collect();
     assert_eq!(names[0], "Cruel_KFP");
-    assert!(names.contains(&"Newcomer") && names.contains(&"FreshUser") && names.contains(&"Nullstamps"));
+    assert!(
+        names.contains(&"Newcomer")
+            && names.contains(&"FreshUser")
+            && names.contains(&"Nullstamps")
+    );
 
     // Nothing dropped: Ecto's bookkeeping and every row are still there, and the rows the
     // original's code would write (no new columns named) still insert.
-    let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM schema_migrations").fetch_one(&mut conn).await.unwrap();
+    let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM schema_migrations")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(versions, 2);
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&mut conn).await.unwrap();
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&mut conn).await.unwrap();
     assert_eq!(rows, 4);
     sqlx::query("INSERT INTO users (id, nickname) VALUES ('33333333-4444-4555-8666-777777777777', 'ViaOriginal')")
         .execute(&mut conn)
         .await
         .unwrap();
-    let via_original: Value = app.get("/api/json/accounts/users/33333333-4444-4555-8666-777777777777").await.json().await.unwrap();
+    let via_original: Value = app
+        .get("/api/json/accounts/users/33333333-4444-4555-8666-777777777777")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(via_original["data"]["attributes"]["nickname"], "ViaOriginal");
     let _ = new_id;
 }
@@ -115,13 +149,15 @@ async fn data_survives_a_restart() {
             Backend::Sqlite => format!("sqlite://{}", dir.path().join("kept.db").display()),
             Backend::Postgres(admin) => fresh_postgres_database(admin).await,
         };
-        let app = TestApp::spawn_with(backend.clone(), |c| c.database_url = Some(url.clone())).await;
+        let app =
+            TestApp::spawn_with(backend.clone(), |c| c.database_url = Some(url.clone())).await;
         let id = app.register_id(Some("Persistent")).await;
         app.set_stamps(&id, 4).await;
         app.stop().await;
 
         let again = TestApp::spawn_with(backend, |c| c.database_url = Some(url)).await;
-        let user: Value = again.get(&format!("/api/json/accounts/users/{id}")).await.json().await.unwrap();
+        let user: Value =
+            again.get(&format!("/api/json/accounts/users/{id}")).await.json().await.unwrap();
         assert_eq!(user["data"]["attributes"]["nickname"], "Persistent");
         assert_eq!(user["data"]["attributes"]["stamps_collected"], 4);
     }

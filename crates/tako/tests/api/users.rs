@@ -20,8 +20,15 @@ async fn registering_answers_201_with_the_document_the_client_reads() {
             assert_eq!(body["data"]["attributes"]["nickname"], Value::Null);
             assert_eq!(body["data"]["attributes"]["stamps_collected"], 0);
             let inserted = body["data"]["attributes"]["inserted_at"].as_str().unwrap();
-            assert!(chrono::DateTime::parse_from_rfc3339(inserted).is_ok() && inserted.ends_with('Z'), "{inserted}");
-            assert_eq!(inserted.len(), "2024-06-01T10:20:30.123456Z".len(), "microseconds: {inserted}");
+            assert!(
+                chrono::DateTime::parse_from_rfc3339(inserted).is_ok() && inserted.ends_with('Z'),
+                "{inserted}"
+            );
+            assert_eq!(
+                inserted.len(),
+                "2024-06-01T10:20:30.123456Z".len(),
+                "microseconds: {inserted}"
+            );
             assert_eq!(body["data"]["attributes"]["updated_at"], inserted);
             assert_eq!(body["data"]["relationships"], json!({}));
             assert_eq!(body["data"]["links"]["self"], location);
@@ -40,12 +47,16 @@ async fn registering_with_attributes_validates_and_trims_them() {
         let blank = app.register(Some("   ")).await;
         assert_eq!(blank["data"]["attributes"]["nickname"], Value::Null);
 
-        let response = app.post_json("/api/json/accounts/users", &update_body(json!({"stamps_collected": 3}))).await;
+        let response = app
+            .post_json("/api/json/accounts/users", &update_body(json!({"stamps_collected": 3})))
+            .await;
         assert_eq!(response.status(), 201);
         let created: Value = response.json().await.unwrap();
         assert_eq!(created["data"]["attributes"]["stamps_collected"], 3);
 
-        let response = app.post_json("/api/json/accounts/users", &update_body(json!({"nickname": "fuck"}))).await;
+        let response = app
+            .post_json("/api/json/accounts/users", &update_body(json!({"nickname": "fuck"})))
+            .await;
         let error = assert_error(response, 400, "invalid_attribute").await;
         assert_eq!(error["source"]["pointer"], "/data/attributes/nickname");
         assert_eq!(error["detail"], "Nickname contains profanity");
@@ -57,9 +68,12 @@ async fn the_server_generates_ids_and_refuses_a_clients() {
     for backend in backends() {
         let app = TestApp::spawn(backend).await;
         let body = r#"{"data":{"type":"user","id":"681adb8b-be3d-4fca-8858-2827609d9b22","attributes":{}}}"#;
-        let error = assert_error(app.post_json("/api/json/accounts/users", body).await, 403, "forbidden").await;
+        let error =
+            assert_error(app.post_json("/api/json/accounts/users", body).await, 403, "forbidden")
+                .await;
         assert_eq!(error["source"]["pointer"], "/data/id");
-        let missing = app.get("/api/json/accounts/users/681adb8b-be3d-4fca-8858-2827609d9b22").await;
+        let missing =
+            app.get("/api/json/accounts/users/681adb8b-be3d-4fca-8858-2827609d9b22").await;
         assert_error(missing, 404, "not_found").await;
     }
 }
@@ -93,7 +107,9 @@ async fn updating_nickname_and_stamps() {
         let id = created["data"]["id"].as_str().unwrap();
         let path = format!("/api/json/accounts/users/{id}");
 
-        let response = app.patch_json(&path, r#"{"data":{"type":"user","attributes":{"nickname":"Cruel_KFP"}}}"#).await;
+        let response = app
+            .patch_json(&path, r#"{"data":{"type":"user","attributes":{"nickname":"Cruel_KFP"}}}"#)
+            .await;
         assert_eq!(response.status(), 200);
         let after_nick: Value = response.json().await.unwrap();
         assert_eq!(after_nick["data"]["attributes"]["nickname"], "Cruel_KFP");
@@ -102,19 +118,34 @@ async fn updating_nickname_and_stamps() {
         let after_stamps = app.set_stamps(id, 7).await;
         assert_eq!(after_stamps["data"]["attributes"]["stamps_collected"], 7);
         assert_eq!(after_stamps["data"]["attributes"]["nickname"], "Cruel_KFP", "other field kept");
-        assert_eq!(after_stamps["data"]["attributes"]["inserted_at"], created["data"]["attributes"]["inserted_at"]);
-        let updated = |doc: &Value| doc["data"]["attributes"]["updated_at"].as_str().unwrap().to_owned();
+        assert_eq!(
+            after_stamps["data"]["attributes"]["inserted_at"],
+            created["data"]["attributes"]["inserted_at"]
+        );
+        let updated =
+            |doc: &Value| doc["data"]["attributes"]["updated_at"].as_str().unwrap().to_owned();
         assert!(updated(&after_nick) > updated(&created), "updated_at moves");
         assert!(updated(&after_stamps) > updated(&after_nick), "updated_at moves");
 
         // The id may be repeated in the body when it is the path's.
-        let body = json!({"data": {"type": "user", "id": id, "attributes": {"nickname": ""}}}).to_string();
+        let body =
+            json!({"data": {"type": "user", "id": id, "attributes": {"nickname": ""}}}).to_string();
         let cleared: Value = app.patch_json(&path, &body).await.json().await.unwrap();
         assert_eq!(cleared["data"]["attributes"]["nickname"], Value::Null, "blank clears");
 
-        let unknown = app.patch_json(&format!("/api/json/accounts/users/{}", uuid::Uuid::new_v4()), &update_body(json!({"stamps_collected": 1}))).await;
+        let unknown = app
+            .patch_json(
+                &format!("/api/json/accounts/users/{}", uuid::Uuid::new_v4()),
+                &update_body(json!({"stamps_collected": 1})),
+            )
+            .await;
         assert_error(unknown, 404, "not_found").await;
-        let malformed = app.patch_json("/api/json/accounts/users/xyz", &update_body(json!({"stamps_collected": 1}))).await;
+        let malformed = app
+            .patch_json(
+                "/api/json/accounts/users/xyz",
+                &update_body(json!({"stamps_collected": 1})),
+            )
+            .await;
         assert_error(malformed, 404, "not_found").await;
     }
 }
@@ -142,7 +173,11 @@ async fn invalid_attributes_get_400_pointing_at_them() {
         for (attributes, field) in cases {
             let response = app.patch_json(&path, &update_body(attributes.clone())).await;
             let error = assert_error(response, 400, "invalid_attribute").await;
-            assert_eq!(error["source"]["pointer"], format!("/data/attributes/{field}"), "{attributes}");
+            assert_eq!(
+                error["source"]["pointer"],
+                format!("/data/attributes/{field}"),
+                "{attributes}"
+            );
         }
         // Nothing was changed by the refused updates.
         let user: Value = app.get(&path).await.json().await.unwrap();
@@ -150,7 +185,9 @@ async fn invalid_attributes_get_400_pointing_at_them() {
         assert_eq!(user["data"]["attributes"]["stamps_collected"], 0);
 
         // Two bad attributes: both reported.
-        let response = app.patch_json(&path, &update_body(json!({"nickname": "a", "stamps_collected": -5}))).await;
+        let response = app
+            .patch_json(&path, &update_body(json!({"nickname": "a", "stamps_collected": -5})))
+            .await;
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["errors"].as_array().unwrap().len(), 2, "{body}");
     }
@@ -163,7 +200,8 @@ async fn type_and_id_mismatches_are_conflicts() {
         let id = app.register_id(None).await;
         let path = format!("/api/json/accounts/users/{id}");
         let wrong_type = r#"{"data":{"type":"users","attributes":{}}}"#;
-        assert_error(app.post_json("/api/json/accounts/users", wrong_type).await, 409, "conflict").await;
+        assert_error(app.post_json("/api/json/accounts/users", wrong_type).await, 409, "conflict")
+            .await;
         assert_error(app.patch_json(&path, wrong_type).await, 409, "conflict").await;
         let other = json!({"data": {"type": "user", "id": uuid::Uuid::new_v4().to_string(), "attributes": {}}}).to_string();
         let error = assert_error(app.patch_json(&path, &other).await, 409, "conflict").await;
@@ -187,7 +225,8 @@ async fn concurrent_updates_of_different_fields_are_all_kept() {
             let nick = update_body(json!({"nickname": format!("Player{i:03}")}));
             let stamps = update_body(json!({"stamps_collected": i + 1}));
             for body in [nick, stamps] {
-                let request = app.request(Method::PATCH, &path).header("content-type", JSONAPI).body(body);
+                let request =
+                    app.request(Method::PATCH, &path).header("content-type", JSONAPI).body(body);
                 tasks.push(tokio::spawn(async move { request.send().await.unwrap().status() }));
             }
         }
@@ -195,7 +234,8 @@ async fn concurrent_updates_of_different_fields_are_all_kept() {
             assert_eq!(task.await.unwrap(), 200);
         }
         for (i, id) in ids.iter().enumerate() {
-            let user: Value = app.get(&format!("/api/json/accounts/users/{id}")).await.json().await.unwrap();
+            let user: Value =
+                app.get(&format!("/api/json/accounts/users/{id}")).await.json().await.unwrap();
             assert_eq!(user["data"]["attributes"]["nickname"], format!("Player{i:03}"));
             assert_eq!(user["data"]["attributes"]["stamps_collected"], i + 1);
         }
@@ -220,8 +260,18 @@ async fn listing_is_for_admins_and_pages() {
         assert_error(anonymous, 401, "unauthorized").await;
 
         let admin = |path: &str| app.client.get(app.url(path)).bearer_auth("admin-token").send();
-        let page: Value = admin("/api/json/accounts/users?page[limit]=2&page[offset]=1").await.unwrap().json().await.unwrap();
-        let nicks: Vec<&str> = page["data"].as_array().unwrap().iter().map(|u| u["attributes"]["nickname"].as_str().unwrap()).collect();
+        let page: Value = admin("/api/json/accounts/users?page[limit]=2&page[offset]=1")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let nicks: Vec<&str> = page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["attributes"]["nickname"].as_str().unwrap())
+            .collect();
         assert_eq!(nicks, ["Lister1", "Lister2"]);
         assert_eq!(page["meta"]["page"]["total"], 5);
         assert!(page["links"]["next"].as_str().unwrap().contains("offset%5D=3"));
