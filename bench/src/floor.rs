@@ -47,9 +47,12 @@ impl<T> Inbox<T> {
     }
 }
 
+/// A socket joined under a user id: (socket id, its inbox).
+type Member<T> = (u64, Arc<Inbox<T>>);
+
 struct Registry<T> {
     all: Mutex<HashMap<u64, Arc<Inbox<T>>>>,
-    by_uid: Mutex<HashMap<String, Vec<(u64, Arc<Inbox<T>>)>>>,
+    by_uid: Mutex<HashMap<String, Vec<Member<T>>>>,
 }
 
 impl<T: Clone + for<'a> From<&'a str>> Registry<T> {
@@ -136,6 +139,8 @@ async fn raw_connection(stream: TcpStream, id: u64, registry: Arc<Registry<Utf8B
     }
     let mut uid = String::new();
     let config = WebSocketConfig::default().read_buffer_size(1024).write_buffer_size(0);
+    // tungstenite's callback type fixes the large error (an HTTP response); not ours to box.
+    #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| {
         uid = uid_from_query(req.uri().query());
         Ok(resp)

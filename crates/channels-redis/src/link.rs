@@ -153,7 +153,7 @@ impl Link {
         loop {
             tokio::select! {
                 command = rx.recv() => {
-                    let Some(command) = command else { return None };
+                    let command = command?;
                     let mut batch = vec![command];
                     while batch.len() < PIPELINE {
                         match rx.try_recv() {

@@ -172,11 +172,14 @@ impl CachedState {
 /// A key's metas, or a connection's presences: usually one, held inline.
 type One<T> = SmallVec<[T; 1]>;
 
+/// One of a connection's presences: (key, phx_ref).
+type KeyRef = (Arc<str>, Arc<str>);
+
 #[derive(Default)]
 struct TopicPresence {
     keys: HashMap<Arc<str>, One<Entry>>,
-    /// This node's entries by connection: (key, phx_ref).
-    by_conn: HashMap<u64, One<(Arc<str>, Arc<str>)>>,
+    /// This node's entries by connection.
+    by_conn: HashMap<u64, One<KeyRef>>,
     /// Changes since the last flush, by phx_ref.
     pending_joins: HashMap<Arc<str>, Entry>,
     pending_leaves: HashMap<Arc<str>, Entry>,

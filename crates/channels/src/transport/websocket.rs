@@ -186,6 +186,7 @@ fn read_subprotocols(headers: &HeaderMap) -> (Option<String>, bool) {
 /// The socket's task. An idle socket's memory is mostly this future, so what is only needed at
 /// the end (closing) is boxed then rather than laid out in it, and the arguments are captured by
 /// an `async move` block (an `async fn` would keep a second copy of each).
+#[allow(clippy::manual_async_fn, reason = "an async fn would copy its arguments into the future")]
 fn run<H: SocketHandler>(
     on_upgrade: hyper::upgrade::OnUpgrade,
     endpoint: Arc<Endpoint<H>>,

@@ -2,7 +2,6 @@
 
 use axum::extract::Request;
 use axum::http::header;
-use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
@@ -58,13 +57,13 @@ fn bearer(request: &Request) -> Option<&str> {
 
 /// Every `/api` route: 401 without a valid token, else the caller's `Role` is put in the
 /// request's extensions for handlers that need more.
-pub fn authorize(tokens: &Tokens, request: &mut Request) -> Result<(), Response> {
+pub fn authorize(tokens: &Tokens, request: &mut Request) -> Result<(), ApiError> {
     match tokens.role_for(bearer(request)) {
         Some(role) => {
             request.extensions_mut().insert(role);
             Ok(())
         }
-        None => Err(ApiError::unauthorized().into_response()),
+        None => Err(ApiError::unauthorized()),
     }
 }
 

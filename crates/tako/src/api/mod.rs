@@ -86,7 +86,7 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
 /// content negotiation (406, 415). One route layer for both, for the reason given above.
 async fn guard(State(tokens): State<Arc<Tokens>>, mut request: Request, next: Next) -> Response {
     if let Err(refused) = auth::authorize(&tokens, &mut request) {
-        return refused;
+        return refused.into_response();
     }
     if let Some(refused) = jsonapi::refusal(&request) {
         return refused;

@@ -113,10 +113,10 @@ async fn messages_wait_for_offline_users_and_arrive_in_order_on_join() {
 
         let mut ws = WsClient::connect(&app, &carol).await;
         ws.join("notifications:scans").await;
-        for i in 0..3 {
+        for (i, id) in ids.iter().enumerate() {
             let frame = ws.next_event("msg").await;
             assert_eq!(frame[4]["message"], format!("m{i}"));
-            assert_eq!(frame[4]["id"], ids[i]);
+            assert_eq!(&frame[4]["id"], id);
         }
         // Once: a second tab joining later gets nothing more.
         let mut second = WsClient::connect(&app, &carol).await;
