@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 
 use crate::accounts::{Nickname, UserId};
 use crate::config::{Config, Switch};
-use crate::messages::{Message, MessageId};
+use crate::messages::{IdempotencyKey, Message, MessageId};
 use crate::storage::{Store, StoreError};
 pub use directory::UserDirectory;
 pub use mailbox::Mailbox;
@@ -86,8 +86,14 @@ impl Realtime {
             None => Endpoint::new(handler, endpoint_config),
         };
         signals::listen(&endpoint.hub(), mailbox.clone(), directory.clone());
+        mailbox.start(endpoint.hub());
         if let Some(bus) = &cluster {
             bus.start(endpoint.hub());
+            tokio::spawn(resync_after_outages(
+                Arc::downgrade(bus),
+                Arc::downgrade(&mailbox),
+                endpoint.hub(),
+            ));
         }
         Realtime { endpoint, directory, mailbox, cluster }
     }
@@ -111,16 +117,19 @@ impl Realtime {
         self.endpoint.is_shutting_down()
     }
 
-    /// Stores a message for `user` and pushes `msg` `{"user_id","message",…extra,"id",
-    /// "inserted_at"}` to their joined notifications topics if they are online; otherwise it
-    /// waits for their next join. Returns the message and whether it was delivered now.
+    /// Stores a message for `user` (once per idempotency key) and pushes `msg`
+    /// `{"user_id","message",…extra,"id","inserted_at"}` to their joined notifications topics
+    /// if they are online; otherwise it waits for their next join. Returns the message (its
+    /// `delivered_at` set if a socket wrote it already) and whether this call stored it (false:
+    /// the key's earlier message). An error means nothing was stored.
     pub async fn send_message(
         &self,
         user: UserId,
         text: String,
         extra: Map<String, Value>,
+        key: Option<&IdempotencyKey>,
     ) -> Result<(Message, bool), StoreError> {
-        self.mailbox.send(&self.hub(), user, text, extra).await
+        self.mailbox.send(&self.hub(), user, text, extra, key).await
     }
 
     /// A stored message and its delivery state.
@@ -175,6 +184,40 @@ impl Realtime {
             bus.leave();
         }
         self.endpoint.shutdown().await;
+    }
+}
+
+/// While the bus is away, a send on another node cannot tell this one; when it is back, this
+/// node looks for messages waiting for the users it holds. Ends with the bus or the mailbox.
+async fn resync_after_outages(
+    bus: std::sync::Weak<RedisBus>,
+    mailbox: std::sync::Weak<Mailbox>,
+    hub: Hub,
+) {
+    let mut was_connected = true;
+    let mut pending = false;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (Some(bus), Some(mailbox)) = (bus.upgrade(), mailbox.upgrade()) else { return };
+        let connected = bus.status().connected;
+        if connected && !was_connected {
+            pending = true;
+        }
+        was_connected = connected;
+        if pending && connected {
+            match mailbox.resync(&hub).await {
+                Ok(users) => {
+                    pending = false;
+                    tracing::info!(
+                        users,
+                        "bus back: waiting messages of this node's users looked up"
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "looking up waiting messages after the bus came back failed; retrying")
+                }
+            }
+        }
     }
 }
 
