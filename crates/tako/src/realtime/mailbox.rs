@@ -24,13 +24,12 @@
 //! node looks for waiting messages of the users it holds.)
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
+use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
-use channels::{BusMessage, ChannelContext, Hub, Payload};
+use channels::{ChannelContext, Delivery, Hub, Payload};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -60,18 +59,19 @@ const RETRY_BASE: Duration = Duration::from_millis(50);
 const SEND_WAIT: Duration = Duration::from_secs(2);
 
 /// Resolves to whether at least one socket on this node wrote the frame.
-type Confirmation = Pin<Box<dyn Future<Output = bool> + Send>>;
+type Confirmation = <Delivery as IntoFuture>::IntoFuture;
 
 /// Pushes `msg` to `user`'s notifications sockets on this node only (each node pushes to its
-/// own sockets, so a message is pushed by the one node whose attempt claimed it).
+/// own sockets, so a message is pushed by the one node whose attempt claimed it), confirmed
+/// once a socket wrote it to the kernel (or a LongPoll response carried it).
 fn push(hub: &Hub, user: UserId, payload: Value) -> Confirmation {
-    let pushed = hub.deliver(BusMessage::User {
-        user: user.to_string(),
-        topics: notifications_topics(),
-        event: "msg".to_owned(),
-        payload: Payload::Json(payload),
-    });
-    Box::pin(std::future::ready(pushed > 0))
+    hub.send_to_user_confirmed(
+        &user.to_string(),
+        notifications_topics(),
+        "msg",
+        Payload::Json(payload),
+    )
+    .into_future()
 }
 
 /// Someone waiting to learn whether a message was delivered.
