@@ -92,11 +92,6 @@ struct Queue {
     retries: HashMap<UserId, u32>,
 }
 
-/// One attempt's outcome, for the settling task.
-struct Attempt {
-    users: Vec<AttemptUser>,
-}
-
 struct AttemptUser {
     user: UserId,
     waiters: Vec<Waiter>,
@@ -121,10 +116,19 @@ pub struct Mailbox {
     queue: std::sync::Mutex<Queue>,
     wake: Arc<Notify>,
     hub: OnceLock<Hub>,
+    /// Bytes of one user's messages pushed but not yet written, at most.
+    window: usize,
 }
 
 impl Mailbox {
-    pub fn spawn(store: Arc<dyn Store>, ttl: Duration, clustered: bool) -> Arc<Mailbox> {
+    /// `max_queued_bytes`: a socket's outbound budget; a quarter of it is the window of one
+    /// user's messages pushed but not yet written.
+    pub fn spawn(
+        store: Arc<dyn Store>,
+        ttl: Duration,
+        clustered: bool,
+        max_queued_bytes: usize,
+    ) -> Arc<Mailbox> {
         let mailbox = Arc::new(Mailbox {
             store,
             ttl,
@@ -135,6 +139,7 @@ impl Mailbox {
             queue: std::sync::Mutex::new(Queue::default()),
             wake: Arc::new(Notify::new()),
             hub: OnceLock::new(),
+            window: (max_queued_bytes / 4).max(1),
         });
         tokio::spawn(purge_expired(Arc::downgrade(&mailbox), purge_interval(ttl)));
         // In a cluster another node's send reaches this set only through Redis, which may be
@@ -333,7 +338,7 @@ impl Mailbox {
 async fn deliver(
     mailbox: Weak<Mailbox>,
     wake: Arc<Notify>,
-    settled: mpsc::UnboundedSender<Attempt>,
+    settled: mpsc::UnboundedSender<AttemptUser>,
 ) {
     loop {
         // A request while this task is busy leaves a permit: nothing is missed. The timeout
@@ -358,7 +363,7 @@ async fn attempt(
     mailbox: &Arc<Mailbox>,
     hub: &Hub,
     batch: Vec<(UserId, Vec<Waiter>)>,
-    settled: &mpsc::UnboundedSender<Attempt>,
+    settled: &mpsc::UnboundedSender<AttemptUser>,
 ) {
     // Users that left this node meanwhile get their messages at their next join.
     let (here, gone): (Vec<_>, Vec<_>) =
@@ -404,52 +409,82 @@ async fn attempt(
             return;
         }
     };
+    tracing::debug!(users = users.len(), messages = claimed.len(), "messages claimed");
     let mut by_user: HashMap<UserId, Vec<Message>> = HashMap::new();
     for message in claimed {
         by_user.entry(message.user_id).or_default().push(message);
     }
-    // Pushed now, in order; confirmed as the sockets write.
-    let mut confirmations = Vec::new();
-    let mut users = Vec::with_capacity(here.len());
+    // Each user's in its own task: a client that does not read holds up only itself.
     for ((user, waiters), generation) in here.into_iter().zip(generations) {
         let messages = by_user.remove(&user).unwrap_or_default();
-        let mut ids = Vec::with_capacity(messages.len());
-        for message in &messages {
-            confirmations.push(push(hub, user, message.payload()));
-            ids.push(message.id);
-        }
-        users.push((AttemptUser { user, waiters, generation, results: Vec::new() }, ids));
+        let attempt = AttemptUser { user, waiters, generation, results: Vec::new() };
+        let (hub, settled, window) = (hub.clone(), settled.clone(), mailbox.window);
+        tokio::spawn(async move {
+            let attempt = push_in_window(&hub, attempt, messages, window).await;
+            let _ = settled.send(attempt);
+        });
     }
-    let settled = settled.clone();
-    tokio::spawn(async move {
-        let mut confirmations = confirmations.into_iter();
-        let mut attempt = Attempt { users: Vec::with_capacity(users.len()) };
-        for (mut user, ids) in users {
-            for id in ids {
-                let confirmation = confirmations.next().expect("one confirmation per message");
-                let written =
-                    tokio::time::timeout(CONFIRM_TIMEOUT, confirmation).await.unwrap_or(false);
-                user.results.push((id, written));
+}
+
+/// Pushes `messages` to the user in order, with at most `window` bytes pushed but not yet
+/// confirmed (so a burst of waiting messages never overflows the socket's outbound budget);
+/// after a push no socket wrote, the rest are not pushed (they wait again, still in order).
+async fn push_in_window(
+    hub: &Hub,
+    mut attempt: AttemptUser,
+    messages: Vec<Message>,
+    window: usize,
+) -> AttemptUser {
+    let mut in_flight: VecDeque<(MessageId, usize, Confirmation)> = VecDeque::new();
+    let mut bytes = 0;
+    let mut refused = false;
+    let settle_oldest = |in_flight: &mut VecDeque<(MessageId, usize, Confirmation)>,
+                         bytes: &mut usize| {
+        let (id, size, confirmation) = in_flight.pop_front()?;
+        *bytes -= size;
+        Some(async move {
+            let written =
+                tokio::time::timeout(CONFIRM_TIMEOUT, confirmation).await.unwrap_or(false);
+            (id, written)
+        })
+    };
+    for message in messages {
+        let payload = message.payload();
+        // The frame is a little more than its payload: topic, event and refs.
+        let size = payload.to_string().len() + 64;
+        while !refused && !in_flight.is_empty() && bytes + size > window {
+            if let Some(oldest) = settle_oldest(&mut in_flight, &mut bytes) {
+                let (id, written) = oldest.await;
+                refused |= !written;
+                attempt.results.push((id, written));
             }
-            attempt.users.push(user);
         }
-        let _ = settled.send(attempt);
-    });
+        if refused {
+            attempt.results.push((message.id, false));
+            continue;
+        }
+        in_flight.push_back((message.id, size, push(hub, attempt.user, payload)));
+        bytes += size;
+    }
+    while let Some(oldest) = settle_oldest(&mut in_flight, &mut bytes) {
+        attempt.results.push(oldest.await);
+    }
+    attempt
 }
 
 /// The settling task: marks what sockets wrote delivered and releases the rest, several
-/// attempts per write, retrying the write until it works. Ends with the mailbox.
-async fn settle(mailbox: Weak<Mailbox>, mut attempts: mpsc::UnboundedReceiver<Attempt>) {
+/// users' attempts per write, retrying the write until it works. Ends with the mailbox.
+async fn settle(mailbox: Weak<Mailbox>, mut attempts: mpsc::UnboundedReceiver<AttemptUser>) {
     while let Some(first) = attempts.recv().await {
         let mut batch = vec![first];
-        while batch.len() < 64 {
+        while batch.len() < USERS_PER_ATTEMPT {
             match attempts.try_recv() {
                 Ok(attempt) => batch.push(attempt),
                 Err(_) => break,
             }
         }
         let Some(mailbox) = mailbox.upgrade() else { return };
-        let users: Vec<AttemptUser> = batch.into_iter().flat_map(|a| a.users).collect();
+        let users = batch;
         let (mut delivered, mut released) = (Vec::new(), Vec::new());
         for user in &users {
             for (id, written) in &user.results {
@@ -460,6 +495,12 @@ async fn settle(mailbox: Weak<Mailbox>, mut attempts: mpsc::UnboundedReceiver<At
                 }
             }
         }
+        tracing::debug!(
+            users = users.len(),
+            delivered = delivered.len(),
+            released = released.len(),
+            "settling delivery attempts"
+        );
         let mut wait = Duration::from_millis(50);
         let at = Timestamp::now();
         while !delivered.is_empty() || !released.is_empty() {

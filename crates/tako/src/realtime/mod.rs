@@ -56,7 +56,8 @@ impl Realtime {
             bus.node_timeout = Duration::from_secs(config.node_timeout_secs.max(1));
             RedisBus::new(bus)
         });
-        let mailbox = Mailbox::spawn(store, config.message_ttl, cluster.is_some());
+        let mailbox =
+            Mailbox::spawn(store, config.message_ttl, cluster.is_some(), config.max_queued_bytes);
         let handler = TakoSockets::new(directory.clone(), mailbox.clone(), tracker);
         let endpoint_config = EndpointConfig {
             heartbeat_timeout: config.heartbeat_timeout(),
