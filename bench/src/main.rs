@@ -11,6 +11,8 @@
 //! - `online [--sizes 1000,50000] [--rounds 3] [--together] [--nodes 3] [--recipients 300] [--targeted 500]`: scenario 3
 //!   (targeted latency) with up to 50k online, on a Tako cluster with the idle sockets held by
 //!   `ballast` children (see online.rs)
+//! - `soak [--secs 180] [--db sqlite|postgres] [--scale 1] …`: issue 18's event-day soak on one
+//!   Tako, reporting RSS drift, fds, probe latency and delivery exactness (see soak.rs)
 //! - `ballast --targets HOST:PORT,… --count K --first-index I`: holds K idle joined sockets,
 //!   prints `ready <joined> <errors>`, answers `status` on stdin, exits when stdin closes
 //! - `floor --port P`: the raw tokio-tungstenite floor server
@@ -27,6 +29,7 @@ mod httpfloor;
 mod online;
 mod proto;
 mod runner;
+mod soak;
 mod stats;
 
 use std::path::{Path, PathBuf};
@@ -357,6 +360,7 @@ async fn main() -> anyhow::Result<()> {
         "http" => all(&args, false, true, false).await,
         "cluster" => all(&args, false, false, true).await,
         "online" => online_cmd(&args).await,
+        "soak" => soak::command(&args.rest).await,
         "ballast" => {
             let targets = online::parse_targets(&args.value("--targets").context("--targets")?)?;
             let count = args.value("--count").context("--count")?.parse()?;
@@ -378,6 +382,6 @@ async fn main() -> anyhow::Result<()> {
             let url = args.value("--database-url").context("--database-url")?;
             httpfloor::serve(port, &url).await
         }
-        other => bail!("unknown command {other}; try all, ws, http, cluster, online, ballast, floor, axum-floor, http-floor"),
+        other => bail!("unknown command {other}; try all, ws, http, cluster, online, soak, ballast, floor, axum-floor, http-floor"),
     }
 }
