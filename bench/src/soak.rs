@@ -269,11 +269,11 @@ async fn soak(paths: &Paths, plan: &Plan, database_url: &str) -> anyhow::Result<
                     };
                     let life = mean_life * (0.5 + (session as f64 * 0.754_877 + i as f64).fract());
                     let end = (Instant::now() + Duration::from_secs_f64(life)).min(until);
-                    if (i as u64 + session) % 8 == 0 {
+                    if (i as u64 + session).is_multiple_of(8) {
                         tokio::time::sleep(Duration::from_secs(3).min(end - Instant::now())).await;
                     }
                     read(&mut ws, i, &tally, Some(end), false).await;
-                    if (i as u64 + session) % 2 == 0 {
+                    if (i as u64 + session).is_multiple_of(2) {
                         lock(&tally).abrupt.insert(i);
                         drop(ws);
                     } else {
