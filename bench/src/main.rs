@@ -13,6 +13,8 @@
 //!   `ballast` children (see online.rs)
 //! - `soak [--secs 180] [--db sqlite|postgres] [--scale 1] …`: issue 18's event-day soak on one
 //!   Tako, reporting RSS drift, fds, probe latency and delivery exactness (see soak.rs)
+//! - `sqlite-writes [--secs 5] [--writers 32]`: three ways of taking concurrent SQLite writes
+//!   (see sqlitewrites.rs)
 //! - `ballast --targets HOST:PORT,… --count K --first-index I`: holds K idle joined sockets,
 //!   prints `ready <joined> <errors>`, answers `status` on stdin, exits when stdin closes
 //! - `floor --port P`: the raw tokio-tungstenite floor server
@@ -30,6 +32,7 @@ mod online;
 mod proto;
 mod runner;
 mod soak;
+mod sqlitewrites;
 mod stats;
 
 use std::path::{Path, PathBuf};
@@ -361,6 +364,7 @@ async fn main() -> anyhow::Result<()> {
         "cluster" => all(&args, false, false, true).await,
         "online" => online_cmd(&args).await,
         "soak" => soak::command(&args.rest).await,
+        "sqlite-writes" => sqlitewrites::command(&args.rest).await,
         "ballast" => {
             let targets = online::parse_targets(&args.value("--targets").context("--targets")?)?;
             let count = args.value("--count").context("--count")?.parse()?;
@@ -382,6 +386,6 @@ async fn main() -> anyhow::Result<()> {
             let url = args.value("--database-url").context("--database-url")?;
             httpfloor::serve(port, &url).await
         }
-        other => bail!("unknown command {other}; try all, ws, http, cluster, online, soak, ballast, floor, axum-floor, http-floor"),
+        other => bail!("unknown command {other}; try all, ws, http, cluster, online, soak, sqlite-writes, ballast, floor, axum-floor, http-floor"),
     }
 }
