@@ -230,6 +230,9 @@ impl Config {
         check("TAKO_PRESENCE_INTERVAL_MS", self.presence_interval_ms, 0..=60_000, "milliseconds");
         check("TAKO_MAX_FRAME_BYTES", self.max_frame_bytes as u64, MIN_FRAME..=MAX_FRAME, "bytes");
         check("TAKO_MAX_CHANNELS", self.max_channels as u64, 1..=100_000, "channels");
+        check("TAKO_HEADER_TIMEOUT", self.header_timeout_secs, 1..=3600, "seconds");
+        let queued = self.max_queued_bytes as u64;
+        check("TAKO_MAX_QUEUED_BYTES", queued, MIN_FRAME..=1024 * 1024 * 1024, "bytes");
         if !(1..=3650 * DAY).contains(&self.message_ttl.as_secs()) {
             problems.push(format!(
                 "TAKO_MESSAGE_TTL={} is out of range: from 1s to 3650d",

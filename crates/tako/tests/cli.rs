@@ -180,6 +180,9 @@ fn settings_that_make_no_sense_are_refused_naming_the_variable() {
         ("TAKO_LONGPOLL_WINDOW", "0"),
         ("TAKO_NODE_TIMEOUT", "0"),
         ("TAKO_SOCKET_BURST", "0"),
+        ("TAKO_HEADER_TIMEOUT", "0"),
+        ("TAKO_MAX_QUEUED_BYTES", "0"),
+        ("TAKO_TRUST_PROXY", "sometimes"),
         ("TAKO_HEARTBEAT_TIMEOUT", "99999999999999999999"),
         ("TAKO_PRESENCE", "maybe"),
         ("PORT", "70000"),
@@ -213,6 +216,9 @@ fn settings_that_make_no_sense_are_refused_naming_the_variable() {
         .env("TAKO_SOCKET_BURST", "0")
         .env("TAKO_PRESENCE_INTERVAL_MS", "0")
         .env("TAKO_MAX_CONNECTIONS", "0")
+        .env("TAKO_SOCKET_BYTES_PER_SECOND", "0")
+        .env("TAKO_MAX_HTTP_CONNECTIONS", "0")
+        .env("TAKO_TRUST_PROXY", "1")
         .current_dir(dir.path())
         .output()
         .unwrap();
