@@ -14,10 +14,25 @@ if (!PG || !REDIS) throw new Error("cluster tests need TAKO_TEST_DATABASE_URL an
 const ADMIN = "cluster-admin-token";
 const CLIENT = "cluster-client-token";
 
-/** A fresh PostgreSQL database next to the one the run was given. */
+/** Databases this file made: dropped when the process exits, whether the tests passed or not. */
+const created = [];
+process.on("exit", () => {
+  for (const name of created) {
+    try {
+      execFileSync("psql", [PG, "-q", "-c", `DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`]);
+    } catch (e) {
+      console.error(`warning: test database ${name} was not dropped: ${e.message}`);
+    }
+  }
+});
+
+/** A fresh PostgreSQL database next to the one the run was given (its name starts with that
+ * one's, so scripts/test drops it at the end in any case). */
 function freshDatabase() {
-  const name = `tako_test_cluster_${process.pid}_${Date.now()}`;
-  execFileSync("psql", [PG, "-q", "-c", `CREATE DATABASE ${name}`]);
+  const base = PG.match(/\/([^/?]*)(\?.*)?$/)[1].slice(0, 40);
+  const name = `${base}_c${process.pid}_${Date.now()}`;
+  execFileSync("psql", [PG, "-q", "-c", `CREATE DATABASE "${name}"`]);
+  created.push(name);
   return PG.replace(/\/[^/?]*(\?.*)?$/, `/${name}`);
 }
 

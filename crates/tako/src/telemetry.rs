@@ -1,4 +1,6 @@
-//! Logs: `TAKO_LOG` filters (default `info`), `TAKO_LOG_FORMAT=json` for machines.
+//! Logs: `TAKO_LOG` filters (default `info`), `TAKO_LOG_FORMAT=json` for machines. Text logs
+//! are coloured only when stderr is a terminal and `NO_COLOR` is unset (a file or journald
+//! gets plain text).
 //!
 //! What never reaches a log line: tokens (the `Authorization` header, the socket's auth
 //! subprotocol), query strings (the socket's `userToken` is a user's UUID, its login secret) and
@@ -10,9 +12,18 @@ use tracing_subscriber::{fmt, EnvFilter};
 pub fn init() {
     let filter = EnvFilter::try_from_env("TAKO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("TAKO_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder =
+        fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(!json && colour());
     // A second init (tests start several apps in one process) is not an error worth failing for.
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// Colour for a person at a terminal, not for files, pipes or `NO_COLOR` (https://no-color.org:
+/// set and not empty).
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stderr().is_terminal()
 }
 
 /// The span of one HTTP request: method, path with ids hashed, request id. Its answer is
