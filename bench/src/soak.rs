@@ -44,32 +44,60 @@ pub struct Plan {
     pub leaderboard: f64,
 }
 
+/// `bench soak`'s flags; every rate is per second and multiplied by `--scale`.
+#[derive(Debug, clap::Args)]
+pub struct SoakArgs {
+    /// Seconds of load.
+    #[arg(long, default_value_t = 180)]
+    pub secs: u64,
+    /// The database: sqlite (a file in the work directory) or postgres (a fresh database on
+    /// 127.0.0.1:5432, dropped after).
+    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
+    pub db: String,
+    /// Multiplies every rate (5: issue 18's "5×").
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Joined sockets.
+    #[arg(long, default_value_t = 3000)]
+    pub sockets: usize,
+    /// Of which never churn.
+    #[arg(long, default_value_t = 1000)]
+    pub stable: usize,
+    /// Users messages go to (online or not).
+    #[arg(long, default_value_t = 4000)]
+    pub users: usize,
+    #[arg(long, default_value_t = 30.0)]
+    pub reconnects: f64,
+    #[arg(long, default_value_t = 5.0)]
+    pub broadcasts: f64,
+    #[arg(long, default_value_t = 20.0)]
+    pub messages: f64,
+    /// Messages to the probe user (their latency is measured).
+    #[arg(long, default_value_t = 5.0)]
+    pub probe: f64,
+    #[arg(long, default_value_t = 2.0)]
+    pub registrations: f64,
+    #[arg(long, default_value_t = 10.0)]
+    pub leaderboard: f64,
+    /// Keep the work directory (logs, SQLite file).
+    #[arg(long)]
+    pub keep: bool,
+}
+
 impl Plan {
-    /// Issue 18's load, times `scale` for the rates.
-    pub fn parse(value: impl Fn(&str) -> Option<String>) -> anyhow::Result<Plan> {
-        let num = |flag: &str, default: f64| -> anyhow::Result<f64> {
-            match value(flag) {
-                Some(v) => v.parse().with_context(|| format!("{flag} {v}")),
-                None => Ok(default),
-            }
-        };
-        let scale = num("--scale", 1.0)?;
+    pub fn from_args(a: &SoakArgs) -> anyhow::Result<Plan> {
         let plan = Plan {
-            secs: num("--secs", 180.0)? as u64,
-            postgres: match value("--db").as_deref() {
-                None | Some("sqlite") => false,
-                Some("postgres") => true,
-                Some(other) => bail!("--db {other}: sqlite or postgres"),
-            },
-            sockets: num("--sockets", 3000.0)? as usize,
-            stable: num("--stable", 1000.0)? as usize,
-            users: num("--users", 4000.0)? as usize,
-            reconnects: num("--reconnects", 30.0)? * scale,
-            broadcasts: num("--broadcasts", 5.0)? * scale,
-            messages: num("--messages", 20.0)? * scale,
-            probe: num("--probe", 5.0)? * scale,
-            registrations: num("--registrations", 2.0)? * scale,
-            leaderboard: num("--leaderboard", 10.0)? * scale,
+            secs: a.secs,
+            postgres: a.db == "postgres",
+            sockets: a.sockets,
+            stable: a.stable,
+            users: a.users,
+            reconnects: a.reconnects * a.scale,
+            broadcasts: a.broadcasts * a.scale,
+            messages: a.messages * a.scale,
+            probe: a.probe * a.scale,
+            registrations: a.registrations * a.scale,
+            leaderboard: a.leaderboard * a.scale,
         };
         if plan.stable > plan.sockets || plan.sockets > plan.users {
             bail!("need --stable <= --sockets <= --users");
@@ -496,14 +524,9 @@ fn plan_secs_quarter(until: Instant) -> u64 {
 
 pub const HEADER: &str = "| database | duration | rates | messages | duplicates | lost | left waiting | unread after abrupt close | 5xx | failed requests | RSS warm → end → idle (drift) | fds end → idle | probe p50 / p99 | broadcast gaps |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
-/// `bench soak [--secs 180] [--db sqlite|postgres] [--scale 1] [--sockets 3000] [--stable 1000]`
-/// `[--users 4000] [--reconnects 30] [--broadcasts 5] [--messages 20] [--probe 5]`
-/// `[--registrations 2] [--leaderboard 10] [--keep]`: prints one row of BENCHMARKS.md's soak
-/// table.
-pub async fn command(rest: &[String]) -> anyhow::Result<()> {
-    let value =
-        |flag: &str| rest.iter().position(|a| a == flag).and_then(|i| rest.get(i + 1).cloned());
-    let plan = Plan::parse(value)?;
+/// `bench soak`: prints one row of BENCHMARKS.md's soak table.
+pub async fn command(args: &SoakArgs) -> anyhow::Result<()> {
+    let plan = Plan::from_args(args)?;
     let work = std::env::temp_dir().join(format!("tako-bench-soak-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let result = async {
@@ -525,12 +548,13 @@ pub async fn command(rest: &[String]) -> anyhow::Result<()> {
             crate::machine(),
             load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
         );
-        println!("Command: `cargo run --release -p bench -- soak {}`\n", rest.join(" "));
+        let argv: Vec<String> = std::env::args().skip(2).collect();
+        println!("Command: `cargo run --release -p bench -- soak {}`\n", argv.join(" "));
         println!("{HEADER}\n{row}");
         anyhow::Ok(())
     }
     .await;
-    if rest.iter().any(|a| a == "--keep") {
+    if args.keep {
         eprintln!("kept {}", work.display());
     } else {
         let _ = std::fs::remove_dir_all(&work);

@@ -150,11 +150,20 @@ async fn measure(way: Way, secs: u64, writers: usize) -> anyhow::Result<String> 
     ))
 }
 
-pub async fn command(rest: &[String]) -> anyhow::Result<()> {
-    let value =
-        |flag: &str| rest.iter().position(|a| a == flag).and_then(|i| rest.get(i + 1).cloned());
-    let secs: u64 = value("--secs").map(|v| v.parse()).transpose()?.unwrap_or(5);
-    let writers: usize = value("--writers").map(|v| v.parse()).transpose()?.unwrap_or(32);
+/// `bench sqlite-writes`'s flags.
+#[derive(Debug, clap::Args)]
+pub struct WritesArgs {
+    /// Seconds per way.
+    #[arg(long, default_value_t = 5)]
+    pub secs: u64,
+    /// Concurrent writing tasks.
+    #[arg(long, default_value_t = 32)]
+    pub writers: usize,
+}
+
+pub async fn command(args: &WritesArgs) -> anyhow::Result<()> {
+    let (secs, writers) = (args.secs.max(1), args.writers.max(1));
+    let rest: Vec<String> = std::env::args().skip(2).collect();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "Command: `cargo run --release -p bench -- sqlite-writes {}` · load average at start: {}\n",

@@ -5,6 +5,7 @@ mod directory;
 mod mailbox;
 mod notifications;
 mod presence;
+mod resync;
 mod signals;
 mod sockets;
 
@@ -56,6 +57,7 @@ impl Realtime {
             bus.node_timeout = Duration::from_secs(config.node_timeout_secs.max(1));
             RedisBus::new(bus)
         });
+        let store_for_resync = store.clone();
         let mailbox =
             Mailbox::spawn(store, config.message_ttl, cluster.is_some(), config.max_queued_bytes);
         let handler = TakoSockets::new(directory.clone(), mailbox.clone(), tracker);
@@ -93,11 +95,13 @@ impl Realtime {
         mailbox.start(endpoint.hub());
         if let Some(bus) = &cluster {
             bus.start(endpoint.hub());
-            tokio::spawn(resync_after_outages(
-                Arc::downgrade(bus),
-                Arc::downgrade(&mailbox),
+            resync::spawn(
                 endpoint.hub(),
-            ));
+                bus.clone(),
+                directory.clone(),
+                mailbox.clone(),
+                store_for_resync,
+            );
         }
         Realtime { endpoint, directory, mailbox, cluster }
     }
@@ -188,40 +192,6 @@ impl Realtime {
             bus.leave();
         }
         self.endpoint.shutdown().await;
-    }
-}
-
-/// While the bus is away, a send on another node cannot tell this one; when it is back, this
-/// node looks for messages waiting for the users it holds. Ends with the bus or the mailbox.
-async fn resync_after_outages(
-    bus: std::sync::Weak<RedisBus>,
-    mailbox: std::sync::Weak<Mailbox>,
-    hub: Hub,
-) {
-    let mut was_connected = true;
-    let mut pending = false;
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let (Some(bus), Some(mailbox)) = (bus.upgrade(), mailbox.upgrade()) else { return };
-        let connected = bus.status().connected;
-        if connected && !was_connected {
-            pending = true;
-        }
-        was_connected = connected;
-        if pending && connected {
-            match mailbox.resync(&hub).await {
-                Ok(users) => {
-                    pending = false;
-                    tracing::info!(
-                        users,
-                        "bus back: waiting messages of this node's users looked up"
-                    );
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "looking up waiting messages after the bus came back failed; retrying")
-                }
-            }
-        }
     }
 }
 

@@ -30,25 +30,50 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     pub async fn connect(url: &str) -> Result<SqliteStore, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|error| StoreError::Open(format!("invalid URL {url:?}: {error}")))?;
+        let path = options.get_filename().to_owned();
+        let in_memory = path.as_os_str() == ":memory:" || url.contains("mode=memory");
+        if !in_memory {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                if !dir.is_dir() {
+                    return Err(StoreError::Open(format!(
+                        "SQLite database {}: the directory {} does not exist (create it, or \
+                         point DATABASE_URL elsewhere)",
+                        path.display(),
+                        dir.display()
+                    )));
+                }
+            }
+        }
+        let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             // Another process writing the same file (a second `tako` by mistake) is waited for.
             .busy_timeout(Duration::from_secs(5));
+        let named = |error: sqlx::Error| {
+            StoreError::Open(format!("cannot open SQLite database {}: {error}", path.display()))
+        };
         // The writer first: it creates the file and switches it to WAL before readers open it.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(WRITE_QUEUE_TIMEOUT)
             .connect_with(options.clone())
-            .await?;
+            .await
+            .map_err(named)?;
+        if in_memory {
+            // Each connection to `:memory:` is a database of its own: the writer reads too.
+            return Ok(SqliteStore { pool: writer.clone(), writer });
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(READERS)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options.read_only(true))
-            .await?;
+            .await
+            .map_err(named)?;
         Ok(SqliteStore { pool, writer })
     }
 }
