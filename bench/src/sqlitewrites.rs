@@ -143,10 +143,10 @@ async fn measure(way: Way, secs: u64, writers: usize) -> anyhow::Result<String> 
         },
         ok as f64 / secs as f64,
         failed,
-        p(&writes, 0.5),
-        p(&writes, 0.99),
-        p(&reads, 0.5),
-        p(&reads, 0.99),
+        p(&writes, 50.0),
+        p(&writes, 99.0),
+        p(&reads, 50.0),
+        p(&reads, 99.0),
     ))
 }
 
