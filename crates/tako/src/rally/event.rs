@@ -74,10 +74,9 @@ pub const MAX_TOPIC_CHARS: usize = 100;
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 pub const MAX_STAMPS_REQUIRED: u32 = 10_000;
 
-/// A required name: trimmed, 1 to 200 characters, no control characters.
+/// A required name: 1 to 200 characters, not only whitespace, no control characters.
 pub(crate) fn name(attribute: &'static str, text: &str) -> Result<String, RallyError> {
-    let text = text.trim();
-    if text.is_empty() || text.chars().count() > MAX_NAME_CHARS {
+    if text.trim().is_empty() || text.chars().count() > MAX_NAME_CHARS {
         return Err(RallyError::invalid(attribute, "must be 1 to 200 characters"));
     }
     if text.chars().any(char::is_control) {
@@ -278,7 +277,7 @@ mod tests {
     fn events_check_their_rules() {
         let now = Timestamp::from_micros(1_000);
         let event = Event::create(draft(), now).unwrap();
-        assert_eq!(event.name, "DoKomi");
+        assert_eq!(event.name, " DoKomi ");
         assert_eq!(event.topic, "notifications");
         assert!(event.visible);
         let err = |d: EventDraft| Event::create(d, now).unwrap_err().attribute;

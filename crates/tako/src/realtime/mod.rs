@@ -57,7 +57,8 @@ impl Realtime {
             RedisBus::new(bus)
         });
         let mailbox = Mailbox::spawn(store, config.message_ttl, cluster.is_some());
-        let handler = TakoSockets::new(directory.clone(), mailbox.clone(), tracker);
+        let verified = config.stamps == crate::config::StampsMode::Verified;
+        let handler = TakoSockets::new(directory.clone(), mailbox.clone(), tracker, verified);
         let endpoint_config = EndpointConfig {
             heartbeat_timeout: config.heartbeat_timeout(),
             max_channels: config.max_channels,
