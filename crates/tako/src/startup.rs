@@ -89,7 +89,10 @@ impl Application {
             tokens: Arc::new(tokens),
             realtime: realtime.clone(),
             metrics: metrics.clone(),
-            limits: Arc::new(HttpLimits::new(config.registrations_per_minute, config.trust_proxy)),
+            limits: Arc::new(HttpLimits::new(
+                config.registrations_per_minute,
+                config.trust_proxy.clone(),
+            )),
             rally: Arc::new(api::scans::RallyState::new(rally, &config)),
         };
         let router = api::router(state.clone(), &config.cors_origins)

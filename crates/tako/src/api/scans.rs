@@ -32,7 +32,7 @@ pub struct RallyState {
     default_event: Option<EventId>,
     per_user: Option<FailureLimiter<UserId>>,
     per_address: Option<FailureLimiter<IpAddr>>,
-    trust_proxy: bool,
+    trust_proxy: channels::TrustedProxies,
 }
 
 impl RallyState {
@@ -43,7 +43,7 @@ impl RallyState {
             default_event: config.default_event.as_deref().and_then(|e| EventId::parse(e).ok()),
             per_user: FailureLimiter::per_minute(config.failed_scans_per_minute),
             per_address: FailureLimiter::per_minute(config.failed_scans_per_minute_per_ip),
-            trust_proxy: config.trust_proxy,
+            trust_proxy: config.trust_proxy.clone(),
         }
     }
 
@@ -232,7 +232,7 @@ impl FromRequestParts<AppState> for ClientAddress {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-        Ok(ClientAddress(channels::client_ip(&parts.headers, peer, state.rally.trust_proxy)))
+        Ok(ClientAddress(channels::client_ip(&parts.headers, peer, &state.rally.trust_proxy)))
     }
 }
 

@@ -661,7 +661,7 @@ async fn failed_scans_are_limited_per_user_and_per_address() {
         let app = spawn(backend, |c| {
             c.failed_scans_per_minute = 3;
             c.failed_scans_per_minute_per_ip = 5;
-            c.trust_proxy = true;
+            c.trust_proxy = channels::TrustedProxies::Hops(1);
         })
         .await;
         create_event(&app, "ev", json!({"name": "Ev", "stamps_required": 1})).await;
