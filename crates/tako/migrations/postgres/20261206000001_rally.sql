@@ -8,7 +8,8 @@ CREATE TABLE IF NOT EXISTS rally_events (
     opens_at timestamp(6) without time zone,
     closes_at timestamp(6) without time zone,
     description text,
-    metadata jsonb NOT NULL DEFAULT '{}',
+    -- JSON as text: a string with NUL (\u0000) is valid JSON that jsonb refuses.
+    metadata text NOT NULL DEFAULT '{}',
     visible boolean NOT NULL DEFAULT true,
     inserted_at timestamp(6) without time zone NOT NULL,
     updated_at timestamp(6) without time zone NOT NULL

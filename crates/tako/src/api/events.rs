@@ -254,7 +254,7 @@ pub struct EventCreateAttributes {
     #[serde(default)]
     #[schema(pattern = r"^[^\x00]{0,10000}$")]
     description: Option<String>,
-    /// Free JSON for the client (at most 16 KiB, no NUL characters).
+    /// Free JSON for the client (at most 16 KiB).
     #[serde(default)]
     #[schema(value_type = Object, nullable = false)]
     metadata: Option<Map<String, Value>>,
@@ -438,6 +438,16 @@ pub struct StampUpdateDocument {
 // ---- helpers ---------------------------------------------------------------------------------
 
 fn invalid(error: RallyError) -> ApiError {
+    if error.attribute == "closes_at" {
+        // Each time is valid alone; together they conflict (no schema can say "after").
+        return ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_window",
+            "Invalid window",
+            error.detail,
+        )
+        .at_pointer("/data/attributes/closes_at");
+    }
     ApiError::many(
         StatusCode::BAD_REQUEST,
         vec![ApiError::invalid_attribute(error.attribute, error.detail)],
@@ -552,7 +562,7 @@ pub async fn show_event(
 ) -> Result<JsonApi<EventDocument>, ApiError> {
     let id = event_id(id)?;
     let include = match query(query_map, "include")?.get("include").map(String::as_str) {
-        None | Some("") => false,
+        None => false,
         Some("stamps") => true,
         Some(_) => return Err(ApiError::invalid_query("include", "include may only be `stamps`")),
     };
@@ -581,7 +591,7 @@ pub async fn show_event(
         (status = 401, description = "Missing or wrong token", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 403, description = "Not the admin token", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 406, description = "Accept allows no JSON", body = ErrorDocument, content_type = "application/vnd.api+json"),
-        (status = 409, description = "Wrong resource type, or an event with this id exists", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 409, description = "Wrong resource type, an event with this id exists, or `invalid_window` (closes_at not after opens_at)", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 413, description = "Body over 64 KiB", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 415, description = "Unsupported Content-Type", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 503, description = "Database unavailable", body = ErrorDocument, content_type = "application/vnd.api+json"),
@@ -640,7 +650,7 @@ pub async fn create_event(
         (status = 403, description = "Not the admin token", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 404, description = "No such event", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 406, description = "Accept allows no JSON", body = ErrorDocument, content_type = "application/vnd.api+json"),
-        (status = 409, description = "Wrong resource type, or an id other than the path's", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 409, description = "Wrong resource type, an id other than the path's, or `invalid_window` (closes_at not after opens_at)", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 413, description = "Body over 64 KiB", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 415, description = "Unsupported Content-Type", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 503, description = "Database unavailable", body = ErrorDocument, content_type = "application/vnd.api+json"),

@@ -401,7 +401,7 @@ pub async fn list(
     let user = user_id(id)?;
     let Query(query) = query.map_err(|e| ApiError::invalid_query("include", e.body_text()))?;
     let include = match query.get("include").map(String::as_str) {
-        None | Some("") => false,
+        None => false,
         Some("stamp") => true,
         Some(_) => return Err(ApiError::invalid_query("include", "include may only be `stamp`")),
     };

@@ -132,9 +132,6 @@ pub(crate) fn metadata(value: Map<String, Value>) -> Result<Map<String, Value>, 
     if size > MAX_METADATA_BYTES {
         return Err(RallyError::invalid("metadata", "must be at most 16 KiB of JSON"));
     }
-    if serde_json::to_string(&value).is_ok_and(|s| s.contains("\\u0000")) {
-        return Err(RallyError::invalid("metadata", "must not contain NUL characters"));
-    }
     Ok(value)
 }
 

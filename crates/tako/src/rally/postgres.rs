@@ -16,10 +16,9 @@ const EVENT_COLUMNS: &str = "id, name, stamps_required, topic, opens_at, closes_
      metadata, visible, inserted_at, updated_at";
 
 fn event_from_row(row: &PgRow) -> Result<Event, sqlx::Error> {
-    let metadata = match row.try_get::<Value, _>("metadata")? {
-        Value::Object(map) => map,
-        _ => Map::new(),
-    };
+    let metadata: String = row.try_get("metadata")?;
+    let metadata: Map<String, Value> =
+        serde_json::from_str(&metadata).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     let at = |name: &str| -> Result<Option<Timestamp>, sqlx::Error> {
         Ok(row.try_get::<Option<NaiveDateTime>, _>(name)?.map(timestamp))
     };
@@ -105,7 +104,7 @@ impl RallyStore for PostgresStore {
         .bind(event.opens_at.map(naive))
         .bind(event.closes_at.map(naive))
         .bind(&event.description)
-        .bind(Value::Object(event.metadata.clone()))
+        .bind(Value::Object(event.metadata.clone()).to_string())
         .bind(event.visible)
         .bind(naive(event.inserted_at))
         .bind(naive(event.updated_at))
@@ -156,7 +155,7 @@ impl RallyStore for PostgresStore {
         .bind(event.opens_at.map(naive))
         .bind(event.closes_at.map(naive))
         .bind(&event.description)
-        .bind(Value::Object(event.metadata.clone()))
+        .bind(Value::Object(event.metadata.clone()).to_string())
         .bind(event.visible)
         .bind(naive(event.updated_at))
         .execute(&self.pool)
