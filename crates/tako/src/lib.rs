@@ -8,6 +8,7 @@ pub mod config;
 pub mod dashboard;
 pub mod messages;
 pub mod metrics;
+pub mod rally;
 pub mod realtime;
 pub mod server;
 pub mod startup;
