@@ -13,6 +13,9 @@ mod bus;
 mod channel;
 mod config;
 mod endpoint;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod hub;
 mod limits;
 mod observer;
