@@ -226,18 +226,18 @@ fn run<H: SocketHandler>(
         drop(registration);
         tracing::debug!(conn = socket.conn, ?end, "socket closed");
 
-        Box::pin(close(io, reader, end)).await;
+        Box::pin(close(io, reader, end, config.max_frame_bytes)).await;
         drop(guard);
     }
 }
 
 /// The closing handshake, bounded in time: a client that stopped reading cannot hold the task.
-async fn close(mut io: Io, mut reader: Reader, end: End) {
+async fn close(mut io: Io, mut reader: Reader, end: End, max_bytes: usize) {
     match end {
         End::Close(code, reason) => {
             let mut close = Outgoing::one(Outbound::close(code, reason));
             if let Ok(Ok(())) = tokio::time::timeout(CLOSE_GRACE, close.write_all(&mut io)).await {
-                finish(&mut io, &mut reader).await;
+                finish(&mut io, &mut reader, max_bytes).await;
             }
         }
         End::PeerClosed(code) => {
@@ -392,11 +392,12 @@ async fn send_blocked<F: WireFrame>(
 }
 
 /// Read until the client answers our close frame (or a short grace passes), so it sees a
-/// clean close with our code.
-async fn finish(io: &mut Io, reader: &mut Reader) {
+/// clean close with our code. The frame limit still holds: what a client announces after a
+/// close is checked like anything else.
+async fn finish(io: &mut Io, reader: &mut Reader, max_bytes: usize) {
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         loop {
-            match reader.next(usize::MAX) {
+            match reader.next(max_bytes) {
                 Ok(Some(Inbound::Close(_))) | Err(_) => return,
                 Ok(Some(_)) => continue,
                 Ok(None) => {}
