@@ -74,7 +74,10 @@ impl Application {
             tokens: Arc::new(tokens),
             realtime: realtime.clone(),
             metrics: metrics.clone(),
-            limits: Arc::new(HttpLimits::new(config.registrations_per_minute, config.trust_proxy)),
+            limits: Arc::new(HttpLimits::new(
+                config.registrations_per_minute,
+                config.trust_proxy.clone(),
+            )),
         };
         let router = api::router(state.clone(), &config.cors_origins)
             .nest("/socket", realtime.routes())

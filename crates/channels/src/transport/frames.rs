@@ -269,10 +269,16 @@ pub(crate) type Frames<F> = SmallVec<[F; 1]>;
 /// What goes out as one WebSocket frame (FIN set, unmasked): its opcode and payload, shared with
 /// every other socket it goes to.
 pub(crate) trait WireFrame {
+    /// Whether frames of this kind come from the socket's outbox (which is told when they are
+    /// written), rather than being control frames of the transport's own.
+    const FROM_OUTBOX: bool;
+
     fn parts(&self) -> (OpCode, &[u8]);
 }
 
 impl WireFrame for Frame {
+    const FROM_OUTBOX: bool = true;
+
     fn parts(&self) -> (OpCode, &[u8]) {
         match self {
             Frame::Text(text) => (OpCode::Data(Data::Text), text.as_bytes()),
@@ -282,6 +288,8 @@ impl WireFrame for Frame {
 }
 
 impl WireFrame for Outbound {
+    const FROM_OUTBOX: bool = false;
+
     fn parts(&self) -> (OpCode, &[u8]) {
         match self {
             Outbound::Pong(data) => (OpCode::Control(Control::Pong), data),
@@ -328,6 +336,11 @@ impl<F: WireFrame> Outgoing<F> {
 
     pub(crate) fn one(frame: F) -> Outgoing<F> {
         Outgoing::new(smallvec::smallvec![frame])
+    }
+
+    /// Frames written whole so far.
+    pub(crate) fn completed(&self) -> usize {
+        self.next
     }
 
     fn pending(&self) -> &[F] {
