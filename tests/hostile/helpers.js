@@ -225,7 +225,8 @@ export function hugeHeader(length) {
 /**
  * Opens a WebSocket with a raw TCP socket (v2 serializer unless `vsn` says otherwise).
  * Resolves once the server answered 101 with an object holding the socket, the server's frames
- * as they are parsed (`frames`: {opcode, payload}), `closeCode` (the server's close frame) and
+ * as they are parsed (`frames`: {opcode, payload}; frames over 64 KiB are only counted, in
+ * `bigFrames`), `closeCode` (the server's close frame) and
  * `ended` (a promise of the TCP close).
  */
 export function rawSocket(server, token, { vsn = "2.0.0", headers = {}, timeoutMs = 5000 } = {}) {
@@ -237,6 +238,7 @@ export function rawSocket(server, token, { vsn = "2.0.0", headers = {}, timeoutM
       frames: [],
       closeCode: null,
       bytesIn: 0,
+      bigFrames: 0,
       listeners: [],
       ended: null,
       send(buf) {
@@ -264,7 +266,6 @@ export function rawSocket(server, token, { vsn = "2.0.0", headers = {}, timeoutM
       },
     };
     client.ended = new Promise((r) => sock.once("close", () => r(Date.now())));
-    let buf = Buffer.alloc(0);
     let upgraded = false;
     const timer = setTimeout(() => {
       sock.destroy();
@@ -277,40 +278,71 @@ export function rawSocket(server, token, { vsn = "2.0.0", headers = {}, timeoutM
         reject(new Error("closed before the upgrade"));
       }
     });
+    // Received bytes wait in `chunks` and are joined only once a whole frame is there.
+    let chunks = [];
+    let have = 0;
+    let need = 1;
     sock.on("data", (d) => {
       client.bytesIn += d.length;
-      buf = buf.length ? Buffer.concat([buf, d]) : d;
-      if (!upgraded) {
-        const end = buf.indexOf("\r\n\r\n");
-        if (end < 0) return;
-        const head = buf.subarray(0, end).toString();
-        buf = buf.subarray(end + 4);
-        clearTimeout(timer);
-        if (!/^HTTP\/1\.1 101/.test(head)) {
-          sock.destroy();
-          reject(new Error(`upgrade refused: ${head.split("\r\n")[0]}`));
+      chunks.push(d);
+      have += d.length;
+      for (;;) {
+        if (have < need) return;
+        let buf = chunks.length > 1 ? Buffer.concat(chunks) : chunks[0];
+        const take = (n) => {
+          buf = buf.subarray(n);
+          chunks = buf.length ? [buf] : [];
+          have = buf.length;
+          need = 1;
+        };
+        if (!upgraded) {
+          chunks = [buf];
+          const end = buf.indexOf("\r\n\r\n");
+          if (end < 0) {
+            need = have + 1;
+            return;
+          }
+          const head = buf.subarray(0, end).toString();
+          take(end + 4);
+          clearTimeout(timer);
+          if (!/^HTTP\/1\.1 101/.test(head)) {
+            sock.destroy();
+            reject(new Error(`upgrade refused: ${head.split("\r\n")[0]}`));
+            return;
+          }
+          upgraded = true;
+          resolve(client);
+          continue;
+        }
+        // An unmasked server frame.
+        chunks = [buf];
+        if (buf.length < 2) {
+          need = 2;
           return;
         }
-        upgraded = true;
-        resolve(client);
-      }
-      // Parse unmasked server frames.
-      for (;;) {
-        if (buf.length < 2) return;
         let len = buf[1] & 0x7f;
         let off = 2;
-        if (len === 126) {
-          if (buf.length < 4) return;
-          len = buf.readUInt16BE(2);
-          off = 4;
-        } else if (len === 127) {
-          if (buf.length < 10) return;
-          len = Number(buf.readBigUInt64BE(2));
-          off = 10;
+        if (len === 126) off = 4;
+        else if (len === 127) off = 10;
+        if (buf.length < off) {
+          need = off;
+          return;
         }
-        if (buf.length < off + len) return;
-        const f = { opcode: buf[0] & 0x0f, payload: buf.subarray(off, off + len) };
-        buf = buf.subarray(off + len);
+        if (off === 4) len = buf.readUInt16BE(2);
+        else if (off === 10) len = Number(buf.readBigUInt64BE(2));
+        if (buf.length < off + len) {
+          need = off + len;
+          return;
+        }
+        const opcode = buf[0] & 0x0f;
+        // Big frames (shouts) are counted, not kept.
+        if (len > 64 * 1024) {
+          take(off + len);
+          client.bigFrames++;
+          continue;
+        }
+        const f = { opcode, payload: Buffer.from(buf.subarray(off, off + len)) };
+        take(off + len);
         if (f.opcode === CLOSE && client.closeCode === null) {
           client.closeCode = f.payload.length >= 2 ? f.payload.readUInt16BE(0) : 1005;
         }
@@ -430,4 +462,58 @@ export async function assertSurvived(t, assert, server, h, { peak, rssBound, lab
   t.diagnostic(`${label}: peak RSS ${mb(peak)} (bound ${mb(rssBound)}), fds ${fds(server.pid)}`);
   assert.ok(peak < rssBound, `${label}: peak RSS ${mb(peak)} over ${mb(rssBound)}`);
   if (h) assert.ok(await h.probe(5000), `${label}: the honest client stopped receiving`);
+}
+
+/**
+ * A v2 client on the `ws` package (reads as fast as it can). `join(topic)` resolves with the
+ * reply status; `push(topic, event, payload)` sends without waiting; `counts[event]` counts the
+ * events received; `replies` holds the error replies' reasons; `closeCode` the server's code.
+ */
+export function wsClient(server, token) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${server.port}/socket/websocket?vsn=2.0.0&userToken=${token}`, {
+      maxPayload: 256 * MiB,
+    });
+    let ref = 0;
+    const waiting = new Map();
+    const c = {
+      ws,
+      counts: {},
+      errors: [],
+      closeCode: null,
+      closed: null,
+      join(topic) {
+        const r = String(++ref);
+        ws.send(JSON.stringify([r, r, topic, "phx_join", {}]));
+        return new Promise((res) => waiting.set(r, res));
+      },
+      push(topic, event, payload) {
+        const r = String(++ref);
+        ws.send(JSON.stringify([null, r, topic, event, payload]));
+      },
+      close() {
+        ws.terminate();
+      },
+    };
+    c.closed = new Promise((r) => ws.once("close", (code) => r((c.closeCode = code))));
+    ws.on("message", (data, isBinary) => {
+      if (isBinary) return;
+      let m;
+      try {
+        m = JSON.parse(data.toString());
+      } catch {
+        return;
+      }
+      const [, r, , event, payload] = m;
+      c.counts[event] = (c.counts[event] || 0) + 1;
+      if (event === "phx_reply") {
+        if (waiting.has(r)) {
+          waiting.get(r)(payload.status);
+          waiting.delete(r);
+        } else if (payload.status === "error") c.errors.push(payload.response?.reason);
+      }
+    });
+    ws.once("open", () => resolve(c));
+    ws.once("error", reject);
+  });
 }
