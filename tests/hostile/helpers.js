@@ -226,10 +226,10 @@ export function hugeHeader(length) {
  * Opens a WebSocket with a raw TCP socket (v2 serializer unless `vsn` says otherwise).
  * Resolves once the server answered 101 with an object holding the socket, the server's frames
  * as they are parsed (`frames`: {opcode, payload}; frames over 64 KiB are only counted, in
- * `bigFrames`), `closeCode` (the server's close frame) and
+ * `bigFrames`, unless `keepBig`), `closeCode` (the server's close frame) and
  * `ended` (a promise of the TCP close).
  */
-export function rawSocket(server, token, { vsn = "2.0.0", headers = {}, timeoutMs = 5000 } = {}) {
+export function rawSocket(server, token, { vsn = "2.0.0", headers = {}, timeoutMs = 5000, keepBig = false } = {}) {
   return new Promise((resolve, reject) => {
     const sock = tcpConnect(server.port, "127.0.0.1");
     const key = randomBytes(16).toString("base64");
@@ -336,7 +336,7 @@ export function rawSocket(server, token, { vsn = "2.0.0", headers = {}, timeoutM
         }
         const opcode = buf[0] & 0x0f;
         // Big frames (shouts) are counted, not kept.
-        if (len > 64 * 1024) {
+        if (len > 64 * 1024 && !keepBig) {
           take(off + len);
           client.bigFrames++;
           continue;
