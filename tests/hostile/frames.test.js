@@ -68,7 +68,7 @@ test("8 GiB announced and streamed during the close grace: memory does not follo
     attacker.ended.then(() => (open = false));
     const stopAt = Date.now() + 3000;
     while (open && Date.now() < stopAt) {
-      if (!attacker.send(chunk)) await new Promise((r) => attacker.sock.once("drain", r).once("close", r));
+      if (!attacker.send(chunk)) await Promise.race([new Promise((r) => attacker.sock.once("drain", r)), attacker.ended]);
       sent += chunk.length;
     }
     const peak = watch.stop();
