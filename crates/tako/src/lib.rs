@@ -12,6 +12,7 @@ pub mod fuzzing;
 pub mod messages;
 pub mod metrics;
 pub mod realtime;
+pub mod server;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;

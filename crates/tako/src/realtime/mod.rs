@@ -5,6 +5,7 @@ mod directory;
 mod mailbox;
 mod notifications;
 mod presence;
+mod resync;
 mod signals;
 mod sockets;
 
@@ -56,6 +57,7 @@ impl Realtime {
             bus.node_timeout = Duration::from_secs(config.node_timeout_secs.max(1));
             RedisBus::new(bus)
         });
+        let store_for_resync = store.clone();
         let mailbox = Mailbox::spawn(store, config.message_ttl, cluster.is_some());
         let handler = TakoSockets::new(directory.clone(), mailbox.clone(), tracker);
         let endpoint_config = EndpointConfig {
@@ -91,6 +93,13 @@ impl Realtime {
         signals::listen(&endpoint.hub(), mailbox.clone(), directory.clone());
         if let Some(bus) = &cluster {
             bus.start(endpoint.hub());
+            resync::spawn(
+                endpoint.hub(),
+                bus.clone(),
+                directory.clone(),
+                mailbox.clone(),
+                store_for_resync,
+            );
         }
         Realtime { endpoint, directory, mailbox, cluster }
     }
