@@ -41,8 +41,11 @@ test("slowloris: 400 stalled partial requests with 256 fds are closed within the
     const start = Date.now();
     const answers = [];
     let maxFds = 0;
+    const timings = [];
     while (Date.now() - start < 6000) {
+      const asked = Date.now();
       answers.push(await healthz(server, 2000));
+      timings.push(`${answers.at(-1)}@${((asked - start) / 1000).toFixed(1)}s+${Date.now() - asked}ms`);
       maxFds = Math.max(maxFds, fds(server.pid));
       await sleep(200);
     }
@@ -56,7 +59,8 @@ test("slowloris: 400 stalled partial requests with 256 fds are closed within the
     );
     assert.equal(open, 0, "every stalled request was closed within the 2 s header timeout (+ slack)");
     assert.equal(trickling, 0, "a request trickling bytes is closed on the same timeout");
-    assert.equal(bad.length, 0, "/healthz answered every time");
+    if (bad.length) t.diagnostic(`/healthz: ${timings.join(" ")}`);
+    assert.equal(bad.length, 0, "/healthz answered every time (within 2 s)");
     assert.ok(!/Too many open files/.test(server.output), "no accept error from fd exhaustion");
     await assertSurvived(t, assert, server, h, { peak: watch.stop(), rssBound: 100 * MiB, label: "slowloris" });
     conns.forEach((c) => c.sock.destroy());
@@ -142,11 +146,18 @@ test("during SIGTERM /readyz answers 503 (not a reset) until the server is gone"
     const whileUp = seen.filter(([, alive]) => alive).map(([a]) => a);
     t.diagnostic(`answers while the process lived: ${JSON.stringify(whileUp.slice(0, 30))} (${whileUp.length})`);
     assert.equal((await server.exited).code, 0, crashLines(server.output));
-    assert.ok(whileUp.length >= 3, "the server lived a moment after SIGTERM (a request was in flight)");
-    assert.ok(whileUp.includes(503), "/readyz said 503");
-    // The last answer may race the exit; every earlier one is an answer, not a reset.
-    const errors = whileUp.slice(0, -1).filter((a) => typeof a !== "number");
-    assert.deepEqual(errors, [], "no connection error while the server was still shutting down");
+    // The signal takes a moment to arrive: 200s first, then 503s while it drains, then (once
+    // drained) the listener may close before the process exits. Never a reset in the middle.
+    const first503 = whileUp.indexOf(503);
+    assert.ok(first503 >= 0, "/readyz said 503");
+    const draining = whileUp.slice(first503);
+    const firstError = draining.findIndex((a) => typeof a !== "number");
+    const answered = firstError < 0 ? draining : draining.slice(0, firstError);
+    const after = firstError < 0 ? [] : draining.slice(firstError);
+    assert.ok(answered.every((a) => a === 503), `only 503 once draining: ${answered}`);
+    assert.ok(answered.length >= 3, "503 for as long as a request was in flight");
+    assert.ok(after.every((a) => typeof a !== "number"), `no answer after the listener closed: ${after}`);
+    assert.ok(whileUp.slice(0, first503).every((a) => a === 200), "before the signal landed: 200");
   } finally {
     await server.cleanup();
   }

@@ -88,8 +88,9 @@ test("a socket that stops reading while 200 MB of shouts go to its topic: RSS < 
   }
 });
 
-test("a slow consumer (reads 5 ms in every 500 ms) gets the 1013 close frame, not a 1006", async (t) => {
-  const server = await startTako({ TAKO_SOCKET_RATE: "0", TAKO_SOCKET_BYTES_PER_SECOND: "0" });
+test("a slow consumer (reads 5 ms in every second) gets the 1013 close frame, not a 1006", async (t) => {
+  // A 1 MiB budget: two queued shouts make a slow consumer, however fast the machine is.
+  const server = await startTako({ TAKO_SOCKET_RATE: "0", TAKO_SOCKET_BYTES_PER_SECOND: "0", TAKO_MAX_QUEUED_BYTES: String(MiB) });
   try {
     const topic = "notifications:slow";
     const slow = await rawSocket(server, await server.register());
@@ -98,10 +99,10 @@ test("a slow consumer (reads 5 ms in every 500 ms) gets the 1013 close frame, no
     const throttle = setInterval(() => {
       slow.sock.resume();
       setTimeout(() => slow.sock.pause(), 5);
-    }, 500);
+    }, 1000);
     const shouter = await rawSocket(server, await server.register());
     assert.equal(await rawJoin(shouter, topic), "ok");
-    const sent = await shout(topic, [shouter], [shouter], 60, 10);
+    const sent = await shout(topic, [shouter], [shouter], 60, 20);
     const ended = await Promise.race([slow.ended, sleep(15000).then(() => null)]);
     clearInterval(throttle);
     slow.sock.resume();
