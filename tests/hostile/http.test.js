@@ -97,6 +97,8 @@ function upgradeWithKey(server, token, key) {
 test("an invalid Sec-WebSocket-Key gets 400: empty, not base64, 10 KB, not 16 bytes", async (t) => {
   const server = await startTako();
   try {
+    const h = await honest(server);
+    const watch = watchRss(server.pid);
     const token = await server.register();
     assert.equal(await upgradeWithKey(server, token, "dGhlIHNhbXBsZSBub25jZQ=="), 101, "a valid key upgrades");
     const cases = {
@@ -110,7 +112,8 @@ test("an invalid Sec-WebSocket-Key gets 400: empty, not base64, 10 KB, not 16 by
     for (const [name, key] of Object.entries(cases)) got[name] = await upgradeWithKey(server, token, key);
     t.diagnostic(JSON.stringify(got));
     for (const name of Object.keys(cases)) assert.equal(got[name], 400, `${name} key`);
-    assert.ok(server.alive());
+    await assertSurvived(t, assert, server, h, { peak: watch.stop(), rssBound: 100 * MiB, label: "bad keys" });
+    h.close();
   } finally {
     await server.cleanup();
   }

@@ -93,6 +93,8 @@ test("a slow consumer (reads 5 ms in every second) gets the 1013 close frame, no
   const server = await startTako({ TAKO_SOCKET_RATE: "0", TAKO_SOCKET_BYTES_PER_SECOND: "0", TAKO_MAX_QUEUED_BYTES: String(MiB) });
   try {
     const topic = "notifications:slow";
+    const h = await honest(server);
+    const watch = watchRss(server.pid);
     const slow = await rawSocket(server, await server.register());
     assert.equal(await rawJoin(slow, topic), "ok");
     slow.sock.pause();
@@ -109,7 +111,8 @@ test("a slow consumer (reads 5 ms in every second) gets the 1013 close frame, no
     t.diagnostic(`sent ${sent}; slow consumer got ${slow.bigFrames} shouts, close frame ${slow.closeCode}`);
     assert.ok(ended, "the slow consumer was disconnected");
     assert.equal(slow.closeCode, 1013, "a close frame with 1013 ended its stream");
-    assert.ok(server.alive());
+    await assertSurvived(t, assert, server, h, { peak: watch.stop(), rssBound: 100 * MiB, label: "slow consumer" });
+    h.close();
   } finally {
     await server.cleanup();
   }
