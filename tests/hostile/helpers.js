@@ -62,6 +62,16 @@ export function watchRss(pid) {
 const mb = (bytes) => `${(bytes / MiB).toFixed(1)} MiB`;
 export { mb };
 
+// Servers still running when the test process exits (a test that timed out never reaches its
+// cleanup) are killed with it.
+const running = new Map();
+process.on("exit", () => {
+  for (const [proc, dir] of running) {
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 /**
  * A running tako on a fresh SQLite file. `prefix` runs it under another command (e.g.
  * `["prlimit", "--nofile=256"]`). Resolves once `/healthz` answers 200.
@@ -93,6 +103,8 @@ export async function startTako(env = {}, { prefix = [] } = {}) {
     async start() {
       const [cmd, ...args] = [...prefix, TAKO_BIN];
       this.proc = spawn(cmd, args, { env: this.env, stdio: ["ignore", "pipe", "pipe"] });
+      running.set(this.proc, dir);
+      this.proc.once("exit", () => running.delete(this.proc));
       this.exited = new Promise((r) => this.proc.once("exit", (code, signal) => r({ code, signal })));
       this.proc.stdout.on("data", (d) => (this.output += d));
       this.proc.stderr.on("data", (d) => (this.output += d));
