@@ -6,6 +6,9 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod dashboard;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod messages;
 pub mod metrics;
 pub mod rally;
