@@ -101,7 +101,8 @@ fn field_error(field: &str, detail: impl Into<String>) -> ApiError {
 #[utoipa::path(
     post, path = "/api/messages", tag = "operators",
     params(("Idempotency-Key" = Option<String>, Header,
-        description = "1 to 255 printable ASCII characters naming this message: a retry with the same key stores nothing and answers the message stored first (with `Idempotent-Replayed: true`); kept as long as the message is")),
+        min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]{1,255}$",
+        description = "1 to 255 printable ASCII characters without spaces naming this message: a retry with the same key stores nothing and answers the message stored first (with `Idempotent-Replayed: true`); kept as long as the message is")),
     request_body(content = SendMessage, content_type = "application/json",
         description = "Extra fields are passed along in the payload (not id, inserted_at)."),
     responses(
