@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://tako.db";
+/// The largest `TAKO_LEADERBOARD_MAX`: some 60 MB of JSON.
+pub const MAX_LEADERBOARD: u32 = 1_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Switch {
@@ -130,6 +132,16 @@ pub struct Config {
     /// Seconds given to open sockets to close on shutdown.
     #[arg(long, env = "TAKO_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
+
+    /// Comma-separated names no visitor may take, nor a look-alike of (the event's name, …),
+    /// besides the built-in admin, administrator, moderator, mod, staff, operator, official,
+    /// support, system, root and holoquest.
+    #[arg(long, env = "TAKO_RESERVED_NICKNAMES", value_delimiter = ',')]
+    pub reserved_nicknames: Vec<String>,
+
+    /// Rows of `GET /api/json/leaderboard` without `limit` at most (1 to 1,000,000).
+    #[arg(long, env = "TAKO_LEADERBOARD_MAX", default_value_t = 10_000)]
+    pub leaderboard_max: u32,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -138,6 +150,8 @@ pub enum ConfigError {
     MissingInProd(&'static str),
     #[error("HOLOQUEST_API_TOKEN and TAKO_ADMIN_TOKEN must differ: the client token is public")]
     SameTokens,
+    #[error("TAKO_LEADERBOARD_MAX must be from 1 to {MAX_LEADERBOARD}")]
+    LeaderboardMax,
     #[error("TAKO_ALLOWED_ORIGINS: {0}")]
     Origins(#[from] channels::InvalidOrigin),
 }
@@ -151,7 +165,11 @@ impl Config {
         self.database_url = self.database_url.filter(|t| !t.is_empty());
         self.cors_origins.retain(|o| !o.trim().is_empty());
         self.allowed_origins.retain(|o| !o.trim().is_empty());
+        self.reserved_nicknames.retain(|n| !n.trim().is_empty());
         self.check_origin()?;
+        if !(1..=MAX_LEADERBOARD).contains(&self.leaderboard_max) {
+            return Err(ConfigError::LeaderboardMax);
+        }
         if self.environment == Environment::Prod {
             if self.api_token.is_none() {
                 return Err(ConfigError::MissingInProd("HOLOQUEST_API_TOKEN"));
@@ -231,6 +249,8 @@ impl Config {
             trust_proxy: false,
             metrics_bind: None,
             message_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
+            reserved_nicknames: Vec::new(),
+            leaderboard_max: 10_000,
         }
     }
 }

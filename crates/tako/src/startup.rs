@@ -7,6 +7,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::accounts::NicknamePolicy;
+use crate::api::leaderboard::LeaderboardCache;
 use crate::api::{self, auth::Tokens, ops::HttpLimits, AppState};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -75,6 +77,10 @@ impl Application {
             realtime: realtime.clone(),
             metrics: metrics.clone(),
             limits: Arc::new(HttpLimits::new(config.registrations_per_minute, config.trust_proxy)),
+            nicknames: Arc::new(NicknamePolicy::new(
+                config.reserved_nicknames.iter().map(String::as_str),
+            )),
+            leaderboard: Arc::new(LeaderboardCache::new(config.leaderboard_max)),
         };
         let router = api::router(state.clone(), &config.cors_origins)
             .nest("/socket", realtime.routes())

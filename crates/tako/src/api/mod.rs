@@ -4,7 +4,7 @@ pub mod auth;
 pub mod error;
 mod health;
 pub mod jsonapi;
-mod leaderboard;
+pub mod leaderboard;
 pub mod openapi;
 mod operators;
 pub mod ops;
@@ -24,6 +24,7 @@ use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
+use crate::accounts::NicknamePolicy;
 use crate::realtime::Realtime;
 use crate::storage::Store;
 use auth::Tokens;
@@ -40,6 +41,10 @@ pub struct AppState {
     pub realtime: Realtime,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub limits: Arc<ops::HttpLimits>,
+    /// The nickname rules, with this server's reserved names.
+    pub nicknames: Arc<NicknamePolicy>,
+    /// The default leaderboard, encoded once for every reader.
+    pub leaderboard: Arc<leaderboard::LeaderboardCache>,
 }
 
 /// The HTTP routes of Tako (sockets are nested in by `startup`).

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::accounts::{Nickname, UserId, UserStore};
+use crate::accounts::{Nickname, StoreError, UserId, UserStore};
 
 /// More than this many remembered users and the memory is cleared (about 60 bytes each with a
 /// nickname: a million users is some 60 MB).
@@ -26,12 +26,17 @@ type Answer = oneshot::Sender<Result<bool, ()>>;
 pub struct UserDirectory {
     known: Mutex<HashMap<UserId, Option<Nickname>>>,
     lookups: mpsc::Sender<(UserId, Answer)>,
+    store: Arc<dyn UserStore>,
 }
 
 impl UserDirectory {
     pub fn spawn(store: Arc<dyn UserStore>) -> Arc<UserDirectory> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let directory = Arc::new(UserDirectory { known: Mutex::new(HashMap::new()), lookups: tx });
+        let directory = Arc::new(UserDirectory {
+            known: Mutex::new(HashMap::new()),
+            lookups: tx,
+            store: store.clone(),
+        });
         tokio::spawn(batcher(Arc::downgrade(&directory), store, rx));
         directory
     }
@@ -53,6 +58,22 @@ impl UserDirectory {
     /// The nickname of a remembered user (`None` when the user is not remembered).
     pub fn nickname(&self, id: UserId) -> Option<Option<Nickname>> {
         self.known().get(&id).cloned()
+    }
+
+    /// The nickname the server knows for `id` (renames keep it current), from memory or else
+    /// from the database; `Ok(None)` when the user has none or no longer exists.
+    pub async fn stored_nickname(&self, id: UserId) -> Result<Option<Nickname>, StoreError> {
+        if let Some(nickname) = self.nickname(id) {
+            return Ok(nickname);
+        }
+        let nickname = match self.store.get(id).await? {
+            Some(user) => {
+                self.remember(id, user.nickname.clone());
+                user.nickname
+            }
+            None => None,
+        };
+        Ok(nickname)
     }
 
     /// Remember a user known to exist (e.g. just registered).
@@ -127,7 +148,6 @@ mod tests {
 
     use super::*;
     use crate::accounts::{LeaderboardEntry, User, UserChanges};
-    use crate::storage::StoreError;
 
     /// Knows a fixed set of users and counts the lookups it is asked.
     struct CountingStore {

@@ -27,8 +27,12 @@ impl TakoSockets {
         presence: Arc<PresenceTracker>,
     ) -> TakoSockets {
         TakoSockets {
+            notifications: Arc::new(NotificationsChannel::new(
+                mailbox,
+                presence,
+                directory.clone(),
+            )),
             directory,
-            notifications: Arc::new(NotificationsChannel::new(mailbox, presence)),
         }
     }
 }

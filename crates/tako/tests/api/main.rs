@@ -4,6 +4,7 @@ mod auth;
 mod helpers;
 mod jsonapi;
 mod leaderboard;
+mod nicknames;
 mod openapi;
 mod operators;
 mod ops;
