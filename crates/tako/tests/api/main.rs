@@ -1,6 +1,7 @@
 //! Black-box tests of the HTTP API: the real application, real HTTP, real databases.
 
 mod auth;
+mod broadcast_msg;
 mod helpers;
 mod jsonapi;
 mod leaderboard;
