@@ -121,9 +121,32 @@ pub struct Config {
     #[arg(long, env = "TAKO_SOCKET_BURST", default_value_t = 60)]
     pub socket_burst: u32,
 
-    /// Behind a proxy: take the client address from `X-Forwarded-For`.
-    #[arg(long, env = "TAKO_TRUST_PROXY", default_value_t = false, value_parser = clap::builder::FalseyValueParser::new())]
-    pub trust_proxy: bool,
+    /// Behind proxies: which of them may say where a client comes from in `X-Forwarded-For`
+    /// (read from the right): `off`, `on` (one proxy), a number of proxies, or the proxies'
+    /// networks (`10.0.0.0/8,192.168.1.7`).
+    #[arg(long, env = "TAKO_TRUST_PROXY", default_value = "off")]
+    pub trust_proxy: channels::TrustedProxies,
+
+    /// Bytes one socket may have waiting to be written before it is closed as a slow consumer
+    /// (1013).
+    #[arg(long, env = "TAKO_MAX_QUEUED_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_queued_bytes: usize,
+
+    /// Bytes of messages per second one socket may send on average, in bursts of up to
+    /// `TAKO_MAX_FRAME_BYTES` (0: no byte budget). Over it: error replies, then 1008.
+    #[arg(long, env = "TAKO_SOCKET_BYTES_PER_SECOND", default_value_t = 64 * 1024)]
+    pub socket_bytes_per_second: u64,
+
+    /// Seconds a client may take to send a request's headers (and an idle keep-alive connection
+    /// may wait for its next request) before the connection is closed.
+    #[arg(long, env = "TAKO_HEADER_TIMEOUT", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+
+    /// HTTP connections (sockets included) this node keeps open at most. When full, a new
+    /// connection closes the oldest one that has not finished sending a request; 0: derived
+    /// from the open-files limit.
+    #[arg(long, env = "TAKO_MAX_HTTP_CONNECTIONS", default_value_t = 0)]
+    pub max_http_connections: usize,
 
     /// A second listener (e.g. `127.0.0.1:9090`) serving `GET /metrics` without a token.
     #[arg(long, env = "TAKO_METRICS_BIND")]
@@ -246,7 +269,11 @@ impl Config {
             registrations_per_minute: 300,
             socket_rate: 20,
             socket_burst: 60,
-            trust_proxy: false,
+            trust_proxy: channels::TrustedProxies::None,
+            max_queued_bytes: 4 * 1024 * 1024,
+            socket_bytes_per_second: 64 * 1024,
+            header_timeout_secs: 10,
+            max_http_connections: 0,
             metrics_bind: None,
             message_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
             reserved_nicknames: Vec::new(),

@@ -76,7 +76,10 @@ impl Application {
             tokens: Arc::new(tokens),
             realtime: realtime.clone(),
             metrics: metrics.clone(),
-            limits: Arc::new(HttpLimits::new(config.registrations_per_minute, config.trust_proxy)),
+            limits: Arc::new(HttpLimits::new(
+                config.registrations_per_minute,
+                config.trust_proxy.clone(),
+            )),
             nicknames: Arc::new(NicknamePolicy::new(
                 config.reserved_nicknames.iter().map(String::as_str),
             )),

@@ -73,7 +73,10 @@ impl Realtime {
             max_connections: (config.max_connections > 0).then_some(config.max_connections),
             max_connections_per_client: (config.max_connections_per_ip > 0)
                 .then_some(config.max_connections_per_ip),
-            trust_forwarded_for: config.trust_proxy,
+            trusted_proxies: config.trust_proxy.clone(),
+            outbound_queue_bytes: config.max_queued_bytes,
+            inbound_bytes_per_second: (config.socket_bytes_per_second > 0)
+                .then_some(config.socket_bytes_per_second),
             inbound_rate: (config.socket_rate > 0).then(|| channels::InboundRate {
                 per_second: f64::from(config.socket_rate),
                 burst: config.socket_burst.max(1),
