@@ -8,6 +8,8 @@
 //! - `ws …` (scenarios 1–4 only), `http …` (scenario 5 only), `cluster …` (scenario 6 only:
 //!   `[--cluster-sizes 1000,10000]`, two Tako nodes on PostgreSQL and Redis; `all` and `ws` run it
 //!   too unless `--no-cluster`)
+//! - `leaderboard [--users 100000] [--secs 10]`: scenario 5's default leaderboard (every ranked
+//!   user, no `limit`) on PostgreSQL, Tako against the minimal handler (see leaderboard.rs)
 //! - `online [--sizes 1000,50000] [--rounds 3] [--together] [--nodes 3] [--recipients 300] [--targeted 500]`: scenario 3
 //!   (targeted latency) with up to 50k online, on a Tako cluster with the idle sockets held by
 //!   `ballast` children (see online.rs)
@@ -24,6 +26,7 @@ mod cluster;
 mod floor;
 mod gen;
 mod httpfloor;
+mod leaderboard;
 mod online;
 mod proto;
 mod runner;
@@ -346,6 +349,40 @@ async fn online_cmd(args: &Args) -> anyhow::Result<()> {
     result
 }
 
+async fn leaderboard_cmd(args: &Args) -> anyhow::Result<()> {
+    let users: u64 = args.value("--users").map(|v| v.parse()).transpose()?.unwrap_or(100_000);
+    let secs: u64 = args.value("--secs").map(|v| v.parse()).transpose()?.unwrap_or(10);
+    let work = std::env::temp_dir().join(format!("tako-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let result = async {
+        let (tako, rev) = prepare_tako(&work, "HEAD")?;
+        let paths = Paths {
+            tako,
+            tako_baseline: None,
+            max_rss: 4096 * 1024 * 1024,
+            bench: std::env::current_exe()?,
+            socketio_dir: repo_root().join("bench/socketio"),
+            work: work.clone(),
+        };
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let started = chrono::Utc::now();
+        let rows = leaderboard::run(&paths, users, secs).await?;
+        println!(
+            "Date: {} · Tako {rev} · machine: {} · load average at start: {}",
+            started.format("%Y-%m-%d %H:%M UTC"),
+            machine(),
+            load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        );
+        println!("Command: `cargo run --release -p bench -- leaderboard {}`", args.rest.join(" "));
+        println!("Scenario 5, default leaderboard (no limit: {} rows) on PostgreSQL with {users} ranked users (wrk -t1 -c16 -d{secs}s):\n", leaderboard::ROWS);
+        println!("{}", leaderboard::report(&rows));
+        anyhow::Ok(())
+    }
+    .await;
+    clean_up(args, &work);
+    result
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut argv = std::env::args().skip(1);
@@ -357,6 +394,7 @@ async fn main() -> anyhow::Result<()> {
         "http" => all(&args, false, true, false).await,
         "cluster" => all(&args, false, false, true).await,
         "online" => online_cmd(&args).await,
+        "leaderboard" => leaderboard_cmd(&args).await,
         "ballast" => {
             let targets = online::parse_targets(&args.value("--targets").context("--targets")?)?;
             let count = args.value("--count").context("--count")?.parse()?;
