@@ -7,6 +7,7 @@
 //! task answers everything queued so far with a single `WHERE id IN (…)` query.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{mpsc, oneshot};
@@ -26,6 +27,8 @@ type Answer = oneshot::Sender<Result<bool, ()>>;
 pub struct UserDirectory {
     known: Mutex<HashMap<UserId, Option<Nickname>>>,
     lookups: mpsc::Sender<(UserId, Answer)>,
+    /// Set while this node may miss deletions (cluster bus down): every connect asks.
+    bypass: AtomicBool,
     store: Arc<dyn UserStore>,
 }
 
@@ -35,6 +38,7 @@ impl UserDirectory {
         let directory = Arc::new(UserDirectory {
             known: Mutex::new(HashMap::new()),
             lookups: tx,
+            bypass: AtomicBool::new(false),
             store: store.clone(),
         });
         tokio::spawn(batcher(Arc::downgrade(&directory), store, rx));
@@ -47,7 +51,7 @@ impl UserDirectory {
 
     /// `Err(())` when the database cannot answer.
     pub async fn exists(&self, id: UserId) -> Result<bool, ()> {
-        if self.known().contains_key(&id) {
+        if !self.bypass.load(Ordering::Acquire) && self.known().contains_key(&id) {
             return Ok(true);
         }
         let (tx, rx) = oneshot::channel();
@@ -63,8 +67,11 @@ impl UserDirectory {
     /// The nickname the server knows for `id` (renames keep it current), from memory or else
     /// from the database; `Ok(None)` when the user has none or no longer exists.
     pub async fn stored_nickname(&self, id: UserId) -> Result<Option<Nickname>, StoreError> {
-        if let Some(nickname) = self.nickname(id) {
-            return Ok(nickname);
+        // While this node may miss other nodes' renames (bus down), ask the database.
+        if !self.bypass.load(Ordering::Acquire) {
+            if let Some(nickname) = self.nickname(id) {
+                return Ok(nickname);
+            }
         }
         let nickname = match self.store.get(id).await? {
             Some(user) => {
@@ -95,6 +102,17 @@ impl UserDirectory {
     /// The user was deleted: the next connect asks the database.
     pub fn forget(&self, id: UserId) {
         self.known().remove(&id);
+    }
+
+    /// While set, connects ask the database even for remembered users (this node may have
+    /// missed a deletion); lookups are still coalesced.
+    pub fn set_bypass(&self, bypass: bool) {
+        self.bypass.store(bypass, Ordering::Release);
+    }
+
+    /// Forgets every user but those `keep` says.
+    pub fn retain(&self, keep: impl Fn(&UserId) -> bool) {
+        self.known().retain(|id, _| keep(id));
     }
 }
 
