@@ -248,6 +248,18 @@ mod tests {
     }
 
     #[test]
+    fn leaderboard_flags() {
+        let Command::Leaderboard(args) = parse(&["leaderboard"]).unwrap() else { panic!() };
+        assert_eq!((args.users, args.secs, args.keep), (100_000, 10, false));
+        let Command::Leaderboard(args) =
+            parse(&["leaderboard", "--users", "5000", "--secs", "3", "--keep"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((args.users, args.secs, args.keep), (5000, 3, true));
+    }
+
+    #[test]
     fn no_subcommand_is_all_with_its_defaults() {
         let Command::All { run, no_http, no_cluster } = parse(&[]).unwrap() else { panic!() };
         assert_eq!(run.sizes, vec![1000, 10_000]);
