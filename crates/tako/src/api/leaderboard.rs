@@ -53,13 +53,15 @@ pub struct Leaderboard {
     get, path = "/api/json/leaderboard", tag = "leaderboard",
     params(
         ("limit" = Option<u32>, Query, description = "1 to 1000; without it, every ranked user up to TAKO_LEADERBOARD_MAX (default 10,000)", minimum = 1, maximum = 1000),
-        ("If-None-Match" = Option<String>, Header, description = "The ETag of a leaderboard the client has (without `limit`)"),
+        ("event" = Option<String>, Query, description = "Rank verified scans in this event (TAKO_STAMPS=verified: the default event when absent)", pattern = "^[a-z0-9-]{1,40}$"),
+        ("If-None-Match" = Option<String>, Header, description = "The ETag of a leaderboard the client has (the default one: no `limit`, no event)"),
     ),
     responses(
         (status = 200, description = "The leaderboard; without `limit` it carries an ETag", body = Leaderboard),
         (status = 304, description = "Unchanged since the ETag in If-None-Match"),
         (status = 400, description = "Invalid limit", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 401, description = "Missing or wrong token", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 404, description = "No such event", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 406, description = "Accept allows no JSON", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 503, description = "Database unavailable", body = ErrorDocument, content_type = "application/vnd.api+json"),
     ),
@@ -71,14 +73,33 @@ pub async fn leaderboard(
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid_query("limit", e.body_text()))?;
-    let Some(raw) = query.get("limit") else {
-        let snapshot = state.leaderboard.current(state.store.as_ref()).await?;
-        return Ok(snapshot.respond(&headers));
+    let limit = match query.get("limit") {
+        None => None,
+        Some(raw) => {
+            Some(raw.parse().ok().filter(|l| (1..=MAX_LIMIT).contains(l)).ok_or_else(|| {
+                ApiError::invalid_query(
+                    "limit",
+                    format!("limit must be an integer from 1 to {MAX_LIMIT}"),
+                )
+            })?)
+        }
     };
-    let limit = raw.parse().ok().filter(|l| (1..=MAX_LIMIT).contains(l)).ok_or_else(|| {
-        ApiError::invalid_query("limit", format!("limit must be an integer from 1 to {MAX_LIMIT}"))
-    })?;
-    let entries = state.store.leaderboard(limit).await?;
+    let entries = match super::scans::leaderboard_event(&state, query.get("event")).await? {
+        // An event's ranking of verified scans: asked each time, every ranked user by default.
+        Some(event) => {
+            let limit = limit.unwrap_or(state.leaderboard.max());
+            state.store.event_leaderboard(&event, limit).await?
+        }
+        None if state.rally.verified => Vec::new(),
+        // The claimed stamps of the Tako-era client: without `limit`, the shared snapshot.
+        None => match limit {
+            None => {
+                let snapshot = state.leaderboard.current(state.store.as_ref()).await?;
+                return Ok(snapshot.respond(&headers));
+            }
+            Some(limit) => state.store.leaderboard(limit).await?,
+        },
+    };
     Ok(axum::Json(board(entries)).into_response())
 }
 
@@ -149,6 +170,11 @@ impl LeaderboardCache {
             generation: AtomicU64::new(0),
             reload: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Rows of a leaderboard asked for without `limit`.
+    pub fn max(&self) -> u32 {
+        self.max
     }
 
     /// A ranked user may have changed: the next request reads the database again.

@@ -23,15 +23,22 @@ pub struct NotificationsChannel {
     presence: Arc<PresenceTracker>,
     /// Who the sender is called: the nickname the server knows, not what a push claims.
     directory: Arc<UserDirectory>,
+    /// `TAKO_STAMPS=verified`: only the server announces stamps, so clients' `collected`,
+    /// `rally-completed` and `shout` reach nobody.
+    verified: bool,
 }
+
+/// The error reply to client announcements in verified mode.
+pub const STAMPS_ARE_VERIFIED: &str = "stamps are verified by the server";
 
 impl NotificationsChannel {
     pub fn new(
         mailbox: Arc<Mailbox>,
         presence: Arc<PresenceTracker>,
         directory: Arc<UserDirectory>,
+        verified: bool,
     ) -> NotificationsChannel {
-        NotificationsChannel { mailbox, presence, directory }
+        NotificationsChannel { mailbox, presence, directory, verified }
     }
 
     /// Broadcasts `event` `{"nickname": …}` with the sender's stored nickname, whatever the
@@ -103,6 +110,9 @@ impl Channel<SocketUser> for NotificationsChannel {
         payload: Payload,
         ctx: &ChannelContext<SocketUser>,
     ) -> HandleIn {
+        if self.verified && matches!(event, "collected" | "rally-completed" | "shout") {
+            return error(STAMPS_ARE_VERIFIED);
+        }
         match event {
             // A stamp was scanned: everyone on the topic (the sender too) hears who.
             "collected" => self.announce("collected-broadcast", &payload, ctx).await,
