@@ -214,7 +214,8 @@ pub async fn run(paths: &Paths, plan: &Plan) -> anyhow::Result<String> {
             .execute(&admin)
             .await?;
         sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await?;
-        (runner::PG_ADMIN.replace("/postgres", &format!("/{name}")), Some((admin, name)))
+        let server = runner::PG_ADMIN.rsplit_once('/').map_or(runner::PG_ADMIN, |(s, _)| s);
+        (format!("{server}/{name}"), Some((admin, name)))
     } else {
         (format!("sqlite://{}", paths.work.join("soak.db").display()), None)
     };
