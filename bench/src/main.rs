@@ -11,6 +11,8 @@
 //! - `online [--sizes 1000,50000] [--rounds 3] [--together] [--nodes 3] [--recipients 300] [--targeted 500]`: scenario 3
 //!   (targeted latency) with up to 50k online, on a Tako cluster with the idle sockets held by
 //!   `ballast` children (see online.rs)
+//! - `rally [--visitors 1000] [--stamps 10] [--sockets 10000] [--observers 20]`: scenario 7
+//!   (issue 14): scans over HTTP on PostgreSQL, each broadcast to every joined socket (rally.rs)
 //! - `ballast --targets HOST:PORT,… --count K --first-index I`: holds K idle joined sockets,
 //!   prints `ready <joined> <errors>`, answers `status` on stdin, exits when stdin closes
 //! - `floor --port P`: the raw tokio-tungstenite floor server
@@ -26,6 +28,7 @@ mod gen;
 mod httpfloor;
 mod online;
 mod proto;
+mod rally;
 mod runner;
 mod stats;
 
@@ -346,6 +349,43 @@ async fn online_cmd(args: &Args) -> anyhow::Result<()> {
     result
 }
 
+/// Scenario 7 (issue 14): `rally [--visitors 1000] [--stamps 10] [--sockets 10000]`.
+async fn rally_cmd(args: &Args) -> anyhow::Result<()> {
+    let num = |flag: &str, default: usize| -> anyhow::Result<usize> {
+        Ok(args
+            .value(flag)
+            .map(|v| v.parse())
+            .transpose()
+            .context(flag.to_owned())?
+            .unwrap_or(default))
+    };
+    let plan = rally::RallyPlan {
+        visitors: num("--visitors", 1000)?,
+        stamps: num("--stamps", 10)?,
+        sockets: num("--sockets", 10_000)?,
+        observers: num("--observers", 20)?,
+    };
+    let work = std::env::temp_dir().join(format!("tako-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let result = async {
+        let (tako, rev) = prepare_tako(&work, "HEAD")?;
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let report = rally::run(&tako, &work, plan).await?;
+        println!(
+            "Date: {} · Tako {rev} · machine: {} · load average at start: {}",
+            chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+            machine(),
+            load.trim()
+        );
+        println!("Command: `cargo run --release -p bench -- rally {}`\n", args.rest.join(" "));
+        println!("{report}");
+        anyhow::Ok(())
+    }
+    .await;
+    clean_up(args, &work);
+    result
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut argv = std::env::args().skip(1);
@@ -357,6 +397,7 @@ async fn main() -> anyhow::Result<()> {
         "http" => all(&args, false, true, false).await,
         "cluster" => all(&args, false, false, true).await,
         "online" => online_cmd(&args).await,
+        "rally" => rally_cmd(&args).await,
         "ballast" => {
             let targets = online::parse_targets(&args.value("--targets").context("--targets")?)?;
             let count = args.value("--count").context("--count")?.parse()?;
@@ -378,6 +419,6 @@ async fn main() -> anyhow::Result<()> {
             let url = args.value("--database-url").context("--database-url")?;
             httpfloor::serve(port, &url).await
         }
-        other => bail!("unknown command {other}; try all, ws, http, cluster, online, ballast, floor, axum-floor, http-floor"),
+        other => bail!("unknown command {other}; try all, ws, http, cluster, online, rally, ballast, floor, axum-floor, http-floor"),
     }
 }

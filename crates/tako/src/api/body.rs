@@ -81,6 +81,15 @@ where
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
+/// For optional fields that may be left out but not sent as `null`.
+pub fn not_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
 /// A whole number as JSON Schema counts one (`8` and `8.0`), within `u32`.
 pub fn whole_u32<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
     let number = serde_json::Number::deserialize(deserializer)?;
