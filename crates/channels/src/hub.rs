@@ -367,6 +367,11 @@ impl Hub {
     }
 
     /// Whether `user` (the hub's user key) has a socket on this node.
+    /// The users with a socket on this node.
+    pub fn local_users(&self) -> Vec<String> {
+        self.inner.users.read().keys().map(|user| user.to_string()).collect()
+    }
+
     pub fn has_user(&self, user: &str) -> bool {
         self.inner.users.read().contains_key(user)
     }

@@ -14,6 +14,9 @@ mod channel;
 mod config;
 mod delivery;
 mod endpoint;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod hub;
 mod limits;
 mod observer;

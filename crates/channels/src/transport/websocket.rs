@@ -126,6 +126,12 @@ fn check_handshake(
     let Some(key) = parts.headers.get(header::SEC_WEBSOCKET_KEY) else {
         return Err((StatusCode::BAD_REQUEST, "`Sec-WebSocket-Key` header missing"));
     };
+    if !valid_key(key.as_bytes()) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "`Sec-WebSocket-Key` must be 16 bytes in base64 (RFC 6455 section 4.1)",
+        ));
+    }
     let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
         .expect("base64 is a valid header value");
     if !header_eq(&parts.headers, header::SEC_WEBSOCKET_VERSION, "13") {
@@ -141,6 +147,12 @@ fn check_handshake(
         ));
     };
     Ok((accept, on_upgrade))
+}
+
+/// RFC 6455: the key is a random 16-byte value, base64-encoded (24 characters).
+fn valid_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD.decode(key).is_ok_and(|raw| raw.len() == 16)
 }
 
 fn header_eq(headers: &HeaderMap, name: HeaderName, value: &str) -> bool {
@@ -431,4 +443,21 @@ async fn finish(io: &mut Io, reader: &mut Reader, max_bytes: usize) {
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_key;
+
+    #[test]
+    fn only_a_base64_sixteen_byte_key_is_valid() {
+        assert!(valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        for bad in
+            [&b""[..], b"not base64 at all!!!!!!!", b"dGhlIHNhbXBsZSBub25jZQ", &[b'A'; 10_000]]
+        {
+            assert!(!valid_key(bad), "{:?}", String::from_utf8_lossy(&bad[..bad.len().min(30)]));
+        }
+        // 24 characters of base64 that are not 16 bytes.
+        assert!(!valid_key(b"dGhlIHNhbXBsZSBub25jZQ=A"));
+    }
 }

@@ -68,14 +68,9 @@ impl Channel<SocketUser> for NotificationsChannel {
     ) -> Result<Value, Value> {
         // Everyone on the topic sees who joined; the joiner gets the list after its reply.
         self.presence.track(ctx).await;
-        // Messages that waited for this user go out once the join is done (the task's first
-        // query takes longer than the engine needs to subscribe and reply).
-        let (mailbox, ctx) = (self.mailbox.clone(), ctx.clone());
-        tokio::spawn(async move {
-            if let Err(error) = mailbox.deliver_waiting(&ctx).await {
-                tracing::warn!(%error, "delivering waiting messages failed; they stay waiting");
-            }
-        });
+        // Messages that waited for this user go out once the join is done (the mailbox collects
+        // joins for a few milliseconds first, longer than the engine needs to subscribe).
+        self.mailbox.deliver_waiting(ctx);
         Ok(json!({}))
     }
 
