@@ -110,26 +110,32 @@ async fn scan_all(api: &Arc<Api>, users: &[String], codes: &[String], sent: &Arc
             let (api, user, codes, sent) =
                 (api.clone(), user.clone(), codes.to_vec(), sent.clone());
             tokio::spawn(async move {
-                let mut errors = 0;
+                let mut errors = Vec::new();
                 for (j, code) in codes.iter().enumerate() {
                     let body = json!({"data": {"type": "scan", "attributes": {"code": code}}});
                     sent.at[i][j].store(sent.base.elapsed().as_nanos() as u64, Ordering::Release);
                     match api.post(&format!("/api/json/accounts/users/{user}/scans"), body).await {
                         Ok((201, _)) => {}
-                        _ => errors += 1,
+                        Ok((status, _)) => errors.push(status),
+                        Err(_) => errors.push(0),
                     }
                 }
                 errors
             })
         })
         .collect();
-    let mut errors = 0;
+    let mut statuses: std::collections::BTreeMap<u16, usize> = Default::default();
     for task in tasks {
-        errors += task.await.unwrap_or(codes.len());
+        for status in task.await.unwrap_or_else(|_| vec![0; codes.len()]) {
+            *statuses.entry(status).or_default() += 1;
+        }
+    }
+    if !statuses.is_empty() {
+        eprintln!("  failed scans by status (0: no answer): {statuses:?}");
     }
     Phase {
         scans: users.len() * codes.len(),
-        errors,
+        errors: statuses.values().sum(),
         elapsed: started.elapsed(),
         ..Phase::default()
     }
@@ -179,7 +185,8 @@ async fn measure(port: u16, plan: RallyPlan) -> anyhow::Result<String> {
     let loud = api.event("loud", "notifications", plan.stamps).await?;
     let mut users = Vec::with_capacity(plan.visitors);
     for i in 0..plan.visitors {
-        let body = json!({"data": {"type": "user", "attributes": {"nickname": format!("v{i}")}}});
+        let body =
+            json!({"data": {"type": "user", "attributes": {"nickname": format!("v{i:05}")}}});
         let (status, body) = api.post("/api/json/accounts/users", body).await?;
         if status != 201 {
             bail!("registering: {status} {body}");
@@ -210,7 +217,6 @@ async fn measure(port: u16, plan: RallyPlan) -> anyhow::Result<String> {
     let latencies =
         Arc::new(Mutex::new(Vec::with_capacity(plan.observers * plan.visitors * plan.stamps)));
     let gate = Arc::new(tokio::sync::Semaphore::new(64));
-    let mut joins = Vec::with_capacity(plan.sockets);
     let mut readers = Vec::with_capacity(plan.sockets);
     let (joined_tx, mut joined_rx) = tokio::sync::mpsc::channel::<bool>(plan.sockets);
     for k in 0..plan.sockets {
@@ -254,10 +260,11 @@ async fn measure(port: u16, plan: RallyPlan) -> anyhow::Result<String> {
         }));
     }
     drop(joined_tx);
+    // Each socket task says once whether it joined (and keeps its sender while it reads).
     let mut joined = 0;
-    while let Some(ok) = joined_rx.recv().await {
+    for _ in 0..plan.sockets {
+        let Some(ok) = joined_rx.recv().await else { break };
         joined += usize::from(ok);
-        joins.push(ok);
     }
     eprintln!("  {joined} of {} sockets joined", plan.sockets);
     tokio::time::sleep(Duration::from_millis(500)).await;
