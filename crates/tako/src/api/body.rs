@@ -81,8 +81,9 @@ where
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
-/// For optional fields that may be left out but not sent as `null`.
-pub fn not_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+/// For optional fields that may be absent but not `null` (the schema says `nullable: false`):
+/// absent → `None`, a value → `Some`, `null` → a 400 pointing at the field.
+pub fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
