@@ -473,7 +473,7 @@ fn event_id(path: Result<Path<String>, PathRejection>) -> Result<EventId, ApiErr
     EventId::parse(&id).map_err(|_| ApiError::not_found())
 }
 
-fn stamp_id(path: Result<Path<String>, PathRejection>) -> Result<StampId, ApiError> {
+pub(super) fn stamp_id(path: Result<Path<String>, PathRejection>) -> Result<StampId, ApiError> {
     let Ok(Path(id)) = path else { return Err(ApiError::not_found()) };
     id.parse().map_err(|_| ApiError::not_found())
 }

@@ -10,7 +10,8 @@ mod stamp;
 mod store;
 
 pub use codes::{
-    qr_content, CodeStep, RallySecret, StampCode, MAX_SCANNED_CHARS, MIN_SECRET_CHARS,
+    booth_key_well_formed, qr_content, CodeStep, RallySecret, StampCode, MAX_SCANNED_CHARS,
+    MIN_SECRET_CHARS,
 };
 pub use event::{Event, EventChanges, EventDraft, EventId, RallyError, MAX_EVENT_ID};
 pub use scan::{CurrentCode, Progress, Rally, ScanError, ScanOutcome};

@@ -258,6 +258,25 @@ impl RallyStore for PostgresStore {
         Ok(result.rows_affected() == 1)
     }
 
+    async fn set_booth_key(&self, id: StampId, hash: Option<&str>) -> Result<bool, StoreError> {
+        let result = sqlx::query("UPDATE rally_stamps SET booth_key_hash = $2 WHERE id = $1")
+            .bind(id.as_uuid())
+            .bind(hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn stamp_by_booth_key(&self, hash: &str) -> Result<Option<Stamp>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {STAMP_COLUMNS} FROM rally_stamps WHERE booth_key_hash = $1"
+        ))
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(stamp_from_row).transpose()?)
+    }
+
     async fn delete_stamp(&self, id: StampId, force: bool) -> Result<Deletion, StoreError> {
         let result = sqlx::query(
             "DELETE FROM rally_stamps WHERE id = $1

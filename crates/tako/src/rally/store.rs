@@ -65,6 +65,11 @@ pub trait RallyStore: Send + Sync + 'static {
         -> Result<Vec<Stamp>, StoreError>;
     /// Writes the public fields of `stamp` (found by id); false when it is gone.
     async fn save_stamp(&self, stamp: &Stamp) -> Result<bool, StoreError>;
+    /// Sets (replacing any earlier one) or clears the keyed hash of the stamp's booth key;
+    /// false when the stamp is gone.
+    async fn set_booth_key(&self, id: StampId, hash: Option<&str>) -> Result<bool, StoreError>;
+    /// The stamp whose booth key has this keyed hash.
+    async fn stamp_by_booth_key(&self, hash: &str) -> Result<Option<Stamp>, StoreError>;
     /// With `force`, its scans go too.
     async fn delete_stamp(&self, id: StampId, force: bool) -> Result<Deletion, StoreError>;
 
