@@ -988,3 +988,76 @@ async fn codes_survive_a_restart_with_the_generated_secret() {
     assert_error(scan(&app, &user, code.as_deref().unwrap()).await, 404, "unknown_code").await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_booth_key_reads_its_one_screen_stamp_until_revoked() {
+    for backend in backends() {
+        let app = spawn(backend, |_| {}).await;
+        create_event(&app, "ev", json!({"name": "Ev", "stamps_required": 2})).await;
+        let (a, _) =
+            create_stamp(&app, "ev", json!({"name": "Stage A", "booth_id": "A", "mode": "screen"}))
+                .await;
+        let (b, _) = create_stamp(&app, "ev", json!({"name": "Stage B", "mode": "screen"})).await;
+        let (printed, _) = create_stamp(&app, "ev", json!({"name": "Paper"})).await;
+        let make = |stamp: String| {
+            let app = &app;
+            async move {
+                let path = format!("/api/json/stamps/{stamp}/booth-key");
+                let response = admin(app, Method::POST, &path, None).await;
+                assert_eq!(response.status(), 201);
+                let body: Value = response.json().await.unwrap();
+                let key = body["key"].as_str().unwrap().to_owned();
+                assert_eq!(body["path"], format!("/booth/{key}"));
+                key
+            }
+        };
+        let code = |key: String| {
+            let app = &app;
+            async move { app.client.get(app.url(&format!("/booth/{key}/code"))).send().await.unwrap() }
+        };
+        let key_a = make(a.clone()).await;
+        let key_b = make(b.clone()).await;
+        assert_ne!(key_a, key_b);
+
+        // Each key reads its own stamp's current code, which scans.
+        let response = code(key_a.clone()).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["cache-control"], "no-store");
+        let shown: Value = response.json().await.unwrap();
+        assert_eq!(
+            (shown["name"].as_str(), shown["booth_id"].as_str()),
+            (Some("Stage A"), Some("A"))
+        );
+        let user = register(&app, Some("Booth_Fan")).await;
+        let scanned = scan(&app, &user, shown["qr"].as_str().unwrap()).await;
+        assert_eq!(scanned.status(), 201);
+        let scanned: Value = scanned.json().await.unwrap();
+        assert_eq!(scanned["data"]["relationships"]["stamp"]["data"]["id"], a.as_str());
+        let shown_b: Value = code(key_b.clone()).await.json().await.unwrap();
+        assert_eq!(shown_b["name"], "Stage B");
+
+        // Only operators make keys, only for screen stamps of this server.
+        let path = format!("/api/json/stamps/{a}/booth-key");
+        assert_eq!(client(&app, Method::POST, &path, None).await.status(), 403);
+        assert_eq!(send(&app, &key_a, Method::POST, &path, None).await.status(), 401);
+        let printed_path = format!("/api/json/stamps/{printed}/booth-key");
+        assert_error(admin(&app, Method::POST, &printed_path, None).await, 409, "conflict").await;
+        let missing = format!("/api/json/stamps/{}/booth-key", uuid::Uuid::new_v4());
+        assert_eq!(admin(&app, Method::POST, &missing, None).await.status(), 404);
+        assert_eq!(admin(&app, Method::DELETE, &missing, None).await.status(), 404);
+
+        // A new key replaces the old one; revoking stops it; deleting the stamp stops its key.
+        let newer = make(a.clone()).await;
+        assert_eq!(code(key_a.clone()).await.status(), 404);
+        assert_eq!(code(newer.clone()).await.status(), 200);
+        assert_eq!(admin(&app, Method::DELETE, &path, None).await.status(), 204);
+        assert_eq!(code(newer.clone()).await.status(), 404);
+        let page = app.client.get(app.url(&format!("/booth/{newer}"))).send().await.unwrap();
+        assert_eq!(page.status(), 404);
+        assert_eq!(code(key_b.clone()).await.status(), 200, "other booths keep theirs");
+        let delete = format!("/api/json/stamps/{b}");
+        assert_eq!(admin(&app, Method::DELETE, &delete, None).await.status(), 204);
+        assert_eq!(code(key_b).await.status(), 404);
+        app.stop().await;
+    }
+}
