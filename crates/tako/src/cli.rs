@@ -438,6 +438,12 @@ impl Remote {
         }
         std::fs::create_dir_all(out)
             .with_context(|| format!("cannot create the folder {}", out.display()))?;
+        // A code is shown once: make sure it can be written before any stamp is created.
+        let probe = out.join(".tako-write-check");
+        std::fs::write(&probe, b"").with_context(|| {
+            format!("cannot write into {}; nothing was imported", out.display())
+        })?;
+        let _ = std::fs::remove_file(&probe);
 
         let (mut created, mut updated) = (0, 0);
         let mut cards = Vec::with_capacity(booths.len());
@@ -463,7 +469,11 @@ impl Remote {
                 if let Some(qr) = made["meta"]["qr"].as_str() {
                     qr_sheet::write_qr(out, &qr_sheet::file_stem(&booth.booth_id, &id), qr)
                         .with_context(|| {
-                            format!("booth {:?} was created but its QR code", booth.booth_id)
+                            format!(
+                                "booth {:?} was created but its QR code could not be written \
+                                 (delete that stamp and import again for a new code)",
+                                booth.booth_id
+                            )
                         })?;
                 }
                 created += 1;

@@ -266,6 +266,17 @@ fn an_organiser_prepares_an_event_from_a_csv() {
     );
     assert_eq!(api.stamps("fest-2026").len(), 4);
 
+    // A folder that cannot be written to: refused before any stamp (and code) is made.
+    std::fs::write(&csv, "name,booth_id\nBrand New,NEW1\n").unwrap();
+    let output = run(
+        &server,
+        &["stamps", "import", "booths.csv", "--event", "fest-2026", "--out", "booths.csv"],
+        dir.path(),
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("cannot create the folder"), "{}", stderr(&output));
+    assert_eq!(api.stamps("fest-2026").len(), 4);
+
     // An unknown event is named.
     let output = run(
         &server,
