@@ -88,6 +88,15 @@ pub enum EventsCommand {
         #[arg(long)]
         hidden: bool,
     },
+    /// Draw prize winners among those who completed the event and were not drawn before
+    /// (recorded for good: drawing again draws other people).
+    Draw {
+        id: String,
+        #[arg(long, default_value_t = 1)]
+        winners: u32,
+    },
+    /// List the event's past draws and their winners.
+    Draws { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -287,6 +296,27 @@ fn path_segment(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
+/// One draw: its time and count, then a line per winner (`user id<TAB>nickname`, ready for
+/// `tako send`).
+fn print_draw(draw: &Value) {
+    let a = &draw["attributes"];
+    let winners = a["winners"].as_array().cloned().unwrap_or_default();
+    println!(
+        "draw {} at {}: {} of {} asked",
+        draw["id"].as_str().unwrap_or("?"),
+        a["drawn_at"].as_str().unwrap_or("?"),
+        winners.len(),
+        a["requested"]
+    );
+    for winner in &winners {
+        println!(
+            "{}\t{}",
+            winner["user_id"].as_str().unwrap_or("?"),
+            winner["nickname"].as_str().unwrap_or("(no nickname)")
+        );
+    }
+}
+
 /// The attributes the file gives (all of them for a new stamp, whose others take defaults).
 fn stamp_attributes(booth: &Booth) -> Value {
     let f = &booth.fields;
@@ -339,6 +369,25 @@ impl Remote {
                 let created = self.call(Method::POST, "/api/json/events", Some(body)).await?;
                 let id = created["data"]["id"].as_str().unwrap_or("?");
                 println!("created event {id}");
+                Ok(())
+            }
+            EventsCommand::Draw { id, winners } => {
+                let path = format!("/api/json/events/{}/draws", path_segment(&id));
+                let body = json!({"data": {"type": "draw", "attributes": {"winners": winners}}});
+                let drawn = self.call(Method::POST, &path, Some(body)).await?;
+                print_draw(&drawn["data"]);
+                Ok(())
+            }
+            EventsCommand::Draws { id } => {
+                let path = format!("/api/json/events/{}/draws", path_segment(&id));
+                let listed = self.call(Method::GET, &path, None).await?;
+                let draws = listed["data"].as_array().cloned().unwrap_or_default();
+                if draws.is_empty() {
+                    println!("no draws yet");
+                }
+                for draw in &draws {
+                    print_draw(draw);
+                }
                 Ok(())
             }
         }

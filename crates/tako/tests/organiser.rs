@@ -165,6 +165,19 @@ fn an_organiser_prepares_an_event_from_a_csv() {
     }
     assert_ne!(decoded[0], decoded[1]);
 
+    // Two stamps of two: the scanner completed the rally, and is the one winner to draw.
+    let output = run(&server, &["events", "draw", "fest-2026", "--winners", "3"], dir.path());
+    assert!(output.status.success(), "{}", stderr(&output));
+    let drawn = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        drawn.contains("1 of 3 asked") && drawn.contains(&format!("{user}\tScanner")),
+        "{drawn}"
+    );
+    let output = run(&server, &["events", "draw", "fest-2026"], dir.path());
+    assert_eq!(output.status.code(), Some(1), "nobody is left to draw");
+    let output = run(&server, &["events", "draws", "fest-2026"], dir.path());
+    assert!(String::from_utf8_lossy(&output.stdout).contains(&format!("{user}\tScanner")));
+
     let stamps = api.stamps("fest-2026");
     assert_eq!(stamps.len(), 3);
     let hidden = stamps.iter().find(|s| s["attributes"]["booth_id"] == "5A01").unwrap();

@@ -3,6 +3,7 @@
 pub mod auth;
 mod body;
 mod booth;
+mod draws;
 pub mod error;
 mod events;
 mod health;
@@ -64,6 +65,7 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
             get(events::show_event).patch(events::update_event).delete(events::delete_event),
         )
         .route(&format!("{}/{{id}}/stamps", events::EVENTS), post(events::create_stamp))
+        .route(&format!("{}/{{id}}/draws", events::EVENTS), get(draws::list).post(draws::create))
         .route(
             &format!("{}/{{id}}", events::STAMPS),
             patch(events::update_stamp).delete(events::delete_stamp),

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::{Event, EventId, Stamp, StampId};
+use super::{Draw, Event, EventId, Stamp, StampId};
 use crate::accounts::{LeaderboardEntry, Timestamp, UserId};
 use crate::storage::StoreError;
 
@@ -94,4 +94,12 @@ pub trait RallyStore: Send + Sync + 'static {
         event: &EventId,
         limit: u32,
     ) -> Result<Vec<LeaderboardEntry>, StoreError>;
+
+    /// Who completed `event` and was not drawn in it before.
+    async fn undrawn_completers(&self, event: &EventId) -> Result<Vec<UserId>, StoreError>;
+    /// Records the draw and its winners at once; false (nothing recorded) when one of them was
+    /// drawn by another draw meanwhile.
+    async fn record_draw(&self, draw: &Draw) -> Result<bool, StoreError>;
+    /// The event's draws, oldest first, with their winners (and their nicknames).
+    async fn draws(&self, event: &EventId) -> Result<Vec<Draw>, StoreError>;
 }

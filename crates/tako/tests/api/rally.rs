@@ -1061,3 +1061,96 @@ async fn a_booth_key_reads_its_one_screen_stamp_until_revoked() {
         app.stop().await;
     }
 }
+
+#[tokio::test]
+async fn draws_pick_completers_never_twice_and_are_kept() {
+    for backend in backends() {
+        let app = spawn(backend, |_| {}).await;
+        create_event(&app, "ev", json!({"name": "Ev", "stamps_required": 1})).await;
+        let (_, code) = create_stamp(&app, "ev", json!({"name": "A"})).await;
+        let code = code.unwrap();
+        let mut completers = Vec::new();
+        for n in 0..5 {
+            let user = register(&app, Some(&format!("Winner_{n}"))).await;
+            assert_eq!(scan(&app, &user, &code).await.status(), 201);
+            completers.push(user);
+        }
+        // Registered but never completed: never drawn.
+        let idle = register(&app, Some("Idle")).await;
+        let path = "/api/json/events/ev/draws";
+        let draw = |n: u32| {
+            let app = &app;
+            async move {
+                let body = json!({"data": {"type": "draw", "attributes": {"winners": n}}});
+                admin(app, Method::POST, path, Some(body)).await
+            }
+        };
+        let winners = |doc: &Value| -> Vec<String> {
+            doc["attributes"]["winners"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w["user_id"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let first = draw(3).await;
+        assert_eq!(first.status(), 201);
+        let first: Value = first.json().await.unwrap();
+        let first = winners(&first["data"]);
+        assert_eq!(first.len(), 3);
+        let second: Value = draw(3).await.json().await.unwrap();
+        assert_eq!(second["data"]["attributes"]["requested"], 3);
+        let second = winners(&second["data"]);
+        assert_eq!(second.len(), 2, "only two were left");
+        let mut all: Vec<String> = first.iter().chain(&second).cloned().collect();
+        assert!(all.iter().all(|w| completers.contains(w) && *w != idle));
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 5, "nobody drawn twice");
+        assert_error(draw(1).await, 409, "nobody_to_draw").await;
+        assert_error(draw(0).await, 400, "invalid_attribute").await;
+        let body = json!({"data": {"type": "draw", "attributes": {"winners": 1}}});
+        assert_eq!(client(&app, Method::POST, path, Some(body)).await.status(), 403);
+        assert_eq!(client(&app, Method::GET, path, None).await.status(), 403);
+        let missing = json!({"data": {"type": "draw", "attributes": {"winners": 1}}});
+        let response =
+            admin(&app, Method::POST, "/api/json/events/nope/draws", Some(missing)).await;
+        assert_eq!(response.status(), 404);
+
+        // Listed, oldest first, with nicknames.
+        let listed: Value = admin(&app, Method::GET, path, None).await.json().await.unwrap();
+        let draws = listed["data"].as_array().unwrap();
+        assert_eq!(draws.len(), 2);
+        assert_eq!(winners(&draws[0]).len(), 3);
+        assert!(draws[0]["attributes"]["winners"][0]["nickname"]
+            .as_str()
+            .unwrap()
+            .starts_with("Winner_"));
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_draw_survives_a_restart_and_is_not_rerolled() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("tako.db").display());
+    let start = || {
+        let mut config = Config::for_database(&url);
+        tokens(&mut config);
+        config
+    };
+    let app = TestApp::start_config(start(), Backend::Sqlite, url.clone()).await;
+    create_event(&app, "ev", json!({"name": "Ev", "stamps_required": 1})).await;
+    let (_, code) = create_stamp(&app, "ev", json!({"name": "A"})).await;
+    let user = register(&app, Some("Only_One")).await;
+    assert_eq!(scan(&app, &user, code.as_deref().unwrap()).await.status(), 201);
+    let body = json!({"data": {"type": "draw", "attributes": {"winners": 1}}});
+    let path = "/api/json/events/ev/draws";
+    assert_eq!(admin(&app, Method::POST, path, Some(body.clone())).await.status(), 201);
+    app.stop().await;
+    let app = TestApp::start_config(start(), Backend::Sqlite, url.clone()).await;
+    let listed: Value = admin(&app, Method::GET, path, None).await.json().await.unwrap();
+    assert_eq!(listed["data"][0]["attributes"]["winners"][0]["user_id"], user.as_str());
+    assert_error(admin(&app, Method::POST, path, Some(body)).await, 409, "nobody_to_draw").await;
+    app.stop().await;
+}
