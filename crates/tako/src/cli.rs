@@ -97,6 +97,13 @@ pub enum EventsCommand {
     },
     /// List the event's past draws and their winners.
     Draws { id: String },
+    /// Print who completed the event as CSV (nickname, completed_at), in the order they did.
+    Completers {
+        id: String,
+        /// Add a user_id column (a user's id is their login secret: share the file with care).
+        #[arg(long)]
+        user_ids: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -388,6 +395,29 @@ impl Remote {
                 let body = json!({"data": {"type": "draw", "attributes": {"winners": winners}}});
                 let drawn = self.call(Method::POST, &path, Some(body)).await?;
                 print_draw(&drawn["data"]);
+                Ok(())
+            }
+            EventsCommand::Completers { id, user_ids } => {
+                let path = format!("/api/json/events/{}/completers", path_segment(&id));
+                let listed = self.call(Method::GET, &path, None).await?;
+                let mut out = csv::Writer::from_writer(std::io::stdout().lock());
+                let mut header = vec!["nickname", "completed_at"];
+                if user_ids {
+                    header.push("user_id");
+                }
+                out.write_record(&header)?;
+                for completer in listed["data"].as_array().into_iter().flatten() {
+                    let a = &completer["attributes"];
+                    let mut row = vec![
+                        a["nickname"].as_str().unwrap_or(""),
+                        a["completed_at"].as_str().unwrap_or(""),
+                    ];
+                    if user_ids {
+                        row.push(completer["id"].as_str().unwrap_or(""));
+                    }
+                    out.write_record(&row)?;
+                }
+                out.flush()?;
                 Ok(())
             }
             EventsCommand::Draws { id } => {

@@ -175,6 +175,14 @@ fn an_organiser_prepares_an_event_from_a_csv() {
     );
     let output = run(&server, &["events", "draw", "fest-2026"], dir.path());
     assert_eq!(output.status.code(), Some(1), "nobody is left to draw");
+    let output = run(&server, &["events", "completers", "fest-2026"], dir.path());
+    assert!(output.status.success(), "{}", stderr(&output));
+    let listed = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(listed.starts_with("nickname,completed_at\nScanner,20"), "{listed}");
+    assert!(!listed.contains(&user), "user ids only when asked: {listed}");
+    let output = run(&server, &["events", "completers", "fest-2026", "--user-ids"], dir.path());
+    let listed = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(listed.starts_with("nickname,completed_at,user_id\n") && listed.contains(&user));
     let output = run(&server, &["events", "draws", "fest-2026"], dir.path());
     assert!(String::from_utf8_lossy(&output.stdout).contains(&format!("{user}\tScanner")));
 

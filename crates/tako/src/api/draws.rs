@@ -17,6 +17,9 @@ use super::AppState;
 use crate::accounts::Timestamp;
 use crate::rally::{Draw, MAX_WINNERS};
 
+/// Completers listed at most.
+const MAX_COMPLETERS: u32 = 100_000;
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DrawCreateAttributes {
@@ -195,4 +198,66 @@ pub async fn list(
             jsonapi: JsonApiVersion::default(),
         },
     ))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CompleterAttributes {
+    pub nickname: Option<String>,
+    pub completed_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CompleterResource {
+    /// The user's id.
+    #[schema(format = "uuid")]
+    pub id: String,
+    /// `completer`
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub attributes: CompleterAttributes,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CompleterListDocument {
+    pub data: Vec<CompleterResource>,
+    pub jsonapi: JsonApiVersion,
+}
+
+/// Who completed the event, in the order they did (admin token: nicknames and user ids).
+#[utoipa::path(
+    get, path = "/api/json/events/{event_id}/completers", tag = "rally",
+    params(("event_id" = String, Path, description = "The event's id")),
+    responses(
+        (status = 200, description = "The completers", body = CompleterListDocument, content_type = "application/vnd.api+json"),
+        (status = 401, description = "Missing or wrong token", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 403, description = "Not the admin token", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 404, description = "No such event", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 406, description = "Accept allows no JSON", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 503, description = "Database unavailable", body = ErrorDocument, content_type = "application/vnd.api+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn completers(
+    State(state): State<AppState>,
+    Extension(role): Extension<Role>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<JsonApi<CompleterListDocument>, ApiError> {
+    require_admin(role)?;
+    let event = event_id(id)?;
+    if state.store.event(&event).await?.is_none() {
+        return Err(ApiError::not_found());
+    }
+    let completers = state.store.completers(&event, MAX_COMPLETERS).await?;
+    let data = completers
+        .into_iter()
+        .map(|c| CompleterResource {
+            id: c.user.to_string(),
+            type_: "completer".into(),
+            attributes: CompleterAttributes {
+                nickname: c.nickname,
+                completed_at: c.completed_at.to_iso8601(),
+            },
+        })
+        .collect();
+    Ok(JsonApi(StatusCode::OK, CompleterListDocument { data, jsonapi: JsonApiVersion::default() }))
 }

@@ -71,6 +71,7 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         )
         .route(&format!("{}/{{id}}/stamps", events::EVENTS), post(events::create_stamp))
         .route(&format!("{}/{{id}}/draws", events::EVENTS), get(draws::list).post(draws::create))
+        .route(&format!("{}/{{id}}/completers", events::EVENTS), get(draws::completers))
         .route(
             &format!("{}/{{id}}", events::STAMPS),
             patch(events::update_stamp).delete(events::delete_stamp),

@@ -20,6 +20,14 @@ pub struct Winner {
     pub nickname: Option<String>,
 }
 
+/// Someone who completed an event, and when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completer {
+    pub user: UserId,
+    pub nickname: Option<String>,
+    pub completed_at: Timestamp,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Draw {
     pub id: Uuid,

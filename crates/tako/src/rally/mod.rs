@@ -14,7 +14,7 @@ pub use codes::{
     booth_key_well_formed, qr_content, CodeStep, RallySecret, StampCode, MAX_SCANNED_CHARS,
     MIN_SECRET_CHARS,
 };
-pub use draw::{Draw, Winner, MAX_WINNERS};
+pub use draw::{Completer, Draw, Winner, MAX_WINNERS};
 pub use event::{Event, EventChanges, EventDraft, EventId, RallyError, MAX_EVENT_ID};
 pub use scan::{CurrentCode, Progress, Rally, ScanError, ScanOutcome};
 pub use stamp::{Stamp, StampChanges, StampDraft, StampFields, StampId, StampMode, StampSecret};

@@ -8,7 +8,8 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::{
-    Deletion, Draw, Event, EventId, RallyStore, Recorded, Scan, Stamp, StampId, StampSecret, Winner,
+    Completer, Deletion, Draw, Event, EventId, RallyStore, Recorded, Scan, Stamp, StampId,
+    StampSecret, Winner,
 };
 use crate::accounts::{LeaderboardEntry, Nickname, StampCount, Timestamp, UserId};
 use crate::storage::postgres::{naive, timestamp};
@@ -392,6 +393,27 @@ impl RallyStore for PostgresStore {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
+    }
+
+    async fn completers(&self, event: &EventId, limit: u32) -> Result<Vec<Completer>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.user_id AS user_id, u.nickname AS nickname, c.completed_at AS completed_at
+             FROM rally_completions c JOIN users u ON u.id = c.user_id
+             WHERE c.event_id = $1 ORDER BY c.completed_at, c.user_id LIMIT $2",
+        )
+        .bind(event.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut completers = Vec::with_capacity(rows.len());
+        for row in &rows {
+            completers.push(Completer {
+                user: UserId::from(row.try_get::<Uuid, _>("user_id")?),
+                nickname: row.try_get("nickname")?,
+                completed_at: timestamp(row.try_get("completed_at")?),
+            });
+        }
+        Ok(completers)
     }
 
     async fn undrawn_completers(&self, event: &EventId) -> Result<Vec<UserId>, StoreError> {

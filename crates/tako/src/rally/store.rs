@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::{Draw, Event, EventId, Stamp, StampId};
+use super::{Completer, Draw, Event, EventId, Stamp, StampId};
 use crate::accounts::{LeaderboardEntry, Timestamp, UserId};
 use crate::storage::StoreError;
 
@@ -95,6 +95,8 @@ pub trait RallyStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<LeaderboardEntry>, StoreError>;
 
+    /// Who completed `event`, in the order they did, at most `limit`.
+    async fn completers(&self, event: &EventId, limit: u32) -> Result<Vec<Completer>, StoreError>;
     /// Who completed `event` and was not drawn in it before.
     async fn undrawn_completers(&self, event: &EventId) -> Result<Vec<UserId>, StoreError>;
     /// Records the draw and its winners at once; false (nothing recorded) when one of them was

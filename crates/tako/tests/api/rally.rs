@@ -1075,8 +1075,21 @@ async fn draws_pick_completers_never_twice_and_are_kept() {
             assert_eq!(scan(&app, &user, &code).await.status(), 201);
             completers.push(user);
         }
-        // Registered but never completed: never drawn.
+        // Registered but never completed: never drawn, not listed.
         let idle = register(&app, Some("Idle")).await;
+        let listed = "/api/json/events/ev/completers";
+        assert_eq!(client(&app, Method::GET, listed, None).await.status(), 403);
+        let response = admin(&app, Method::GET, listed, None).await;
+        assert_eq!(response.status(), 200);
+        let doc: Value = response.json().await.unwrap();
+        let ids: Vec<&str> =
+            doc["data"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+        assert_eq!(
+            ids,
+            completers.iter().map(String::as_str).collect::<Vec<_>>(),
+            "in completion order"
+        );
+        assert_eq!(doc["data"][0]["attributes"]["nickname"], "Winner_0");
         let path = "/api/json/events/ev/draws";
         let draw = |n: u32| {
             let app = &app;
