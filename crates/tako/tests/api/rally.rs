@@ -142,6 +142,14 @@ async fn operators_manage_events_and_clients_read_the_visible_ones() {
                 "/data/attributes/colour",
             ),
             (
+                json!({"name": "X", "stamps_required": 1, "visible": null}),
+                "/data/attributes/visible",
+            ),
+            (
+                json!({"name": "X", "stamps_required": 1, "metadata": null}),
+                "/data/attributes/metadata",
+            ),
+            (
                 json!({"name": "X", "stamps_required": 1, "topic": "room:lobby"}),
                 "/data/attributes/topic",
             ),
