@@ -1,25 +1,16 @@
 //! Tako's benchmark harness. `cargo run --release -p bench -- all` runs every scenario against
-//! every server in turn and prints one table (see BENCHMARKS.md). Subcommands:
+//! every server in turn and prints one table (see BENCHMARKS.md); `bench --help` and
+//! `bench <subcommand> --help` list the subcommands and their flags (defined in cli.rs):
 //!
-//! - `all [--sizes 1000,10000] [--servers tako,tako-nopresence,floor,axum-floor,socketio]`
-//!   `[--http-users 1000000] [--no-http]`
-//!   `[--tako-baseline REV]` (also measure Tako built at REV) `[--max-rss-mib 4096]` (kill a
-//!   server past this RSS: the machine is shared)
-//! - `ws …` (scenarios 1–4 only), `http …` (scenario 5 only), `cluster …` (scenario 6 only:
-//!   `[--cluster-sizes 1000,10000]`, two Tako nodes on PostgreSQL and Redis; `all` and `ws` run it
-//!   too unless `--no-cluster`)
-//! - `online [--sizes 1000,50000] [--rounds 3] [--together] [--nodes 3] [--recipients 300] [--targeted 500]`: scenario 3
-//!   (targeted latency) with up to 50k online, on a Tako cluster with the idle sockets held by
-//!   `ballast` children (see online.rs)
-//! - `ballast --targets HOST:PORT,… --count K --first-index I`: holds K idle joined sockets,
-//!   prints `ready <joined> <errors>`, answers `status` on stdin, exits when stdin closes
-//! - `floor --port P`: the raw tokio-tungstenite floor server
-//! - `axum-floor --port P`: the same job through axum's WebSocketUpgrade (Tako's web stack)
-//! - `http-floor --port P --database-url URL`: the minimal axum+sqlx handler of scenario 5
+//! - `all`: scenarios 1–6; `ws`: 1–4 and 6 (unless `--no-cluster`); `http`: 5; `cluster`: 6
+//! - `online`: scenario 3 (targeted latency) with up to 50k online, on a Tako cluster with the
+//!   idle sockets held by `ballast` children (see online.rs)
+//! - `ballast`, `floor`, `axum-floor`, `http-floor`: the processes the others start
 //!
 //! Every load is bounded in count and time, on loopback only; every server it starts is
 //! stopped (and killed on drop) before it exits.
 
+mod cli;
 mod cluster;
 mod floor;
 mod gen;
@@ -33,20 +24,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context};
-use runner::{Kind, Paths, WsPlan};
-
-struct Args {
-    rest: Vec<String>,
-}
-
-impl Args {
-    fn value(&self, flag: &str) -> Option<String> {
-        self.rest.iter().position(|a| a == flag).and_then(|i| self.rest.get(i + 1).cloned())
-    }
-    fn has(&self, flag: &str) -> bool {
-        self.rest.iter().any(|a| a == flag)
-    }
-}
+use clap::Parser;
+use cli::{Cli, OnlineArgs, RunArgs};
+use runner::{Kind, Paths};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("bench/ has a parent").to_path_buf()
@@ -141,31 +121,15 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores, {mem} RAM, Linux {kernel}")
 }
 
-async fn all(args: &Args, ws: bool, http: bool, cluster: bool) -> anyhow::Result<()> {
-    let sizes: Vec<usize> = args
-        .value("--sizes")
-        .unwrap_or_else(|| "1000,10000".into())
-        .split(',')
-        .map(|s| s.trim().parse().context("--sizes"))
-        .collect::<anyhow::Result<_>>()?;
+async fn all(args: &RunArgs, ws: bool, http: bool, cluster: bool) -> anyhow::Result<()> {
+    let sizes = args.sizes.clone();
     if let Some(&n) = sizes.iter().find(|&&n| n > 19_000) {
         bail!("N={n}: one process holds at most ~19,900 sockets here (hard fd limit 20,000), servers included");
     }
-    let servers: Vec<Kind> = args
-        .value("--servers")
-        .unwrap_or_else(|| "tako,floor,axum-floor,socketio".into())
-        .split(',')
-        .map(|s| Kind::parse(s.trim()).with_context(|| format!("unknown server {s}")))
-        .collect::<anyhow::Result<_>>()?;
-    let http_users: u64 =
-        args.value("--http-users").map(|v| v.parse()).transpose()?.unwrap_or(1_000_000);
-    let http_secs: u64 = args.value("--http-secs").map(|v| v.parse()).transpose()?.unwrap_or(10);
-    let plan = WsPlan {
-        repeats: args.value("--repeats").map(|v| v.parse()).transpose()?.unwrap_or(50),
-        throughput_secs: args.value("--steady-secs").map(|v| v.parse()).transpose()?.unwrap_or(5),
-        window: args.value("--window").map(|v| v.parse()).transpose()?.unwrap_or(8),
-        targeted_repeats: args.value("--targeted").map(|v| v.parse()).transpose()?.unwrap_or(200),
-    };
+    let servers = args.servers.clone();
+    let http_users = args.http_users;
+    let http_secs = args.http_secs;
+    let plan = args.plan();
 
     let work = std::env::temp_dir().join(format!("tako-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
@@ -175,9 +139,9 @@ async fn all(args: &Args, ws: bool, http: bool, cluster: bool) -> anyhow::Result
         let _ = runner::TAKO_NO_PRESENCE_LABEL
             .set(Box::leak(format!("Tako {rev} (HEAD), TAKO_PRESENCE=off").into_boxed_str()));
         let mut servers = servers.clone();
-        let tako_baseline = match args.value("--tako-baseline") {
+        let tako_baseline = match &args.tako_baseline {
             Some(base) => {
-                let (bin, base_rev) = prepare_tako(&work, &base)?;
+                let (bin, base_rev) = prepare_tako(&work, base)?;
                 let _ = runner::BASELINE_LABEL.set(Box::leak(format!("Tako {base_rev} (baseline)").into_boxed_str()));
                 if let Some(i) = servers.iter().position(|k| *k == Kind::Tako) {
                     servers.insert(i + 1, Kind::TakoBaseline);
@@ -186,7 +150,7 @@ async fn all(args: &Args, ws: bool, http: bool, cluster: bool) -> anyhow::Result
             }
             None => None,
         };
-        let max_rss_mib: u64 = args.value("--max-rss-mib").map(|v| v.parse()).transpose()?.unwrap_or(4096);
+        let max_rss_mib = args.max_rss_mib;
         let paths = Paths {
             tako,
             tako_baseline,
@@ -215,15 +179,10 @@ async fn all(args: &Args, ws: bool, http: bool, cluster: bool) -> anyhow::Result
             }
         }
         let mut cluster_rows = Vec::new();
-        let cluster_sizes: Vec<usize> = args
-            .value("--cluster-sizes")
-            .unwrap_or_else(|| "1000,10000".into())
-            .split(',')
-            .map(|s| s.trim().parse().context("--cluster-sizes"))
-            .collect::<anyhow::Result<_>>()?;
+        let cluster_sizes = &args.cluster_sizes;
         if cluster {
             eprintln!("cluster: two Tako nodes on PostgreSQL and Redis, N = {cluster_sizes:?}");
-            match cluster::run(&paths, &cluster_sizes, &plan).await {
+            match cluster::run(&paths, cluster_sizes, &plan).await {
                 Ok(r) => cluster_rows = r,
                 Err(e) => eprintln!("  cluster scenario failed: {e:#}"),
             }
@@ -263,13 +222,13 @@ async fn all(args: &Args, ws: bool, http: bool, cluster: bool) -> anyhow::Result
         anyhow::Ok(())
     }
     .await;
-    clean_up(args, &work);
+    clean_up(args.keep, &work);
     result
 }
 
 /// Removes the work directory unless `--keep`.
-fn clean_up(args: &Args, work: &Path) {
-    if args.has("--keep") {
+fn clean_up(keep: bool, work: &Path) {
+    if keep {
         eprintln!("kept {}", work.display());
     } else {
         let _ = std::fs::remove_dir_all(work);
@@ -277,23 +236,17 @@ fn clean_up(args: &Args, work: &Path) {
 }
 
 /// `bench online`: scenario 3 at up to 50k online (see online.rs).
-async fn online_cmd(args: &Args) -> anyhow::Result<()> {
-    let num = |flag: &str, default: usize| -> anyhow::Result<usize> {
-        args.value(flag)
-            .map(|v| v.parse::<usize>().with_context(|| flag.to_owned()))
-            .transpose()
-            .map(|v| v.unwrap_or(default))
-    };
+async fn online_cmd(args: &OnlineArgs) -> anyhow::Result<()> {
     let plan = online::OnlinePlan {
-        sizes: online::parse_sizes(&args.value("--sizes").unwrap_or_else(|| "1000,50000".into()))?,
-        rounds: num("--rounds", 3)?,
-        together: args.has("--together"),
-        nodes: num("--nodes", 3)?,
-        recipients: num("--recipients", 300)?,
-        targeted: num("--targeted", 500)?,
-        per_child: num("--per-child", 16_000)?,
-        concurrency: num("--concurrency", 64)?,
-        join_secs: num("--join-secs", 180)? as u64,
+        sizes: args.sizes.clone(),
+        rounds: args.rounds,
+        together: args.together,
+        nodes: args.nodes,
+        recipients: args.recipients,
+        targeted: args.targeted,
+        per_child: args.per_child,
+        concurrency: args.concurrency,
+        join_secs: args.join_secs,
     };
     plan.check()?;
     let work = std::env::temp_dir().join(format!("tako-bench-{}", std::process::id()));
@@ -308,7 +261,7 @@ async fn online_cmd(args: &Args) -> anyhow::Result<()> {
         let paths = Paths {
             tako,
             tako_baseline: None,
-            max_rss: num("--max-rss-mib", 4096)? as u64 * 1024 * 1024,
+            max_rss: args.max_rss_mib * 1024 * 1024,
             bench: std::env::current_exe()?,
             socketio_dir: repo_root().join("bench/socketio"),
             work: work.clone(),
@@ -324,7 +277,7 @@ async fn online_cmd(args: &Args) -> anyhow::Result<()> {
             machine(),
             load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
         );
-        println!("Command: `{}cargo run --release -p bench -- online {}`", if std::env::var("TAKO_BIN").is_ok() { "TAKO_BIN=… " } else { "" }, args.rest.join(" "));
+        println!("Command: `{}cargo run --release -p bench -- online {}`", if std::env::var("TAKO_BIN").is_ok() { "TAKO_BIN=… " } else { "" }, args.command_line());
         println!(
             "Plan: N online = {:?} on {} nodes, {} rounds {}; {} recipients in the measuring process; {} targeted messages per run, one at a time (POST /api/messages on node A → the recipient's socket); ballast children of at most {} sockets, {} joins in flight each\n",
             plan.sizes,
@@ -342,42 +295,29 @@ async fn online_cmd(args: &Args) -> anyhow::Result<()> {
         anyhow::Ok(())
     }
     .await;
-    clean_up(args, &work);
+    clean_up(args.keep, &work);
     result
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut argv = std::env::args().skip(1);
-    let command = argv.next().unwrap_or_else(|| "all".into());
-    let args = Args { rest: argv.collect() };
-    match command.as_str() {
-        "all" => all(&args, true, !args.has("--no-http"), !args.has("--no-cluster")).await,
-        "ws" => all(&args, true, false, !args.has("--no-cluster")).await,
-        "http" => all(&args, false, true, false).await,
-        "cluster" => all(&args, false, false, true).await,
-        "online" => online_cmd(&args).await,
-        "ballast" => {
-            let targets = online::parse_targets(&args.value("--targets").context("--targets")?)?;
-            let count = args.value("--count").context("--count")?.parse()?;
-            let first = args.value("--first-index").context("--first-index")?.parse()?;
-            let concurrency = args.value("--concurrency").map(|v| v.parse()).transpose()?.unwrap_or(64);
-            let deadline = args.value("--deadline-secs").map(|v| v.parse()).transpose()?.unwrap_or(180);
-            online::ballast(targets, first, count, concurrency, std::time::Duration::from_secs(deadline)).await
+    match Cli::parse().into_command() {
+        cli::Command::All { run, no_http, no_cluster } => {
+            all(&run, true, !no_http, !no_cluster).await
         }
-        "floor" => {
-            let port = args.value("--port").or_else(|| std::env::var("PORT").ok()).context("--port")?.parse()?;
-            floor::serve_raw(port).await
+        cli::Command::Ws { run, no_cluster } => all(&run, true, false, !no_cluster).await,
+        cli::Command::Http(run) => all(&run, false, true, false).await,
+        cli::Command::Cluster(run) => all(&run, false, false, true).await,
+        cli::Command::Online(args) => online_cmd(&args).await,
+        cli::Command::Ballast(b) => {
+            let targets = online::parse_targets(&b.targets)?;
+            let deadline = std::time::Duration::from_secs(b.deadline_secs);
+            online::ballast(targets, b.first_index, b.count, b.concurrency, deadline).await
         }
-        "axum-floor" => {
-            let port = args.value("--port").or_else(|| std::env::var("PORT").ok()).context("--port")?.parse()?;
-            floor::serve_axum(port).await
+        cli::Command::Floor(p) => floor::serve_raw(p.port).await,
+        cli::Command::AxumFloor(p) => floor::serve_axum(p.port).await,
+        cli::Command::HttpFloor { port, database_url } => {
+            httpfloor::serve(port, &database_url).await
         }
-        "http-floor" => {
-            let port = args.value("--port").context("--port")?.parse()?;
-            let url = args.value("--database-url").context("--database-url")?;
-            httpfloor::serve(port, &url).await
-        }
-        other => bail!("unknown command {other}; try all, ws, http, cluster, online, ballast, floor, axum-floor, http-floor"),
     }
 }

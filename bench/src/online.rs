@@ -169,13 +169,6 @@ async fn settle(pids: &[u32], limit: Duration) -> Option<Duration> {
     None
 }
 
-/// Comma-separated sizes.
-pub fn parse_sizes(s: &str) -> anyhow::Result<Vec<usize>> {
-    s.split(',')
-        .map(|p| p.trim().replace('_', "").parse::<usize>().with_context(|| format!("size {p:?}")))
-        .collect()
-}
-
 /// `count` ballast sockets from user index `first` split over as few children as hold at most
 /// `per_child` each, evenly: (first index, count) per child.
 pub fn split_children(first: usize, count: usize, per_child: usize) -> Vec<(usize, usize)> {
@@ -905,8 +898,6 @@ mod tests {
         assert_eq!(t, vec!["127.0.0.1:4001".parse().unwrap(), "127.0.0.1:4002".parse().unwrap()]);
         assert!(parse_targets("").is_err());
         assert!(parse_targets("localhost").is_err());
-        assert_eq!(parse_sizes("1000, 50_000").unwrap(), vec![1000, 50_000]);
-        assert!(parse_sizes("1k").is_err());
     }
 
     #[test]

@@ -14,10 +14,25 @@ if (!PG || !REDIS) throw new Error("cluster tests need TAKO_TEST_DATABASE_URL an
 const ADMIN = "cluster-admin-token";
 const CLIENT = "cluster-client-token";
 
-/** A fresh PostgreSQL database next to the one the run was given. */
+/** Databases this file made: dropped when the process exits, whether the tests passed or not. */
+const created = [];
+process.on("exit", () => {
+  for (const name of created) {
+    try {
+      execFileSync("psql", [PG, "-q", "-c", `DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`]);
+    } catch (e) {
+      console.error(`warning: test database ${name} was not dropped: ${e.message}`);
+    }
+  }
+});
+
+/** A fresh PostgreSQL database next to the one the run was given (its name starts with that
+ * one's, so scripts/test drops it at the end in any case). */
 function freshDatabase() {
-  const name = `tako_test_cluster_${process.pid}_${Date.now()}`;
-  execFileSync("psql", [PG, "-q", "-c", `CREATE DATABASE ${name}`]);
+  const base = PG.match(/\/([^/?]*)(\?.*)?$/)[1].slice(0, 40);
+  const name = `${base}_c${process.pid}_${Date.now()}`;
+  execFileSync("psql", [PG, "-q", "-c", `CREATE DATABASE "${name}"`]);
+  created.push(name);
   return PG.replace(/\/[^/?]*(\?.*)?$/, `/${name}`);
 }
 
@@ -251,5 +266,47 @@ describe("Redis going away", () => {
     assert.equal(b.proc.exitCode, null);
     s1.disconnect();
     s2.disconnect();
+  });
+
+  it("catches up after the outage: deletions refused at once, renames and deletions applied when Redis returns", async () => {
+    const [a, b] = nodes;
+    const keep = await a.register("StaysHere");
+    const doomed = await a.register("DoomedLater");
+    const renamed = await a.register("OldName");
+    const watcher = await connect(live(a, keep));
+    const view = presentOn(watcher, "notifications:outage");
+    const onB = await connect(makeSocket(b, { userToken: doomed }, { reconnectAfterMs: () => 60000 }));
+    const closes = [];
+    onB.onClose((e) => closes.push(e?.code));
+    const renamedSocket = await connect(live(b, renamed));
+    const renamedView = presentOn(renamedSocket, "notifications:outage");
+    await Promise.all([view.joined, renamedView.joined]);
+    await eventually(() => same(view, ["OldName", "StaysHere"]), `presence before the outage (saw ${view.names()})`);
+
+    redis.kill("SIGKILL");
+    await sleep(500);
+    const admin = { authorization: `Bearer ${ADMIN}`, "content-type": "application/vnd.api+json", accept: "application/vnd.api+json" };
+    let res = await fetch(`${a.url}/api/json/accounts/users/${doomed}`, { method: "DELETE", headers: admin });
+    assert.equal(res.status, 204);
+    res = await fetch(`${a.url}/api/json/accounts/users/${renamed}`, {
+      method: "PATCH",
+      headers: admin,
+      body: JSON.stringify({ data: { type: "user", attributes: { nickname: "NewName" } } }),
+    });
+    assert.equal(res.status, 200);
+    // Node B never heard of the deletion, yet refuses the deleted user at once: while the bus is
+    // down it asks the database.
+    await assert.rejects(connect(makeSocket(b, { userToken: doomed }, { reconnectAfterMs: () => 60000 }), 3000));
+
+    await startRedis();
+    await eventually(() => closes.length > 0, "the deleted user's socket on node B closed once Redis returned", 15000);
+    await eventually(
+      () => same(view, ["NewName", "StaysHere"]) && same(renamedView, ["NewName", "StaysHere"]),
+      `the rename reached presence on both nodes (saw ${view.names()} / ${renamedView.names()})`,
+      15000,
+    );
+    onB.disconnect();
+    watcher.disconnect();
+    renamedSocket.disconnect();
   });
 });

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::bus::{BusMessage, SocketRef};
+use crate::delivery::Delivery;
 use crate::hub::{Hub, SocketShared};
 pub use crate::payload::Payload;
 use crate::presence::{Presence, PresenceError, PresenceFeed};
@@ -139,13 +140,28 @@ impl<A> ChannelContext<A> {
     /// queued for the client (false when the channel closed, the socket is gone or the payload
     /// cannot be expressed for this client).
     pub fn push(&self, event: &str, payload: Payload) -> bool {
+        self.push_with(event, payload, None)
+    }
+
+    /// As [`ChannelContext::push`], with a [`Delivery`] that resolves `true` once the socket
+    /// wrote it and `false` if it was not taken or was lost (slow consumer, broken connection).
+    pub fn push_confirmed(&self, event: &str, payload: Payload) -> Delivery {
+        let delivery = Delivery::new();
+        self.push_with(event, payload, Some(&delivery));
+        delivery
+    }
+
+    fn push_with(&self, event: &str, payload: Payload, delivery: Option<&Delivery>) -> bool {
         if !self.is_open() {
             tracing::debug!(topic = %self.inner.topic, event, "push on a closed channel dropped");
             return false;
         }
         let socket = &self.inner.socket;
         match socket.serializer.encode_push(self.join_ref(), &self.inner.topic, event, &payload) {
-            Some(frame) => socket.send(frame),
+            Some(frame) => match delivery {
+                Some(delivery) => socket.send_confirmed(frame, delivery.copy()),
+                None => socket.send(frame),
+            },
             None => {
                 tracing::warn!(
                     topic = %self.inner.topic,

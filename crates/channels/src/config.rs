@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::limits::{CheckOrigin, InboundRate};
+use crate::limits::{CheckOrigin, InboundRate, TrustedProxies};
 use crate::observer::Observer;
 
 pub(crate) const DEFAULT_PRESENCE_INTERVAL: Duration = Duration::from_millis(50);
@@ -18,6 +18,10 @@ pub struct EndpointConfig {
     pub max_frame_bytes: usize,
     /// Frames queued per socket before it is disconnected as a slow consumer. Default 1024.
     pub outbound_queue: usize,
+    /// Bytes one socket may have on their way out (queued, or taken and not yet written to the
+    /// kernel) before it is disconnected as a slow consumer with 1013. A single frame larger
+    /// than this still goes to a socket that has nothing else pending. Default 4 MiB.
+    pub outbound_queue_bytes: usize,
     /// Bound on [`Endpoint::shutdown`](crate::Endpoint::shutdown). Default 10 s.
     pub shutdown_timeout: Duration,
     /// Presence changes of a topic within this interval go out as one `presence_diff`; zero
@@ -35,10 +39,14 @@ pub struct EndpointConfig {
     /// Sockets one client address holds at most; more are refused with 429. Loopback
     /// addresses are not capped (a local proxy or load generator). Default: no cap.
     pub max_connections_per_client: Option<usize>,
-    /// Take the client address from `X-Forwarded-For` (only behind a proxy that sets it).
-    pub trust_forwarded_for: bool,
+    /// Proxies whose `X-Forwarded-For` entries say where a client comes from. Default: none.
+    pub trusted_proxies: TrustedProxies,
     /// Inbound message budget per socket. Default: none.
     pub inbound_rate: Option<InboundRate>,
+    /// Inbound byte budget per socket: bytes of messages per second on average, with a burst
+    /// of `max_frame_bytes` (so one message of the largest size always passes). Messages over
+    /// it are refused like those over `inbound_rate`. Heartbeats are not counted. Default: none.
+    pub inbound_bytes_per_second: Option<u64>,
     /// Told about messages in and out and fan-out times. Default: nothing.
     pub observer: Arc<dyn Observer>,
 }
@@ -50,14 +58,16 @@ impl std::fmt::Debug for EndpointConfig {
             .field("max_channels", &self.max_channels)
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("outbound_queue", &self.outbound_queue)
+            .field("outbound_queue_bytes", &self.outbound_queue_bytes)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("presence_interval", &self.presence_interval)
             .field("longpoll_window", &self.longpoll_window)
             .field("check_origin", &self.check_origin)
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_client", &self.max_connections_per_client)
-            .field("trust_forwarded_for", &self.trust_forwarded_for)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("inbound_rate", &self.inbound_rate)
+            .field("inbound_bytes_per_second", &self.inbound_bytes_per_second)
             .finish_non_exhaustive()
     }
 }
@@ -69,15 +79,23 @@ impl Default for EndpointConfig {
             max_channels: 100,
             max_frame_bytes: 1024 * 1024,
             outbound_queue: 1024,
+            outbound_queue_bytes: 4 << 20,
             shutdown_timeout: Duration::from_secs(10),
             presence_interval: DEFAULT_PRESENCE_INTERVAL,
             longpoll_window: Duration::from_secs(10),
             check_origin: CheckOrigin::Any,
             max_connections: None,
             max_connections_per_client: None,
-            trust_forwarded_for: false,
+            trusted_proxies: TrustedProxies::None,
             inbound_rate: None,
+            inbound_bytes_per_second: None,
             observer: Arc::new(crate::observer::Nothing),
         }
+    }
+}
+
+impl EndpointConfig {
+    pub(crate) fn outbox_capacity(&self) -> crate::outbox::Capacity {
+        crate::outbox::Capacity { frames: self.outbound_queue, bytes: self.outbound_queue_bytes }
     }
 }

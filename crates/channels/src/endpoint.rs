@@ -152,7 +152,7 @@ impl<H: SocketHandler> Endpoint<H> {
             None => self.lifecycle.track(),
         };
         let client = match self.config.max_connections_per_client {
-            Some(max) => match client_ip(headers, peer, self.config.trust_forwarded_for) {
+            Some(max) => match client_ip(headers, peer, &self.config.trusted_proxies) {
                 // A loopback peer is a local proxy or load generator, not one client.
                 Some(ip) if !ip.is_loopback() => {
                     Some(self.admission.take(ip, max).ok_or(Refused::TooManyFromClient)?)

@@ -18,8 +18,9 @@ use serde_json::Value;
 use smallvec::SmallVec;
 
 use crate::bus::{Bus, BusMessage, SocketRef, TopicMatch};
+use crate::delivery::{Ack, Delivery};
 use crate::observer::{Nothing, Observer};
-use crate::outbox::{Close, Outbox, Pushed};
+use crate::outbox::{Capacity, Close, Outbox, Pushed};
 use crate::payload::Payload;
 use crate::serializer::{Frame, Serializer};
 
@@ -47,7 +48,17 @@ impl SocketShared {
 
     /// Queue a frame; a full queue closes the socket as a slow consumer.
     pub(crate) fn send(&self, frame: Frame) -> bool {
-        match self.outbox.push(frame) {
+        self.pushed(self.outbox.push(frame))
+    }
+
+    /// As [`SocketShared::send`], with an acknowledgement settled when the frame is written
+    /// or lost.
+    pub(crate) fn send_confirmed(&self, frame: Frame, ack: Ack) -> bool {
+        self.pushed(self.outbox.push_confirmed(frame, ack))
+    }
+
+    fn pushed(&self, pushed: Pushed) -> bool {
+        match pushed {
             Pushed::Queued => true,
             Pushed::Overflow => {
                 self.metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
@@ -130,6 +141,13 @@ impl<'a> Outgoing<'a> {
             None => false,
         }
     }
+
+    fn send_confirmed_to(&self, socket: &SocketShared, delivery: &Delivery) -> bool {
+        match self.frame(socket.serializer) {
+            Some(frame) => socket.send_confirmed(frame.clone(), delivery.copy()),
+            None => false,
+        }
+    }
 }
 
 impl Hub {
@@ -194,6 +212,22 @@ impl Hub {
             event: event.to_owned(),
             payload,
         })
+    }
+
+    /// As [`Hub::send_to_user`] for this node's sockets only (the bus cannot confirm), with a
+    /// [`Delivery`] that resolves `true` once one of them wrote it, `false` if none took it or
+    /// every copy was lost (slow consumer, broken connection, shutdown).
+    pub fn send_to_user_confirmed(
+        &self,
+        user: &str,
+        topics: TopicMatch,
+        event: &str,
+        payload: Payload,
+    ) -> Delivery {
+        let delivery = Delivery::new();
+        let count = self.deliver_to_user(user, &topics, event, &payload, Some(&delivery));
+        self.inner.observer.outbound(event, count);
+        delivery
     }
 
     /// Close (normally, code 1000) every socket whose id is `socket_id`; returns how many.
@@ -267,26 +301,7 @@ impl Hub {
                 count
             }
             BusMessage::User { user, topics, event, payload } => {
-                let sockets: Few = match self.inner.users.read().get(user.as_str()) {
-                    Some(sockets) => sockets.clone(),
-                    None => return 0,
-                };
-                // A user has few sockets: group their matching topics so each is encoded once.
-                let mut by_topic: Vec<(Arc<str>, Vec<&Arc<SocketShared>>)> = Vec::new();
-                for socket in &sockets {
-                    for topic in socket.topics.lock().iter().filter(|t| topics.matches(t)) {
-                        match by_topic.iter_mut().find(|(t, _)| t == topic) {
-                            Some((_, list)) => list.push(socket),
-                            None => by_topic.push((topic.clone(), vec![socket])),
-                        }
-                    }
-                }
-                let mut count = 0;
-                for (topic, list) in by_topic {
-                    let out = Outgoing::new(&topic, &event, &payload);
-                    count += list.iter().filter(|s| out.send_to(s)).count();
-                }
-                count
+                self.deliver_to_user(&user, &topics, &event, &payload, None)
             }
             BusMessage::Disconnect { socket_id } => {
                 let sockets: Few = match self.inner.ids.read().get(socket_id.as_str()) {
@@ -315,6 +330,11 @@ impl Hub {
     /// only look and spawn.
     pub fn on_signal(&self, handler: SignalHandler) {
         *self.inner.signals.write() = Some(handler);
+    }
+
+    /// The users with a socket on this node.
+    pub fn local_users(&self) -> Vec<String> {
+        self.inner.users.read().keys().map(|user| user.to_string()).collect()
     }
 
     /// Whether `user` (the hub's user key) has a socket on this node.
@@ -380,7 +400,7 @@ impl Hub {
         serializer: Serializer,
         socket_id: Option<String>,
         user: Option<String>,
-        queue: usize,
+        capacity: impl Into<Capacity>,
     ) -> Arc<SocketShared> {
         let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let socket = Arc::new(SocketShared {
@@ -388,7 +408,7 @@ impl Hub {
             serializer,
             socket_id: socket_id.map(Arc::from),
             user: user.map(Arc::from),
-            outbox: Outbox::new(queue),
+            outbox: Outbox::new(capacity.into()),
             last_seen: AtomicU64::new(millis_since(self.inner.epoch)),
             epoch: self.inner.epoch,
             topics: Mutex::new(SmallVec::new()),
@@ -412,6 +432,8 @@ impl Hub {
     }
 
     pub(crate) fn unregister(&self, socket: &SocketShared) {
+        // What the socket did not write is lost with it (confirmed pushes learn so now).
+        socket.outbox.abandon();
         let topics = std::mem::take(&mut *socket.topics.lock());
         for topic in topics {
             remove(&self.inner.topics, &topic, socket.conn);
@@ -456,6 +478,44 @@ impl Hub {
     pub(crate) fn unsubscribe(&self, socket: &SocketShared, topic: &str) {
         socket.topics.lock().retain(|t| **t != *topic);
         remove(&self.inner.topics, topic, socket.conn);
+    }
+
+    /// To every local socket of `user` joined to a topic matching `topics`, confirmed through
+    /// `delivery` if given. Returns the subscriptions written to.
+    fn deliver_to_user(
+        &self,
+        user: &str,
+        topics: &TopicMatch,
+        event: &str,
+        payload: &Payload,
+        delivery: Option<&Delivery>,
+    ) -> usize {
+        let sockets: Few = match self.inner.users.read().get(user) {
+            Some(sockets) => sockets.clone(),
+            None => return 0,
+        };
+        // A user has few sockets: group their matching topics so each is encoded once.
+        let mut by_topic: Vec<(Arc<str>, Vec<&Arc<SocketShared>>)> = Vec::new();
+        for socket in &sockets {
+            for topic in socket.topics.lock().iter().filter(|t| topics.matches(t)) {
+                match by_topic.iter_mut().find(|(t, _)| t == topic) {
+                    Some((_, list)) => list.push(socket),
+                    None => by_topic.push((topic.clone(), vec![socket])),
+                }
+            }
+        }
+        let mut count = 0;
+        for (topic, list) in by_topic {
+            let out = Outgoing::new(&topic, event, payload);
+            count += list
+                .iter()
+                .filter(|s| match delivery {
+                    Some(delivery) => out.send_confirmed_to(s, delivery),
+                    None => out.send_to(s),
+                })
+                .count();
+        }
+        count
     }
 
     /// Close the sockets silent for longer than `timeout`; returns how many.

@@ -15,6 +15,7 @@
 mod bus;
 mod channel;
 mod config;
+mod delivery;
 mod endpoint;
 mod hub;
 mod limits;
@@ -30,12 +31,18 @@ mod transport;
 pub use bus::{Bus, BusMessage, LocalBus, PresenceChange, PresenceEntry, SocketRef, TopicMatch};
 pub use channel::{Channel, ChannelContext, HandleIn, Payload};
 pub use config::EndpointConfig;
+pub use delivery::Delivery;
 pub use endpoint::Endpoint;
 pub use hub::{Hub, SignalHandler};
-pub use limits::{client_ip, AllowedOrigin, CheckOrigin, InboundRate, InvalidOrigin};
+pub use limits::{
+    client_ip, AllowedOrigin, CheckOrigin, InboundRate, InvalidOrigin, InvalidTrustedProxies,
+    TrustedProxies,
+};
 pub use observer::Observer;
 pub use presence::{Presence, PresenceError, PresenceFeed};
 pub use serde_json::Value;
+pub use serializer::MAX_FIELD_BYTES;
+pub use session::MAX_JOIN_BYTES;
 pub use socket::{ConnectInfo, Connection, Refusal, SocketHandler};
 
 /// Re-exported so implementors need not depend on `async-trait` themselves.

@@ -136,29 +136,115 @@ fn parse_origin(origin: &str) -> Option<(String, String, Option<u16>)> {
     Some((scheme.to_ascii_lowercase(), host.to_ascii_lowercase(), port))
 }
 
-/// Where a connection comes from: the TCP peer, or — behind a proxy that says so — the
-/// left-most address of `X-Forwarded-For`.
+/// Which proxies in front of the server may say where a client comes from, in
+/// `X-Forwarded-For`. Each proxy appends the address it received the request from, so only the
+/// right-most entries — those the trusted proxies wrote — can be believed; what is further left
+/// is whatever the client sent.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TrustedProxies {
+    /// The header is ignored: the client is the TCP peer.
+    #[default]
+    None,
+    /// This many proxies stand in front (the nearest is the TCP peer): the client is the
+    /// address the outermost one appended, the `hops`-th entry from the right.
+    Hops(usize),
+    /// Proxies are the peers within these networks: entries are read from the right, skipping
+    /// those within the networks; the first one outside is the client. A peer outside them is
+    /// the client itself, whatever the header says.
+    Networks(Vec<ipnet::IpNet>),
+}
+
+/// A `TAKO_TRUST_PROXY`-style setting that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is neither off/on, a number of proxies, nor a list of networks (e.g. 10.0.0.0/8,192.168.1.7)")]
+pub struct InvalidTrustedProxies(pub String);
+
+impl std::str::FromStr for TrustedProxies {
+    type Err = InvalidTrustedProxies;
+
+    /// `off`/`false`/`no`/`0`/empty; `on`/`true`/`yes` (one proxy); a count; or networks and
+    /// addresses separated by commas.
+    fn from_str(value: &str) -> Result<TrustedProxies, InvalidTrustedProxies> {
+        let trimmed = value.trim();
+        match trimmed.to_ascii_lowercase().as_str() {
+            "" | "off" | "false" | "no" | "0" => return Ok(TrustedProxies::None),
+            "on" | "true" | "yes" => return Ok(TrustedProxies::Hops(1)),
+            _ => {}
+        }
+        if let Ok(hops) = trimmed.parse::<usize>() {
+            return Ok(TrustedProxies::Hops(hops));
+        }
+        let networks = trimmed
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| {
+                n.parse::<ipnet::IpNet>()
+                    .or_else(|_| n.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| InvalidTrustedProxies(value.to_owned()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if networks.is_empty() {
+            return Err(InvalidTrustedProxies(value.to_owned()));
+        }
+        Ok(TrustedProxies::Networks(networks))
+    }
+}
+
+/// Where a connection comes from: the TCP peer, or — behind trusted proxies — the address the
+/// outermost of them received it from (see [`TrustedProxies`]).
 pub fn client_ip(
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
-    trust_forwarded_for: bool,
+    proxies: &TrustedProxies,
 ) -> Option<IpAddr> {
-    if trust_forwarded_for {
-        let forwarded = headers
+    let peer = peer.map(|p| p.ip());
+    let forwarded = || {
+        // Entries in the order the proxies appended them; an unreadable one stops the walk
+        // (nothing left of it can be attributed).
+        let entries: Vec<&str> = headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .find(|v| !v.is_empty())
-            .and_then(|v| {
-                v.parse::<IpAddr>().ok().or_else(|| v.parse::<SocketAddr>().ok().map(|a| a.ip()))
-            });
-        if forwarded.is_some() {
-            return forwarded;
+            .filter(|v| !v.is_empty())
+            .collect();
+        entries
+    };
+    let parse =
+        |v: &str| v.parse::<IpAddr>().ok().or_else(|| v.parse::<SocketAddr>().ok().map(|a| a.ip()));
+    match proxies {
+        TrustedProxies::None | TrustedProxies::Hops(0) => peer,
+        TrustedProxies::Hops(hops) => {
+            let entries = forwarded();
+            if entries.is_empty() {
+                return peer;
+            }
+            // Fewer entries than proxies: all of them were written by trusted proxies.
+            let index = entries.len().saturating_sub(*hops);
+            parse(entries[index]).or(peer)
+        }
+        TrustedProxies::Networks(networks) => {
+            let trusted = |ip: &IpAddr| networks.iter().any(|n| n.contains(ip));
+            let mut client = peer?;
+            if !trusted(&client) {
+                return Some(client);
+            }
+            for entry in forwarded().iter().rev() {
+                match parse(entry) {
+                    Some(ip) => {
+                        client = ip;
+                        if !trusted(&ip) {
+                            break;
+                        }
+                    }
+                    None => break,
+                }
+            }
+            Some(client)
         }
     }
-    peer.map(|p| p.ip())
 }
 
 /// A budget of inbound messages per socket: `per_second` on average, up to `burst` at once.
@@ -171,13 +257,23 @@ pub struct InboundRate {
     pub burst: u32,
 }
 
-/// Token bucket of one socket (owned by the socket's task: no locking).
+/// Token buckets of one socket (owned by the socket's task: no locking): messages, and
+/// optionally bytes.
 #[derive(Debug)]
 pub(crate) struct InboundBudget {
     rate: InboundRate,
     tokens: f64,
     last: Instant,
     refused: u32,
+    bytes: Option<ByteBucket>,
+}
+
+/// Bytes per second on average, up to `burst` at once.
+#[derive(Debug)]
+struct ByteBucket {
+    per_second: f64,
+    burst: f64,
+    tokens: f64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -195,24 +291,50 @@ impl InboundBudget {
             tokens: f64::from(rate.burst.max(1)),
             last: Instant::now(),
             refused: 0,
+            bytes: None,
         }
     }
 
-    pub(crate) fn check(&mut self) -> Verdict {
-        self.check_at(Instant::now())
+    /// A message budget of no practical limit (only bytes are budgeted).
+    pub(crate) fn unlimited() -> Self {
+        InboundBudget::new(InboundRate { per_second: f64::MAX, burst: u32::MAX })
     }
 
-    fn check_at(&mut self, now: Instant) -> Verdict {
+    /// Also budget bytes: `per_second` on average, `burst` at once (at least one largest
+    /// message, so that one always passes a rested socket).
+    pub(crate) fn with_bytes(mut self, per_second: u64, burst: usize) -> Self {
+        let burst = (burst as f64).max(per_second as f64).max(1.0);
+        self.bytes = Some(ByteBucket { per_second: per_second as f64, burst, tokens: burst });
+        self
+    }
+
+    /// Whether a message of `size` bytes may be handled now.
+    pub(crate) fn check(&mut self, size: usize) -> Verdict {
+        self.check_at(Instant::now(), size)
+    }
+
+    fn check_at(&mut self, now: Instant, size: usize) -> Verdict {
         let burst = f64::from(self.rate.burst.max(1));
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate.per_second.max(0.0)).min(burst);
-        if self.tokens >= burst {
+        let bytes_rested = match &mut self.bytes {
+            Some(bucket) => {
+                bucket.tokens = (bucket.tokens + elapsed * bucket.per_second).min(bucket.burst);
+                bucket.tokens >= bucket.burst
+            }
+            None => true,
+        };
+        if self.tokens >= burst && bytes_rested {
             // Quiet long enough to refill completely: past refusals are forgiven.
             self.refused = 0;
         }
-        if self.tokens >= 1.0 {
+        let bytes_ok = self.bytes.as_ref().is_none_or(|b| b.tokens >= size as f64);
+        if self.tokens >= 1.0 && bytes_ok {
             self.tokens -= 1.0;
+            if let Some(bucket) = &mut self.bytes {
+                bucket.tokens -= size as f64;
+            }
             return Verdict::Allowed;
         }
         self.refused += 1;
@@ -341,10 +463,13 @@ mod tests {
         let peer: SocketAddr = "10.0.0.1:5000".parse().unwrap();
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7, 10.0.0.2"));
-        assert_eq!(client_ip(&h, Some(peer), false), Some(peer.ip()));
-        assert_eq!(client_ip(&h, Some(peer), true), Some("203.0.113.7".parse().unwrap()));
+        let (none, one, two) =
+            (TrustedProxies::None, TrustedProxies::Hops(1), TrustedProxies::Hops(2));
+        assert_eq!(client_ip(&h, Some(peer), &none), Some(peer.ip()));
+        assert_eq!(client_ip(&h, Some(peer), &one), Some("10.0.0.2".parse().unwrap()));
+        assert_eq!(client_ip(&h, Some(peer), &two), Some("203.0.113.7".parse().unwrap()));
         h.insert("x-forwarded-for", HeaderValue::from_static("not an ip"));
-        assert_eq!(client_ip(&h, Some(peer), true), Some(peer.ip()));
+        assert_eq!(client_ip(&h, Some(peer), &one), Some(peer.ip()));
     }
 
     #[test]
@@ -352,20 +477,44 @@ mod tests {
         let start = Instant::now();
         let mut b = InboundBudget::new(InboundRate { per_second: 10.0, burst: 3 });
         b.last = start;
-        assert_eq!((0..3).map(|_| b.check_at(start)).filter(|v| *v == Verdict::Allowed).count(), 3);
-        assert_eq!(b.check_at(start), Verdict::Refused);
-        assert_eq!(b.check_at(start), Verdict::Refused);
-        assert_eq!(b.check_at(start), Verdict::Refused);
-        assert_eq!(b.check_at(start), Verdict::Close);
+        assert_eq!(
+            (0..3).map(|_| b.check_at(start, 1)).filter(|v| *v == Verdict::Allowed).count(),
+            3
+        );
+        assert_eq!(b.check_at(start, 1), Verdict::Refused);
+        assert_eq!(b.check_at(start, 1), Verdict::Refused);
+        assert_eq!(b.check_at(start, 1), Verdict::Refused);
+        assert_eq!(b.check_at(start, 1), Verdict::Close);
         let later = start + Duration::from_secs(1);
-        assert_eq!(b.check_at(later), Verdict::Allowed);
+        assert_eq!(b.check_at(later, 1), Verdict::Allowed);
         assert_eq!(b.refused, 0);
         // At the average rate, never refused.
         let mut b = InboundBudget::new(InboundRate { per_second: 10.0, burst: 1 });
         b.last = start;
         for i in 0..50 {
-            assert_eq!(b.check_at(start + Duration::from_millis(100 * i)), Verdict::Allowed);
+            assert_eq!(b.check_at(start + Duration::from_millis(100 * i), 1), Verdict::Allowed);
         }
+    }
+
+    #[test]
+    fn the_byte_budget_refuses_a_flood_of_large_messages_and_refills() {
+        let start = Instant::now();
+        let mut b = InboundBudget::unlimited().with_bytes(64 * 1024, 1 << 20);
+        b.last = start;
+        // One message of the largest size passes a rested socket; the next ones are refused
+        // until the budget refills (16 s at 64 KiB/s), and a socket that persists is closed.
+        assert_eq!(b.check_at(start, 1 << 20), Verdict::Allowed);
+        assert_eq!(b.check_at(start, 1 << 20), Verdict::Refused);
+        assert_eq!(b.check_at(start, 100), Verdict::Refused);
+        assert_eq!(b.check_at(start + Duration::from_secs(1), 1000), Verdict::Allowed);
+        assert_eq!(b.check_at(start + Duration::from_secs(17), 1 << 20), Verdict::Allowed);
+        let mut flood = InboundBudget::new(InboundRate { per_second: 1000.0, burst: 3 })
+            .with_bytes(64 * 1024, 1 << 20);
+        flood.last = start;
+        let verdicts: Vec<Verdict> =
+            (0..6).map(|i| flood.check_at(start + Duration::from_millis(i), 1 << 20)).collect();
+        assert_eq!(verdicts[0], Verdict::Allowed);
+        assert_eq!(verdicts[5], Verdict::Close);
     }
 
     #[test]
@@ -378,5 +527,48 @@ mod tests {
         drop(a);
         assert!(admission.take(ip, 2).is_some());
         assert!(admission.take("192.0.2.2".parse().unwrap(), 2).is_some());
+    }
+
+    fn forwarded(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn forwarded_for_is_read_from_the_right() {
+        let peer: Option<SocketAddr> = Some("10.0.0.2:5000".parse().unwrap());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // The client wrote "127.0.0.1"; the one proxy appended the real address.
+        let spoofed = forwarded("127.0.0.1, 203.0.113.9");
+        let one: TrustedProxies = "on".parse().unwrap();
+        assert_eq!(client_ip(&spoofed, peer, &one), Some(ip("203.0.113.9")));
+        let two: TrustedProxies = "2".parse().unwrap();
+        assert_eq!(client_ip(&spoofed, peer, &two), Some(ip("127.0.0.1")));
+        assert_eq!(client_ip(&spoofed, peer, &TrustedProxies::None), Some(ip("10.0.0.2")));
+        assert_eq!(client_ip(&HeaderMap::new(), peer, &one), Some(ip("10.0.0.2")));
+
+        let nets: TrustedProxies = "10.0.0.0/8, 192.168.1.7".parse().unwrap();
+        let chain = forwarded("127.0.0.1, 198.51.100.4, 192.168.1.7");
+        assert_eq!(client_ip(&chain, peer, &nets), Some(ip("198.51.100.4")));
+        // A peer outside the trusted networks is the client, whatever it claims.
+        let outsider: Option<SocketAddr> = Some("198.51.100.99:1".parse().unwrap());
+        assert_eq!(client_ip(&chain, outsider, &nets), Some(ip("198.51.100.99")));
+        // Garbage in the header: what the trusted proxy appended still counts.
+        let junk = forwarded("127.0.0.1, not-an-ip, 198.51.100.4");
+        assert_eq!(client_ip(&junk, peer, &one), Some(ip("198.51.100.4")));
+    }
+
+    #[test]
+    fn trusted_proxies_parse() {
+        assert_eq!("off".parse::<TrustedProxies>().unwrap(), TrustedProxies::None);
+        assert_eq!("".parse::<TrustedProxies>().unwrap(), TrustedProxies::None);
+        assert_eq!("true".parse::<TrustedProxies>().unwrap(), TrustedProxies::Hops(1));
+        assert_eq!("3".parse::<TrustedProxies>().unwrap(), TrustedProxies::Hops(3));
+        assert!(
+            matches!("::1, 10.1.0.0/16".parse(), Ok(TrustedProxies::Networks(n)) if n.len() == 2)
+        );
+        assert!("10.0.0.0/99".parse::<TrustedProxies>().is_err());
+        assert!("proxy.example".parse::<TrustedProxies>().is_err());
     }
 }

@@ -1,9 +1,12 @@
 //! A socket's bounded outbound queue.
 //!
 //! Producers (broadcasters on any thread, the socket's own session) push already-encoded
-//! frames and never wait; the socket task drains them. A full queue means the client does not
-//! keep up: the queue is dropped and the socket is closed rather than letting memory grow or
-//! slowing the broadcaster. A `Mutex` around a list that holds one frame inline + `Notify` costs a
+//! frames and never wait; the socket task drains them. The queue is bounded in frames and in
+//! bytes (those queued plus those taken by the transport and not yet written): past either, the
+//! client does not keep up, so the queue is dropped and the socket is closed as a slow consumer
+//! rather than letting memory grow or slowing the broadcaster. A frame may carry an
+//! [`Ack`](crate::delivery::Ack), confirmed when the transport reports the frame written and
+//! dropped (so counted as lost) when the frame is. A `Mutex` around a list that holds one frame inline + `Notify` costs a
 //! few dozen bytes while idle, unlike a channel that preallocates blocks per socket, and a
 //! broadcast reaching an idle socket (one frame, taken at once) allocates nothing.
 
@@ -12,6 +15,7 @@ use tokio::sync::Notify;
 
 use smallvec::SmallVec;
 
+use crate::delivery::Ack;
 use crate::serializer::Frame;
 
 /// Frames taken from an outbox, in order.
@@ -43,40 +47,98 @@ pub(crate) enum Pushed {
     Closed,
 }
 
+/// How much one socket may have on its way out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Capacity {
+    pub frames: usize,
+    pub bytes: usize,
+}
+
+/// A bound in frames only (unit tests of the engine that do not look at bytes).
+impl From<usize> for Capacity {
+    fn from(frames: usize) -> Capacity {
+        Capacity { frames, bytes: usize::MAX }
+    }
+}
+
 pub(crate) struct Outbox {
     state: Mutex<State>,
     notify: Notify,
-    capacity: usize,
+    capacity: Capacity,
 }
 
 #[derive(Default)]
 struct State {
     queue: Frames,
     close: Option<Close>,
+    /// Payload bytes in `queue`.
+    queued_bytes: usize,
+    /// Payload bytes taken by the transport and not yet reported written.
+    in_flight_bytes: usize,
+    /// Frames pushed so far (a frame's sequence number is this count when it was pushed),
+    /// taken by the transport, and reported written.
+    pushed: u64,
+    taken: u64,
+    written: u64,
+    /// Acknowledgements of confirmed frames, by sequence number, oldest first. Empty (and
+    /// unallocated) unless the application asked for confirmations.
+    acks: Vec<(u64, Ack)>,
+}
+
+impl State {
+    /// Drops the acknowledgements of frames that will never be written (sequence ≥ `from`).
+    fn lose_acks_from(&mut self, from: u64) {
+        let keep = self.acks.partition_point(|(seq, _)| *seq < from);
+        self.acks.truncate(keep);
+    }
 }
 
 impl Outbox {
-    pub(crate) fn new(capacity: usize) -> Outbox {
+    pub(crate) fn new(capacity: Capacity) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
-            capacity: capacity.max(1),
+            capacity: Capacity { frames: capacity.frames.max(1), bytes: capacity.bytes.max(1) },
         }
     }
 
     pub(crate) fn push(&self, frame: Frame) -> Pushed {
+        self.push_inner(frame, None)
+    }
+
+    /// As [`Outbox::push`]; `ack` is confirmed once the frame is written, and dropped (lost) if
+    /// the frame is not queued or later dropped.
+    pub(crate) fn push_confirmed(&self, frame: Frame, ack: Ack) -> Pushed {
+        self.push_inner(frame, Some(ack))
+    }
+
+    fn push_inner(&self, frame: Frame, ack: Option<Ack>) -> Pushed {
         let mut state = self.state.lock();
         if state.close.is_some() {
             return Pushed::Closed;
         }
-        if state.queue.len() >= self.capacity {
+        let size = frame.len();
+        let held = state.queued_bytes + state.in_flight_bytes;
+        // One frame larger than the byte budget still goes to a socket that has nothing else on
+        // its way out: the budget bounds what piles up, not what the server itself sends.
+        let over_bytes = held > 0 && held.saturating_add(size) > self.capacity.bytes;
+        if state.queue.len() >= self.capacity.frames || over_bytes {
             state.queue = Frames::new();
+            state.queued_bytes = 0;
+            let taken = state.taken;
+            state.lose_acks_from(taken);
             state.close = Some(Close::SLOW_CONSUMER);
             drop(state);
             self.notify.notify_one();
             return Pushed::Overflow;
         }
         let was_empty = state.queue.is_empty();
+        if let Some(ack) = ack {
+            let seq = state.pushed;
+            state.acks.push((seq, ack));
+        }
+        state.pushed += 1;
+        state.queued_bytes += size;
         state.queue.push(frame);
         drop(state);
         if was_empty {
@@ -97,10 +159,50 @@ impl Outbox {
         true
     }
 
-    /// Everything queued so far, and the close request if one came.
+    /// Everything queued so far, and the close request if one came. The frames' bytes count
+    /// against the budget until the transport reports them with [`Outbox::written`].
     pub(crate) fn take(&self) -> (Frames, Option<Close>) {
         let mut state = self.state.lock();
-        (std::mem::take(&mut state.queue), state.close)
+        let frames = std::mem::take(&mut state.queue);
+        state.taken += frames.len() as u64;
+        state.in_flight_bytes += std::mem::take(&mut state.queued_bytes);
+        (frames, state.close)
+    }
+
+    /// The transport is done with everything it took: the first `count` of those frames (in
+    /// order) were written, the rest never will be. Confirms and settles their acks.
+    pub(crate) fn written(&self, count: usize) {
+        let mut state = self.state.lock();
+        state.in_flight_bytes = 0;
+        state.written += count as u64;
+        let written = state.written;
+        if state.acks.is_empty() {
+            return;
+        }
+        let done = state.acks.partition_point(|(seq, _)| *seq < written);
+        let confirmed: Vec<Ack> = state.acks.drain(..done).map(|(_, ack)| ack).collect();
+        // Frames taken and not written are lost with their socket.
+        let taken = state.taken;
+        if written < taken {
+            let lost = state.acks.partition_point(|(seq, _)| *seq < taken);
+            state.acks.drain(..lost);
+        }
+        drop(state);
+        confirmed.into_iter().for_each(Ack::confirm);
+    }
+
+    /// The socket is gone: whatever is still queued or unconfirmed is lost.
+    pub(crate) fn abandon(&self) {
+        let mut state = self.state.lock();
+        state.queue = Frames::new();
+        state.queued_bytes = 0;
+        state.in_flight_bytes = 0;
+        let acks = std::mem::take(&mut state.acks);
+        if state.close.is_none() {
+            state.close = Some(Close::GOING_AWAY);
+        }
+        drop(state);
+        drop(acks);
     }
 
     pub(crate) fn close_requested(&self) -> Option<Close> {
@@ -116,15 +218,20 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::Delivery;
     use tokio_tungstenite::tungstenite::Utf8Bytes;
 
     fn frame(s: &'static str) -> Frame {
         Frame::Text(Utf8Bytes::from_static(s))
     }
 
+    fn frames(frames: usize) -> Outbox {
+        Outbox::new(Capacity { frames, bytes: 1 << 20 })
+    }
+
     #[test]
     fn overflow_closes_and_frees() {
-        let outbox = Outbox::new(2);
+        let outbox = frames(2);
         assert_eq!(outbox.push(frame("a")), Pushed::Queued);
         assert_eq!(outbox.push(frame("b")), Pushed::Queued);
         assert_eq!(outbox.push(frame("c")), Pushed::Overflow);
@@ -136,7 +243,7 @@ mod tests {
 
     #[test]
     fn first_close_wins_and_queue_is_kept() {
-        let outbox = Outbox::new(8);
+        let outbox = frames(8);
         outbox.push(frame("a"));
         assert!(outbox.close(Close::DISCONNECTED));
         assert!(!outbox.close(Close::GOING_AWAY));
@@ -147,8 +254,65 @@ mod tests {
 
     #[tokio::test]
     async fn ready_is_not_lost_when_push_comes_first() {
-        let outbox = Outbox::new(8);
+        let outbox = frames(8);
         outbox.push(frame("a"));
         tokio::time::timeout(std::time::Duration::from_secs(1), outbox.ready()).await.unwrap();
+    }
+
+    #[test]
+    fn the_byte_budget_counts_queued_and_unwritten_bytes() {
+        let outbox = Outbox::new(Capacity { frames: 100, bytes: 10 });
+        // One frame over the budget goes out when nothing else is held.
+        assert_eq!(outbox.push(frame("0123456789abc")), Pushed::Queued);
+        let (taken, _) = outbox.take();
+        assert_eq!(taken.len(), 1);
+        // Taken but not written: still held, so the next frame overflows.
+        assert_eq!(outbox.push(frame("x")), Pushed::Overflow);
+        assert_eq!(outbox.take().1, Some(Close::SLOW_CONSUMER));
+
+        let outbox = Outbox::new(Capacity { frames: 100, bytes: 10 });
+        assert_eq!(outbox.push(frame("01234")), Pushed::Queued);
+        let _ = outbox.take();
+        outbox.written(1);
+        // Written: the budget is free again.
+        for _ in 0..2 {
+            assert_eq!(outbox.push(frame("01234")), Pushed::Queued);
+        }
+        assert_eq!(outbox.push(frame("0")), Pushed::Overflow);
+    }
+
+    async fn outcome(delivery: Delivery) -> bool {
+        tokio::time::timeout(std::time::Duration::from_secs(1), delivery).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn acks_are_confirmed_when_written_and_lost_when_dropped() {
+        let outbox = frames(8);
+        let (a, b, c) = (Delivery::new(), Delivery::new(), Delivery::new());
+        outbox.push_confirmed(frame("a"), a.copy());
+        outbox.push(frame("plain"));
+        outbox.push_confirmed(frame("b"), b.copy());
+        let (taken, _) = outbox.take();
+        assert_eq!(taken.len(), 3);
+        outbox.push_confirmed(frame("c"), c.copy());
+        // Two of the three taken frames were written before the connection broke.
+        outbox.written(2);
+        assert!(outcome(a).await);
+        assert!(!outcome(b).await, "taken, not written: lost");
+        outbox.abandon();
+        assert!(!outcome(c).await, "still queued when the socket went: lost");
+    }
+
+    #[tokio::test]
+    async fn an_overflow_loses_the_queued_acks_but_not_those_in_flight() {
+        let outbox = frames(1);
+        let (a, b) = (Delivery::new(), Delivery::new());
+        outbox.push_confirmed(frame("a"), a.copy());
+        let _ = outbox.take();
+        outbox.push_confirmed(frame("b"), b.copy());
+        assert_eq!(outbox.push(frame("c")), Pushed::Overflow);
+        assert!(!outcome(b).await);
+        outbox.written(1);
+        assert!(outcome(a).await);
     }
 }

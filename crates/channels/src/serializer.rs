@@ -86,6 +86,8 @@ pub(crate) struct Malformed {
     pub reference: Option<String>,
     pub topic: Option<String>,
     pub reason: &'static str,
+    /// Whether `reason` is said in the error reply (else it says "malformed message").
+    pub public: bool,
 }
 
 impl Malformed {
@@ -139,8 +141,39 @@ struct ReplyBody<'a> {
 
 type V2In = (Option<String>, Option<String>, String, String, Value);
 
+/// Longest topic, event, `ref` or `join_ref` a client may send, in bytes: what the binary
+/// format can carry (a one-byte length), so every serializer has the same bound.
+pub const MAX_FIELD_BYTES: usize = 255;
+
+/// A message whose topic, event or refs are over [`MAX_FIELD_BYTES`] is refused, and no field
+/// over the bound is echoed back in the error reply.
+fn bounded(msg: Inbound) -> Result<Inbound, Malformed> {
+    let long = |s: &Option<String>| s.as_ref().is_some_and(|s| s.len() > MAX_FIELD_BYTES);
+    let reason = if msg.topic.len() > MAX_FIELD_BYTES {
+        "topic too long"
+    } else if msg.event.len() > MAX_FIELD_BYTES {
+        "event too long"
+    } else if long(&msg.reference) || long(&msg.join_ref) {
+        "ref too long"
+    } else {
+        return Ok(msg);
+    };
+    let keep = |s: Option<String>| s.filter(|s| s.len() <= MAX_FIELD_BYTES);
+    Err(Malformed {
+        join_ref: keep(msg.join_ref),
+        reference: keep(msg.reference),
+        topic: keep(Some(msg.topic)),
+        reason,
+        public: true,
+    })
+}
+
 impl Serializer {
     pub(crate) fn decode_text(self, text: &str) -> Result<Inbound, Malformed> {
+        self.decode_text_unbounded(text).and_then(bounded)
+    }
+
+    fn decode_text_unbounded(self, text: &str) -> Result<Inbound, Malformed> {
         match self {
             Serializer::V2 => match serde_json::from_str::<V2In>(text) {
                 Ok((join_ref, reference, topic, event, payload)) => Ok(Inbound {
@@ -190,6 +223,7 @@ impl Serializer {
                     reference: fields[1].clone(),
                     topic: fields[2].clone(),
                     reason: "binary header longer than frame",
+                    public: false,
                 });
             };
             let Ok(s) = std::str::from_utf8(raw) else {
@@ -198,6 +232,7 @@ impl Serializer {
                     reference: fields[1].clone(),
                     topic: fields[2].clone(),
                     reason: "binary header is not UTF-8",
+                    public: false,
                 });
             };
             fields[i] = Some(s.to_owned());
@@ -325,8 +360,9 @@ fn binary_frame(kind: u8, header: &[&str], data: &Bytes) -> Option<Frame> {
     Some(Frame::Binary(buf.freeze()))
 }
 
+/// A field salvaged for an error reply; one over the bound is not echoed.
 fn opt_string(v: Option<&Value>) -> Option<String> {
-    v.and_then(Value::as_str).map(str::to_owned)
+    v.and_then(Value::as_str).filter(|s| s.len() <= MAX_FIELD_BYTES).map(str::to_owned)
 }
 
 fn salvage_v2(text: &str) -> Malformed {
@@ -341,6 +377,7 @@ fn salvage_v2(text: &str) -> Malformed {
         reference: opt_string(items.get(1)),
         topic: opt_string(items.get(2)),
         reason: "malformed message",
+        public: false,
     }
 }
 
@@ -356,6 +393,7 @@ fn salvage_v1(text: &str) -> Malformed {
         reference: opt_string(map.get("ref")),
         topic: opt_string(map.get("topic")),
         reason: "malformed message",
+        public: false,
     }
 }
 
@@ -543,5 +581,33 @@ mod tests {
         // empty header strings and empty data are fine
         let m = Serializer::V2.decode_binary(Bytes::from_static(&[0, 0, 0, 0, 0])).unwrap();
         assert_eq!((m.join_ref, m.reference, m.topic.as_str()), (None, None, ""));
+    }
+
+    #[test]
+    fn fields_over_the_bound_are_refused_and_never_echoed() {
+        let long = "t".repeat(MAX_FIELD_BYTES + 1);
+        let ok = "t".repeat(MAX_FIELD_BYTES);
+        for serializer in [Serializer::V1, Serializer::V2] {
+            let frame = |jr: &str, r: &str, topic: &str, event: &str| match serializer {
+                Serializer::V2 => json!([jr, r, topic, event, {}]).to_string(),
+                Serializer::V1 => {
+                    json!({"join_ref": jr, "ref": r, "topic": topic, "event": event, "payload": {}})
+                        .to_string()
+                }
+            };
+            assert!(serializer.decode_text(&frame("1", "2", &ok, &ok)).is_ok());
+            let bad = serializer.decode_text(&frame("1", "2", &long, "phx_join")).unwrap_err();
+            assert_eq!((bad.reason, bad.public, bad.topic), ("topic too long", true, None));
+            assert_eq!(bad.reference.as_deref(), Some("2"));
+            let bad = serializer.decode_text(&frame("1", "2", "room", &long)).unwrap_err();
+            assert_eq!(bad.reason, "event too long");
+            let bad = serializer.decode_text(&frame("1", &long, "room", "e")).unwrap_err();
+            assert_eq!((bad.reason, bad.reference), ("ref too long", None));
+            // Salvaged for a reply from a malformed frame: a long ref is not echoed either.
+            let bad = serializer
+                .decode_text(&frame("1", &long, "room", "e").replace("{}", "["))
+                .unwrap_err();
+            assert_eq!(bad.reference, None);
+        }
     }
 }

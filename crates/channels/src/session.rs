@@ -38,6 +38,10 @@ pub(crate) struct Session<H: SocketHandler> {
 
 const PHOENIX: &str = "phoenix";
 
+/// Largest join message (its whole frame) a client may send: join parameters are kept for the
+/// channel's life, unlike other messages, so they get a bound of their own below the frame limit.
+pub const MAX_JOIN_BYTES: usize = 16 * 1024;
+
 impl<H: SocketHandler> Session<H> {
     pub(crate) fn new(
         handler: Arc<H>,
@@ -65,16 +69,26 @@ impl<H: SocketHandler> Session<H> {
         self
     }
 
+    /// Likewise for bytes: `per_second` on average, bursts of up to `largest` (the frame limit).
+    pub(crate) fn with_inbound_bytes(mut self, per_second: Option<u64>, largest: usize) -> Self {
+        if let Some(per_second) = per_second {
+            let budget = self.inbound.take().unwrap_or_else(InboundBudget::unlimited);
+            self.inbound = Some(budget.with_bytes(per_second, largest));
+        }
+        self
+    }
+
     /// Whether a message may be handled; answers and counts it when not.
     fn within_budget(
         &mut self,
+        size: usize,
         event: &str,
         topic: Option<&str>,
         join_ref: Option<&str>,
         reference: Option<&str>,
     ) -> bool {
         let Some(budget) = &mut self.inbound else { return true };
-        match budget.check() {
+        match budget.check(size) {
             Verdict::Allowed => true,
             verdict => {
                 self.hub.observer().inbound(event, false);
@@ -101,20 +115,22 @@ impl<H: SocketHandler> Session<H> {
 
     pub(crate) async fn handle_text(&mut self, text: &str) {
         let decoded = self.socket.serializer.decode_text(text);
-        self.handle_decoded(decoded).await
+        self.handle_decoded(decoded, text.len()).await
     }
 
     pub(crate) async fn handle_binary(&mut self, data: Bytes) {
+        let size = data.len();
         let decoded = self.socket.serializer.decode_binary(data);
-        self.handle_decoded(decoded).await
+        self.handle_decoded(decoded, size).await
     }
 
-    async fn handle_decoded(&mut self, decoded: Result<Inbound, Malformed>) {
+    async fn handle_decoded(&mut self, decoded: Result<Inbound, Malformed>, size: usize) {
         match decoded {
             Ok(msg) => {
                 let heartbeat = msg.topic == PHOENIX && msg.event == "heartbeat";
                 if !heartbeat
                     && !self.within_budget(
+                        size,
                         &msg.event,
                         Some(&msg.topic),
                         msg.join_ref.as_deref(),
@@ -124,10 +140,20 @@ impl<H: SocketHandler> Session<H> {
                     return;
                 }
                 self.hub.observer().inbound(&msg.event, true);
+                if msg.event == "phx_join" && size > MAX_JOIN_BYTES {
+                    self.error_reply(
+                        msg.join_ref.as_deref(),
+                        msg.reference.as_deref(),
+                        &msg.topic,
+                        "join payload too large",
+                    );
+                    return;
+                }
                 self.handle(msg).await
             }
             Err(bad) => {
                 if self.within_budget(
+                    size,
                     "malformed",
                     bad.topic.as_deref(),
                     bad.join_ref.as_deref(),
@@ -148,7 +174,9 @@ impl<H: SocketHandler> Session<H> {
                 bad.reference.as_deref(),
                 topic,
                 Status::Error,
-                &Payload::Json(json!({ "reason": "malformed message" })),
+                &Payload::Json(json!({
+                    "reason": if bad.public { bad.reason } else { "malformed message" }
+                })),
             );
         }
     }

@@ -99,7 +99,7 @@ async fn the_node_cap_refuses_with_503_and_frees_places() {
 async fn one_address_may_hold_only_so_many_sockets() {
     let server = Server::start_with(EndpointConfig {
         max_connections_per_client: Some(1),
-        trust_forwarded_for: true,
+        trusted_proxies: channels::TrustedProxies::Hops(1),
         ..Default::default()
     })
     .await;

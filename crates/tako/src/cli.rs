@@ -1,19 +1,53 @@
 //! The operators' commands: they call a running server's HTTP API, print what happened, and
 //! fail with a clear message (and a non-zero exit) when it did not.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Map, Value};
 
+/// Where the commands find the running server. Global: given before or after the subcommand.
 #[derive(Debug, Clone, Args)]
-pub struct Remote {
-    /// The server to talk to.
-    #[arg(long, env = "TAKO_URL", default_value = "http://127.0.0.1:4000")]
+pub struct Server {
+    /// For the commands that call a running server: its URL (`http://…` or `https://…`).
+    #[arg(long, env = "TAKO_URL", default_value = "http://127.0.0.1:4000", global = true)]
     pub url: String,
-    /// The operators' token of that server.
-    #[arg(long, env = "TAKO_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    /// For those commands over HTTPS: a PEM file of certificate authorities to trust besides the
+    /// usual public ones (a private CA, a self-signed certificate).
+    #[arg(long, env = "TAKO_CA_FILE", value_name = "PEM", global = true)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A running server, as the operators' commands call it.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    url: String,
+    admin_token: Option<String>,
+    client: reqwest::Client,
+}
+
+/// The commands that call a running server's HTTP API.
+#[derive(Debug, Subcommand)]
+pub enum RemoteCommand {
+    /// Send a message to one user of a running server (delivered now, or when they next join).
+    Send { user_id: String, message: String },
+    /// Broadcast an event to a topic of a running server.
+    Broadcast {
+        topic: String,
+        event: String,
+        /// A JSON object; `{}` when omitted.
+        payload: Option<String>,
+    },
+    /// The server-wide ping of a running server.
+    Ping,
+    /// Manage users of a running server.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -26,20 +60,69 @@ pub enum UsersCommand {
 }
 
 impl Remote {
+    /// HTTPS through rustls (the public roots of `webpki-roots`, plus `ca_file`'s); no OpenSSL.
+    pub fn new(server: &Server, admin_token: Option<String>) -> anyhow::Result<Remote> {
+        let url = server.url.trim_end_matches('/').to_owned();
+        let parsed = reqwest::Url::parse(&url).with_context(|| format!("TAKO_URL {url:?}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+            bail!("TAKO_URL {url:?}: expected http://host:port or https://host");
+        }
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30));
+        if let Some(path) = &server.ca_file {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("TAKO_CA_FILE: cannot read {}", path.display()))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .with_context(|| {
+                    format!("TAKO_CA_FILE: no PEM certificate in {}", path.display())
+                })?;
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let client = builder.build().context("setting up the HTTP client")?;
+        Ok(Remote { url, admin_token: admin_token.filter(|t| !t.is_empty()), client })
+    }
+
+    pub async fn run(&self, command: RemoteCommand) -> anyhow::Result<()> {
+        match command {
+            RemoteCommand::Send { user_id, message } => self.send(&user_id, &message).await,
+            RemoteCommand::Broadcast { topic, event, payload } => {
+                self.broadcast(&topic, &event, payload.as_deref()).await
+            }
+            RemoteCommand::Ping => self.ping().await,
+            RemoteCommand::Users { command } => self.users(command).await,
+        }
+    }
+
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let url = format!("{}{path}", self.url.trim_end_matches('/'));
-        let mut request =
-            reqwest::Client::new().request(method, &url).header("accept", "application/json");
+        let url = format!("{}{path}", self.url);
+        let mut request = self.client.request(method, &url).header("accept", "application/json");
         if let Some(token) = self.admin_token.as_deref().filter(|t| !t.is_empty()) {
             request = request.bearer_auth(token);
         }
         if let Some(body) = body {
             request = request.header("content-type", "application/json").body(body.to_string());
         }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {url} (is tako running? set TAKO_URL)"))?;
+        let response = request.send().await.map_err(|error| {
+            // reqwest's own message is "error sending request"; the cause (refused, TLS) is
+            // what the operator needs.
+            let mut cause = String::new();
+            let mut source = std::error::Error::source(&error);
+            while let Some(inner) = source {
+                cause = inner.to_string();
+                source = inner.source();
+            }
+            anyhow::anyhow!(
+                "cannot reach {url}: {} (is tako running there? set TAKO_URL; for a private \
+                 certificate authority TAKO_CA_FILE)",
+                if cause.is_empty() { error.to_string() } else { cause }
+            )
+        })?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));

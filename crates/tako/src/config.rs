@@ -8,6 +8,11 @@ use clap::{Args, ValueEnum};
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://tako.db";
 
+/// `TAKO_MAX_FRAME_BYTES` bounds: below 1 KiB a join with its token may not fit; above 256 MiB
+/// one socket could hold the machine's memory.
+const MIN_FRAME: u64 = 1024;
+const MAX_FRAME: u64 = 256 * 1024 * 1024;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Switch {
     On,
@@ -132,9 +137,32 @@ pub struct Config {
     #[arg(long, env = "TAKO_SOCKET_BURST", default_value_t = 60)]
     pub socket_burst: u32,
 
-    /// Behind a proxy: take the client address from `X-Forwarded-For`.
-    #[arg(long, env = "TAKO_TRUST_PROXY", default_value_t = false, value_parser = clap::builder::FalseyValueParser::new())]
-    pub trust_proxy: bool,
+    /// Behind proxies: which of them may say where a client comes from in `X-Forwarded-For`
+    /// (read from the right): `off`, `on` (one proxy), a number of proxies, or the proxies'
+    /// networks (`10.0.0.0/8,192.168.1.7`).
+    #[arg(long, env = "TAKO_TRUST_PROXY", default_value = "off")]
+    pub trust_proxy: channels::TrustedProxies,
+
+    /// Bytes one socket may have waiting to be written before it is closed as a slow consumer
+    /// (1013).
+    #[arg(long, env = "TAKO_MAX_QUEUED_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_queued_bytes: usize,
+
+    /// Bytes of messages per second one socket may send on average, in bursts of up to
+    /// `TAKO_MAX_FRAME_BYTES` (0: no byte budget). Over it: error replies, then 1008.
+    #[arg(long, env = "TAKO_SOCKET_BYTES_PER_SECOND", default_value_t = 64 * 1024)]
+    pub socket_bytes_per_second: u64,
+
+    /// Seconds a client may take to send a request's headers (and an idle keep-alive connection
+    /// may wait for its next request) before the connection is closed.
+    #[arg(long, env = "TAKO_HEADER_TIMEOUT", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+
+    /// HTTP connections (sockets included) this node keeps open at most. When full, a new
+    /// connection closes the oldest one that has not finished sending a request; 0: derived
+    /// from the open-files limit.
+    #[arg(long, env = "TAKO_MAX_HTTP_CONNECTIONS", default_value_t = 0)]
+    pub max_http_connections: usize,
 
     /// A second listener (e.g. `127.0.0.1:9090`) serving `GET /metrics` without a token.
     #[arg(long, env = "TAKO_METRICS_BIND")]
@@ -147,8 +175,12 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("TAKO_ENV=prod requires {0}")]
-    MissingInProd(&'static str),
+    /// Every missing setting at once, so one restart is enough to fix them all.
+    #[error("TAKO_ENV=prod requires {}", .0.join(", "))]
+    MissingInProd(Vec<&'static str>),
+    /// Settings that make no sense (`0` timeouts and sizes, …), each naming its variable.
+    #[error("invalid settings: {}", .0.join("; "))]
+    Invalid(Vec<String>),
     #[error("HOLOQUEST_API_TOKEN and TAKO_ADMIN_TOKEN must differ: the client token is public")]
     SameTokens,
     #[error("TAKO_ALLOWED_ORIGINS: {0}")]
@@ -166,25 +198,68 @@ impl Config {
         self.allowed_origins.retain(|o| !o.trim().is_empty());
         self.check_origin()?;
         if self.environment == Environment::Prod {
-            if self.api_token.is_none() {
-                return Err(ConfigError::MissingInProd("HOLOQUEST_API_TOKEN"));
-            }
-            if self.admin_token.is_none() {
-                return Err(ConfigError::MissingInProd("TAKO_ADMIN_TOKEN"));
-            }
-            if self.allowed_origins.is_empty() {
-                return Err(ConfigError::MissingInProd(
-                    "TAKO_ALLOWED_ORIGINS (or `*` for any origin)",
-                ));
-            }
-            if self.database_url.is_none() {
-                return Err(ConfigError::MissingInProd("DATABASE_URL"));
+            let missing: Vec<&'static str> = [
+                (self.api_token.is_none(), "HOLOQUEST_API_TOKEN"),
+                (self.admin_token.is_none(), "TAKO_ADMIN_TOKEN"),
+                (self.allowed_origins.is_empty(), "TAKO_ALLOWED_ORIGINS (or `*` for any origin)"),
+                (self.database_url.is_none(), "DATABASE_URL"),
+            ]
+            .into_iter()
+            .filter_map(|(missing, name)| missing.then_some(name))
+            .collect();
+            if !missing.is_empty() {
+                return Err(ConfigError::MissingInProd(missing));
             }
         }
         if self.api_token.is_some() && self.api_token == self.admin_token {
             return Err(ConfigError::SameTokens);
         }
+        let problems = self.problems();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
         Ok(self)
+    }
+
+    /// Values that parse but make no sense: a `0` timeout closes every socket at once, a `0`
+    /// frame limit refuses every message; past the upper bounds, times overflow.
+    fn problems(&self) -> Vec<String> {
+        const DAY: u64 = 24 * 3600;
+        let mut problems = Vec::new();
+        let mut check =
+            |name: &str, value: u64, range: std::ops::RangeInclusive<u64>, unit: &str| {
+                if !range.contains(&value) {
+                    problems.push(format!(
+                        "{name}={value} is out of range: from {} to {} {unit}",
+                        range.start(),
+                        range.end()
+                    ));
+                }
+            };
+        check("TAKO_HEARTBEAT_TIMEOUT", self.heartbeat_timeout_secs, 1..=DAY, "seconds");
+        check("TAKO_LONGPOLL_WINDOW", self.longpoll_window_secs, 1..=3600, "seconds");
+        check("TAKO_NODE_TIMEOUT", self.node_timeout_secs, 1..=3600, "seconds");
+        check("TAKO_SHUTDOWN_TIMEOUT", self.shutdown_timeout_secs, 1..=3600, "seconds");
+        check("TAKO_PRESENCE_INTERVAL_MS", self.presence_interval_ms, 0..=60_000, "milliseconds");
+        check("TAKO_MAX_FRAME_BYTES", self.max_frame_bytes as u64, MIN_FRAME..=MAX_FRAME, "bytes");
+        check("TAKO_MAX_CHANNELS", self.max_channels as u64, 1..=100_000, "channels");
+        check("TAKO_HEADER_TIMEOUT", self.header_timeout_secs, 1..=3600, "seconds");
+        let queued = self.max_queued_bytes as u64;
+        check("TAKO_MAX_QUEUED_BYTES", queued, MIN_FRAME..=1024 * 1024 * 1024, "bytes");
+        if !(1..=3650 * DAY).contains(&self.message_ttl.as_secs()) {
+            problems.push(format!(
+                "TAKO_MESSAGE_TTL={} is out of range: from 1s to 3650d",
+                humantime::format_duration(self.message_ttl)
+            ));
+        }
+        if self.socket_rate > 0 && self.socket_burst == 0 {
+            problems.push(format!(
+                "TAKO_SOCKET_BURST=0 with TAKO_SOCKET_RATE={}: no message could ever pass (set \
+                 the burst to at least 1, or TAKO_SOCKET_RATE=0 for no limit)",
+                self.socket_rate
+            ));
+        }
+        problems
     }
 
     pub fn database_url(&self) -> &str {
@@ -241,7 +316,11 @@ impl Config {
             registrations_per_minute: 300,
             socket_rate: 20,
             socket_burst: 60,
-            trust_proxy: false,
+            trust_proxy: channels::TrustedProxies::None,
+            max_queued_bytes: 4 * 1024 * 1024,
+            socket_bytes_per_second: 64 * 1024,
+            header_timeout_secs: 10,
+            max_http_connections: 0,
             metrics_bind: None,
             message_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
         }

@@ -9,6 +9,7 @@ pub mod dashboard;
 pub mod messages;
 pub mod metrics;
 pub mod realtime;
+pub mod server;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;

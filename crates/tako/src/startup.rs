@@ -1,8 +1,9 @@
 //! Building the application from a `Config` and running it until a shutdown signal.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -19,6 +20,7 @@ pub struct Application {
     store: Arc<dyn Store>,
     realtime: Realtime,
     shutdown_timeout: std::time::Duration,
+    limits: crate::server::Limits,
     /// `TAKO_METRICS_BIND`: its own listener, `GET /metrics` without a token.
     metrics_listener: Option<(TcpListener, axum::Router)>,
 }
@@ -74,7 +76,10 @@ impl Application {
             tokens: Arc::new(tokens),
             realtime: realtime.clone(),
             metrics: metrics.clone(),
-            limits: Arc::new(HttpLimits::new(config.registrations_per_minute, config.trust_proxy)),
+            limits: Arc::new(HttpLimits::new(
+                config.registrations_per_minute,
+                config.trust_proxy.clone(),
+            )),
         };
         let router = api::router(state.clone(), &config.cors_origins)
             .nest("/socket", realtime.routes())
@@ -97,6 +102,10 @@ impl Application {
             store,
             realtime,
             shutdown_timeout: config.shutdown_timeout(),
+            limits: crate::server::Limits::new(
+                Duration::from_secs(config.header_timeout_secs),
+                config.max_http_connections,
+            ),
             metrics_listener,
         })
     }
@@ -132,37 +141,27 @@ impl Application {
                 }
             });
         }
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        });
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
-        let server = axum::serve(
+        let (accepting_tx, accepting_rx) = tokio::sync::watch::channel(true);
+        let mut server = tokio::spawn(crate::server::serve(
             self.listener,
-            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-                SocketAddr,
-            >(self.router),
-        )
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
-        let mut server = std::pin::pin!(server.into_future());
-        // Whichever comes first, sockets are closed with 1001 before the process may exit:
-        // with no HTTP request in flight, axum's graceful stop can finish before we look.
-        let served = tokio::select! {
-            result = &mut server => Some(result),
-            () = stopped(stop_rx) => None,
+            self.router,
+            self.limits,
+            accepting_rx,
+        ));
+        let served_early = tokio::select! {
+            () = shutdown => false,
+            _ = &mut server => true,
         };
+        // Sockets are closed with 1001 while the listener still accepts: meanwhile `/readyz`
+        // answers 503 (load balancers move on) and new sockets are refused with 503.
         self.realtime.shutdown().await;
-        match served {
-            Some(result) => result.context("serving")?,
-            None => match tokio::time::timeout(self.shutdown_timeout, server).await {
-                Ok(result) => result.context("serving")?,
-                Err(_) => tracing::warn!(
-                    "HTTP connections still open after the shutdown timeout; exiting anyway"
-                ),
-            },
+        let _ = accepting_tx.send(false);
+        if !served_early && tokio::time::timeout(self.shutdown_timeout, &mut server).await.is_err()
+        {
+            tracing::warn!(
+                "HTTP connections still open after the shutdown timeout; exiting anyway"
+            );
+            server.abort();
         }
         tracing::info!("tako stopped");
         Ok(())

@@ -114,7 +114,10 @@ impl Reader {
         }
     }
 
-    /// One whole frame, unmasked.
+    /// One whole frame, unmasked. The length a header announces is checked against the limit
+    /// (for a continuation, what is left of it after the message so far) before anything is
+    /// kept for it, and nothing is reserved ahead of the bytes that really arrive: a client that
+    /// announces a large frame and sends nothing costs nothing.
     fn frame(&mut self, max_bytes: usize) -> Result<Option<(FrameHeader, BytesMut)>, Violation> {
         let mut cursor = Cursor::new(&self.pending[..]);
         let (header, length) = match FrameHeader::parse(&mut cursor) {
@@ -133,17 +136,26 @@ impl Reader {
                 return Err(Violation::Protocol("invalid control frame"));
             }
         }
-        if length > max_bytes as u64 {
+        let so_far = match (&self.message, header.opcode) {
+            (Some((_, message)), OpCode::Data(Data::Continue)) => message.len(),
+            _ => 0,
+        };
+        let allowed = max_bytes.saturating_sub(so_far);
+        // Compared as u64: a 64-bit length (up to 2^64 - 1) never reaches a usize conversion
+        // or an addition unless it fits the limit.
+        if length > allowed as u64 {
             return Err(Violation::TooBig);
         }
         let (start, length) = (cursor.position() as usize, length as usize);
-        if self.pending.len() < start + length {
-            // Room for the rest of this frame at once, rather than growing chunk by chunk.
-            self.pending.reserve(start + length - self.pending.len());
+        if self.pending.len() - start < length {
             return Ok(None);
         }
         let _ = self.pending.split_to(start);
         let mut payload = self.pending.split_to(length);
+        if self.pending.is_empty() {
+            // What grew to hold this frame is not kept once it is out.
+            self.pending = BytesMut::new();
+        }
         unmask(&mut payload, mask);
         Ok(Some((header, payload)))
     }
@@ -257,10 +269,16 @@ pub(crate) type Frames<F> = SmallVec<[F; 1]>;
 /// What goes out as one WebSocket frame (FIN set, unmasked): its opcode and payload, shared with
 /// every other socket it goes to.
 pub(crate) trait WireFrame {
+    /// Whether frames of this kind come from the socket's outbox (which is told when they are
+    /// written), rather than being control frames of the transport's own.
+    const FROM_OUTBOX: bool;
+
     fn parts(&self) -> (OpCode, &[u8]);
 }
 
 impl WireFrame for Frame {
+    const FROM_OUTBOX: bool = true;
+
     fn parts(&self) -> (OpCode, &[u8]) {
         match self {
             Frame::Text(text) => (OpCode::Data(Data::Text), text.as_bytes()),
@@ -270,6 +288,8 @@ impl WireFrame for Frame {
 }
 
 impl WireFrame for Outbound {
+    const FROM_OUTBOX: bool = false;
+
     fn parts(&self) -> (OpCode, &[u8]) {
         match self {
             Outbound::Pong(data) => (OpCode::Control(Control::Pong), data),
@@ -316,6 +336,11 @@ impl<F: WireFrame> Outgoing<F> {
 
     pub(crate) fn one(frame: F) -> Outgoing<F> {
         Outgoing::new(smallvec::smallvec![frame])
+    }
+
+    /// Frames written whole so far.
+    pub(crate) fn completed(&self) -> usize {
+        self.next
     }
 
     fn pending(&self) -> &[F] {
@@ -537,6 +562,48 @@ mod tests {
         fragmented.extend(client_frame(true, 0, &[0; 600]));
         let mut reader = Reader::default();
         reader.pending.extend_from_slice(&fragmented);
+        assert_eq!(reader.next(1000), Err(Violation::TooBig));
+    }
+
+    /// A masked binary frame header announcing `length` bytes (64-bit form), no payload.
+    fn header_announcing(length: u64) -> Vec<u8> {
+        let mut header = vec![0x82, 0x80 | 127];
+        header.extend_from_slice(&length.to_be_bytes());
+        header.extend_from_slice(&[1, 2, 3, 4]);
+        header
+    }
+
+    #[test]
+    fn announced_lengths_are_refused_before_anything_is_reserved_whatever_the_limit() {
+        // The limits a server uses in every state (open, closing): none reserves what a header
+        // announces, and lengths past 2^63 neither panic nor wrap.
+        for limit in [1000, MAX, usize::MAX / 2, usize::MAX] {
+            for length in [1u64 << 40, 1 << 63, u64::MAX] {
+                let mut reader = Reader::default();
+                reader.pending.extend_from_slice(&header_announcing(length));
+                let verdict = reader.next(limit);
+                if length > limit as u64 {
+                    assert_eq!(verdict, Err(Violation::TooBig), "{length} under {limit}");
+                } else {
+                    assert_eq!(verdict, Ok(None), "{length} under {limit}: waits for bytes");
+                }
+                assert!(reader.pending.capacity() < 1024, "nothing reserved for {length}");
+            }
+        }
+        // Within the limit, announced but not sent: still nothing reserved ahead.
+        let mut reader = Reader::default();
+        reader.pending.extend_from_slice(&header_announcing(MAX as u64));
+        assert_eq!(reader.next(MAX), Ok(None));
+        assert!(reader.pending.capacity() < 1024);
+    }
+
+    #[test]
+    fn a_continuation_is_refused_on_its_header_when_the_message_would_pass_the_limit() {
+        let mut reader = Reader::default();
+        reader.pending.extend_from_slice(&client_frame(false, 2, &[0; 600]));
+        assert_eq!(reader.next(1000), Ok(None));
+        // Only the header of the next 600-byte fragment: 1,200 in all, refused at once.
+        reader.pending.extend_from_slice(&client_frame(true, 0, &[0; 600])[..8]);
         assert_eq!(reader.next(1000), Err(Violation::TooBig));
     }
 

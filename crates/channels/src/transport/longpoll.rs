@@ -261,7 +261,7 @@ async fn connect<H: SocketHandler>(
         serializer,
         connection.id.clone(),
         connection.user.clone(),
-        endpoint.config.outbound_queue,
+        endpoint.config.outbox_capacity(),
     );
     endpoint
         .longpoll
@@ -386,7 +386,8 @@ async fn run<H: SocketHandler>(
         endpoint.presence.clone(),
         config.max_channels,
     )
-    .with_inbound_rate(config.inbound_rate);
+    .with_inbound_rate(config.inbound_rate)
+    .with_inbound_bytes(config.inbound_bytes_per_second, config.max_frame_bytes);
     let mut waiting: Option<(oneshot::Sender<Polled>, Instant)> = None;
     // Frames taken from the outbox whose poll went away before it could take them.
     let mut unsent: VecDeque<Frame> = VecDeque::new();
@@ -464,9 +465,13 @@ fn answer(
         return;
     }
     let Some((reply, _)) = waiting.take() else { return };
-    if let Err(Polled::Messages(back)) = reply.send(Polled::Messages(unsent.drain(..).collect())) {
+    let count = unsent.len();
+    match reply.send(Polled::Messages(unsent.drain(..).collect())) {
+        // Handed to the poll's response: as written as a LongPoll frame gets.
+        Ok(()) => socket.outbox.written(count),
         // Its HTTP request is gone: keep the frames for the next poll.
-        unsent.extend(back);
+        Err(Polled::Messages(back)) => unsent.extend(back),
+        Err(Polled::Empty) => {}
     }
 }
 

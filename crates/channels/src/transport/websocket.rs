@@ -89,7 +89,7 @@ pub(crate) async fn upgrade<H: SocketHandler>(
         serializer,
         connection.id,
         connection.user,
-        endpoint.config.outbound_queue,
+        endpoint.config.outbox_capacity(),
     );
     tokio::spawn(run(on_upgrade, endpoint, socket, connection.assigns, guard));
 
@@ -126,6 +126,12 @@ fn check_handshake(
     let Some(key) = parts.headers.get(header::SEC_WEBSOCKET_KEY) else {
         return Err((StatusCode::BAD_REQUEST, "`Sec-WebSocket-Key` header missing"));
     };
+    if !valid_key(key.as_bytes()) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "`Sec-WebSocket-Key` must be 16 bytes in base64 (RFC 6455 section 4.1)",
+        ));
+    }
     let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
         .expect("base64 is a valid header value");
     if !header_eq(&parts.headers, header::SEC_WEBSOCKET_VERSION, "13") {
@@ -141,6 +147,12 @@ fn check_handshake(
         ));
     };
     Ok((accept, on_upgrade))
+}
+
+/// RFC 6455: the key is a random 16-byte value, base64-encoded (24 characters).
+fn valid_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD.decode(key).is_ok_and(|raw| raw.len() == 16)
 }
 
 fn header_eq(headers: &HeaderMap, name: HeaderName, value: &str) -> bool {
@@ -219,7 +231,8 @@ fn run<H: SocketHandler>(
             endpoint.presence.clone(),
             config.max_channels,
         )
-        .with_inbound_rate(config.inbound_rate);
+        .with_inbound_rate(config.inbound_rate)
+        .with_inbound_bytes(config.inbound_bytes_per_second, config.max_frame_bytes);
 
         let mut reader = Reader::default();
         let end = drive(&mut io, &mut reader, &mut session, &socket, config.max_frame_bytes).await;
@@ -227,18 +240,18 @@ fn run<H: SocketHandler>(
         drop(registration);
         tracing::debug!(conn = socket.conn, ?end, "socket closed");
 
-        Box::pin(close(io, reader, end)).await;
+        Box::pin(close(io, reader, end, config.max_frame_bytes)).await;
         drop(guard);
     }
 }
 
 /// The closing handshake, bounded in time: a client that stopped reading cannot hold the task.
-async fn close(mut io: Io, mut reader: Reader, end: End) {
+async fn close(mut io: Io, mut reader: Reader, end: End, max_bytes: usize) {
     match end {
         End::Close(code, reason) => {
             let mut close = Outgoing::one(Outbound::close(code, reason));
             if let Ok(Ok(())) = tokio::time::timeout(CLOSE_GRACE, close.write_all(&mut io)).await {
-                finish(&mut io, &mut reader).await;
+                finish(&mut io, &mut reader, max_bytes).await;
             }
         }
         End::PeerClosed(code) => {
@@ -354,10 +367,9 @@ async fn drive<H: SocketHandler>(
 type Blocked<'a> = Pin<Box<dyn Future<Output = Option<End>> + Send + 'a>>;
 
 /// Writes frames as far as the socket takes them now, without a future: `Ok(None)` when all went
-/// out (the usual case), `Ok(Some(rest))` when the client's window is full. A client that stops
-/// reading blocks the rest, so a close request (slow consumer, disconnect, shutdown) interrupts
-/// it, and the connection is then closed without a close frame, since a frame may be half
-/// written. The socket task's future holds only the box, and only while blocked.
+/// out (the usual case), `Ok(Some(rest))` when the client's window is full. The socket task's
+/// future holds only the box, and only while blocked. Frames from the outbox are reported back
+/// to it (how many were written) once the write is over, however it ends.
 fn send<'a, F: WireFrame + Send + 'a>(
     io: &'a mut Io,
     mut out: Outgoing<F>,
@@ -366,38 +378,62 @@ fn send<'a, F: WireFrame + Send + 'a>(
     // A no-op waker: if the socket is not writable now, `send_blocked` polls again at once with
     // the task's own waker, which is what then gets registered.
     match out.poll_write(&mut Context::from_waker(Waker::noop()), io) {
-        Poll::Ready(Ok(())) => Ok(None),
-        Poll::Ready(Err(_)) => Err(End::Broken),
+        Poll::Ready(result) => {
+            report(&out, socket);
+            match result {
+                Ok(()) => Ok(None),
+                Err(_) => Err(End::Broken),
+            }
+        }
         Poll::Pending => Ok(Some(Box::pin(send_blocked(io, out, socket)))),
     }
 }
 
+/// Tells the outbox how many of its frames this write got out.
+fn report<F: WireFrame>(out: &Outgoing<F>, socket: &SocketShared) {
+    if F::FROM_OUTBOX {
+        socket.outbox.written(out.completed());
+    }
+}
+
+/// A client that stops reading blocks the rest of a write, so a close request (slow consumer,
+/// disconnect, shutdown) interrupts it: the frame under way gets a short grace to finish, so the
+/// close frame (1013 for a slow consumer) can follow it on a clean frame boundary; a client that
+/// does not take even that is cut off without one.
 async fn send_blocked<F: WireFrame>(
     io: &mut Io,
     mut out: Outgoing<F>,
     socket: &SocketShared,
 ) -> Option<End> {
-    let write = out.write_all(io);
-    tokio::pin!(write);
-    loop {
-        tokio::select! {
-            biased;
-            written = &mut write => return written.err().map(|_| End::Broken),
-            () = socket.outbox.ready() => {
-                if socket.outbox.close_requested().is_some() {
-                    return Some(End::Broken);
+    let end = {
+        let write = out.write_all(io);
+        tokio::pin!(write);
+        loop {
+            tokio::select! {
+                biased;
+                written = &mut write => break written.err().map(|_| End::Broken),
+                () = socket.outbox.ready() => {
+                    if let Some(close) = socket.outbox.close_requested() {
+                        break match tokio::time::timeout(CLOSE_GRACE, &mut write).await {
+                            Ok(Ok(())) => Some(End::from(close)),
+                            _ => Some(End::Broken),
+                        };
+                    }
                 }
             }
         }
-    }
+    };
+    report(&out, socket);
+    end
 }
 
 /// Read until the client answers our close frame (or a short grace passes), so it sees a
-/// clean close with our code.
-async fn finish(io: &mut Io, reader: &mut Reader) {
+/// clean close with our code. The frame limit still holds: what a client announces after a
+/// close is checked like anything else.
+async fn finish(io: &mut Io, reader: &mut Reader, max_bytes: usize) {
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         loop {
-            match reader.next(usize::MAX) {
+            match reader.next(max_bytes) {
                 Ok(Some(Inbound::Close(_))) | Err(_) => return,
                 Ok(Some(_)) => continue,
                 Ok(None) => {}
@@ -408,4 +444,21 @@ async fn finish(io: &mut Io, reader: &mut Reader) {
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_key;
+
+    #[test]
+    fn only_a_base64_sixteen_byte_key_is_valid() {
+        assert!(valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        for bad in
+            [&b""[..], b"not base64 at all!!!!!!!", b"dGhlIHNhbXBsZSBub25jZQ", &[b'A'; 10_000]]
+        {
+            assert!(!valid_key(bad), "{:?}", String::from_utf8_lossy(&bad[..bad.len().min(30)]));
+        }
+        // 24 characters of base64 that are not 16 bytes.
+        assert!(!valid_key(b"dGhlIHNhbXBsZSBub25jZQ=A"));
+    }
 }

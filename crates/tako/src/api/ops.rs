@@ -27,12 +27,12 @@ const LIMITER_KEYS: usize = 10_000;
 /// Tako's limits on HTTP requests (the socket limits are the engine's configuration).
 pub struct HttpLimits {
     registrations: Option<DefaultKeyedRateLimiter<IpAddr>>,
-    trust_proxy: bool,
+    trust_proxy: channels::TrustedProxies,
 }
 
 impl HttpLimits {
     /// `registrations_per_minute` per client address; 0: no limit.
-    pub fn new(registrations_per_minute: u32, trust_proxy: bool) -> HttpLimits {
+    pub fn new(registrations_per_minute: u32, trust_proxy: channels::TrustedProxies) -> HttpLimits {
         HttpLimits {
             registrations: NonZeroU32::new(registrations_per_minute)
                 .map(|n| RateLimiter::keyed(Quota::per_minute(n))),
@@ -69,7 +69,7 @@ impl FromRequestParts<AppState> for RegistrationAllowed {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-        let ip = channels::client_ip(&parts.headers, peer, state.limits.trust_proxy);
+        let ip = channels::client_ip(&parts.headers, peer, &state.limits.trust_proxy);
         match state.limits.registration(ip) {
             Ok(()) => Ok(RegistrationAllowed),
             Err(wait) => Err(registration_refused(state, wait)),

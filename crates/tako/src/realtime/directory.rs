@@ -7,6 +7,7 @@
 //! task answers everything queued so far with a single `WHERE id IN (…)` query.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{mpsc, oneshot};
@@ -26,12 +27,18 @@ type Answer = oneshot::Sender<Result<bool, ()>>;
 pub struct UserDirectory {
     known: Mutex<HashMap<UserId, Option<Nickname>>>,
     lookups: mpsc::Sender<(UserId, Answer)>,
+    /// Set while this node may miss deletions (cluster bus down): every connect asks.
+    bypass: AtomicBool,
 }
 
 impl UserDirectory {
     pub fn spawn(store: Arc<dyn UserStore>) -> Arc<UserDirectory> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let directory = Arc::new(UserDirectory { known: Mutex::new(HashMap::new()), lookups: tx });
+        let directory = Arc::new(UserDirectory {
+            known: Mutex::new(HashMap::new()),
+            lookups: tx,
+            bypass: AtomicBool::new(false),
+        });
         tokio::spawn(batcher(Arc::downgrade(&directory), store, rx));
         directory
     }
@@ -42,7 +49,7 @@ impl UserDirectory {
 
     /// `Err(())` when the database cannot answer.
     pub async fn exists(&self, id: UserId) -> Result<bool, ()> {
-        if self.known().contains_key(&id) {
+        if !self.bypass.load(Ordering::Acquire) && self.known().contains_key(&id) {
             return Ok(true);
         }
         let (tx, rx) = oneshot::channel();
@@ -74,6 +81,17 @@ impl UserDirectory {
     /// The user was deleted: the next connect asks the database.
     pub fn forget(&self, id: UserId) {
         self.known().remove(&id);
+    }
+
+    /// While set, connects ask the database even for remembered users (this node may have
+    /// missed a deletion); lookups are still coalesced.
+    pub fn set_bypass(&self, bypass: bool) {
+        self.bypass.store(bypass, Ordering::Release);
+    }
+
+    /// Forgets every user but those `keep` says.
+    pub fn retain(&self, keep: impl Fn(&UserId) -> bool) {
+        self.known().retain(|id, _| keep(id));
     }
 }
 

@@ -5,6 +5,7 @@ mod directory;
 mod mailbox;
 mod notifications;
 mod presence;
+mod resync;
 mod signals;
 mod sockets;
 
@@ -56,6 +57,7 @@ impl Realtime {
             bus.node_timeout = Duration::from_secs(config.node_timeout_secs.max(1));
             RedisBus::new(bus)
         });
+        let store_for_resync = store.clone();
         let mailbox = Mailbox::spawn(store, config.message_ttl, cluster.is_some());
         let handler = TakoSockets::new(directory.clone(), mailbox.clone(), tracker);
         let endpoint_config = EndpointConfig {
@@ -73,7 +75,10 @@ impl Realtime {
             max_connections: (config.max_connections > 0).then_some(config.max_connections),
             max_connections_per_client: (config.max_connections_per_ip > 0)
                 .then_some(config.max_connections_per_ip),
-            trust_forwarded_for: config.trust_proxy,
+            trusted_proxies: config.trust_proxy.clone(),
+            outbound_queue_bytes: config.max_queued_bytes,
+            inbound_bytes_per_second: (config.socket_bytes_per_second > 0)
+                .then_some(config.socket_bytes_per_second),
             inbound_rate: (config.socket_rate > 0).then(|| channels::InboundRate {
                 per_second: f64::from(config.socket_rate),
                 burst: config.socket_burst.max(1),
@@ -88,6 +93,14 @@ impl Realtime {
         signals::listen(&endpoint.hub(), endpoint.presence(), mailbox.clone(), directory.clone());
         if let Some(bus) = &cluster {
             bus.start(endpoint.hub(), endpoint.presence());
+            resync::spawn(
+                endpoint.hub(),
+                endpoint.presence(),
+                bus.clone(),
+                directory.clone(),
+                mailbox.clone(),
+                store_for_resync,
+            );
         }
         Realtime { endpoint, directory, mailbox, cluster }
     }

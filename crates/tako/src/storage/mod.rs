@@ -2,6 +2,7 @@
 //! (accounts, messages) defines its own store trait; both backends implement all of them, and
 //! `Store` is "all of them", handed around as one shared value.
 
+pub mod backup;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
 
@@ -24,6 +25,11 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported DATABASE_URL scheme (use sqlite:// or postgres://): {0}")]
     UnsupportedUrl(String),
+    /// The database named by `DATABASE_URL` cannot be opened at start; says which one and why.
+    #[error("{0}")]
+    Open(String),
+    #[error("backup failed: {0}")]
+    Backup(String),
 }
 
 /// Every database failure passes through here, so it is counted once (`tako_db_query_errors`).

@@ -15,7 +15,23 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     pub async fn connect(url: &str) -> Result<SqliteStore, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|error| StoreError::Open(format!("invalid URL {url:?}: {error}")))?;
+        let path = options.get_filename().to_owned();
+        let in_memory = path.as_os_str() == ":memory:" || url.contains("mode=memory");
+        if !in_memory {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                if !dir.is_dir() {
+                    return Err(StoreError::Open(format!(
+                        "SQLite database {}: the directory {} does not exist (create it, or \
+                         point DATABASE_URL elsewhere)",
+                        path.display(),
+                        dir.display()
+                    )));
+                }
+            }
+        }
+        let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
@@ -25,7 +41,10 @@ impl SqliteStore {
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
-            .await?;
+            .await
+            .map_err(|error| {
+                StoreError::Open(format!("cannot open SQLite database {}: {error}", path.display()))
+            })?;
         Ok(SqliteStore { pool })
     }
 }

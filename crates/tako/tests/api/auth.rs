@@ -65,8 +65,9 @@ async fn health_needs_no_token() {
     let app = with_tokens().await;
     let response = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(response.status(), 200);
+    // Exactly what the README documents.
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["status"], "ok");
+    assert_eq!(body, serde_json::json!({"status": "ok", "database": "ok"}));
 }
 
 #[tokio::test]
@@ -85,6 +86,8 @@ async fn health_is_503_when_the_database_is_gone() {
             .unwrap();
         let response = app.client.get(app.url("/healthz")).send().await.unwrap();
         assert_eq!(response.status(), 503);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body, serde_json::json!({"status": "unavailable", "database": "error"}));
         // And the API says so as a JSON:API error, not a 500.
         let response = app.get("/api/json/leaderboard").await;
         assert_error(response, 503, "unavailable").await;

@@ -33,19 +33,54 @@ pub fn postgres_admin_url() -> Option<String> {
     std::env::var("TAKO_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty())
 }
 
-/// Creates a fresh database on the server of `admin_url` and returns its URL.
-pub async fn fresh_postgres_database(admin_url: &str) -> String {
+/// A database made for one test, dropped when this goes out of scope (also when the test
+/// fails: the drop runs while the panic unwinds).
+pub struct TempDatabase {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+/// Creates a fresh database on the server of `admin_url`. Its name starts with the admin
+/// database's (`scripts/test` drops `<its run database>*` at the end, whatever happened).
+pub async fn fresh_postgres_database(admin_url: &str) -> TempDatabase {
     use sqlx::Connection;
-    let name = format!("tako_test_{}", uuid::Uuid::new_v4().simple());
+    let (base, admin_db) = admin_url.rsplit_once('/').expect("a postgres URL with a database path");
+    let admin_db = admin_db.split('?').next().unwrap_or_default();
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    // PostgreSQL names are at most 63 bytes.
+    let prefix: String = admin_db.chars().take(63 - 1 - 16).collect();
+    let name = format!("{prefix}_{}", &suffix[..16]);
     let mut conn = sqlx::PgConnection::connect(admin_url).await.unwrap_or_else(|e| {
         panic!("TAKO_TEST_DATABASE_URL is set but PostgreSQL does not answer: {e}")
     });
-    sqlx::query(&format!("CREATE DATABASE {name}"))
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
         .execute(&mut conn)
         .await
         .expect("create test database");
-    let (base, _) = admin_url.rsplit_once('/').expect("a postgres URL with a database path");
-    format!("{base}/{name}")
+    let _ = conn.close().await;
+    TempDatabase { url: format!("{base}/{name}"), admin_url: admin_url.to_owned(), name }
+}
+
+impl Drop for TempDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs inside the test's runtime, which cannot be blocked on: a thread of its own.
+        let dropped = std::thread::spawn(move || {
+            use sqlx::Connection;
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&admin_url).await.ok()?;
+                let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                sqlx::query(&sql).execute(&mut conn).await.ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(_))) {
+            eprintln!("warning: test database {} was not dropped", self.name);
+        }
+    }
 }
 
 pub struct TestApp {
@@ -57,6 +92,8 @@ pub struct TestApp {
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     _dir: Option<tempfile::TempDir>,
+    /// Dropped after the server was told to stop (fields drop after `Drop::drop`).
+    _database: Option<TempDatabase>,
 }
 
 impl TestApp {
@@ -65,17 +102,22 @@ impl TestApp {
     }
 
     pub async fn spawn_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> TestApp {
-        let (database_url, dir) = match &backend {
+        let (database_url, dir, database) = match &backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
-                (format!("sqlite://{}", dir.path().join("tako.db").display()), Some(dir))
+                (format!("sqlite://{}", dir.path().join("tako.db").display()), Some(dir), None)
             }
-            Backend::Postgres(admin) => (fresh_postgres_database(admin).await, None),
+            Backend::Postgres(admin) => {
+                let database = fresh_postgres_database(admin).await;
+                (database.url.clone(), None, Some(database))
+            }
         };
         let mut config = Config::for_database(&database_url);
         configure(&mut config);
         let token = config.api_token.clone();
-        TestApp::start(config, backend, database_url, dir, token).await
+        let mut app = TestApp::start(config, backend, database_url, dir, token).await;
+        app._database = database;
+        app
     }
 
     async fn start(
@@ -100,6 +142,7 @@ impl TestApp {
             shutdown: Some(tx),
             server: Some(server),
             _dir: dir,
+            _database: None,
         }
     }
 

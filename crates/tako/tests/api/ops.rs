@@ -272,7 +272,7 @@ async fn the_node_cap_refuses_sockets_with_503() {
 async fn connections_per_address_behind_a_trusted_proxy() {
     let app = spawn_with(|c| {
         c.max_connections_per_ip = 1;
-        c.trust_proxy = true;
+        c.trust_proxy = channels::TrustedProxies::Hops(1);
     })
     .await;
     let id = app.register_id(None).await;
@@ -329,7 +329,7 @@ async fn register_from(app: &TestApp, ip: &str) -> u16 {
 async fn registrations_per_address_are_rate_limited() {
     let app = spawn_with(|c| {
         c.registrations_per_minute = 2;
-        c.trust_proxy = true;
+        c.trust_proxy = channels::TrustedProxies::Hops(1);
     })
     .await;
     assert_eq!(register_from(&app, "203.0.113.5").await, 201);

@@ -30,7 +30,8 @@ async fn an_original_tako_database_keeps_working() {
         );
         return;
     };
-    let url = fresh_postgres_database(&admin).await;
+    let database = fresh_postgres_database(&admin).await;
+    let url = database.url.clone();
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
     sqlx::raw_sql(ORIGINAL_SCHEMA).execute(&mut conn).await.unwrap();
 
@@ -145,9 +146,12 @@ async fn the_leaderboard_is_served_by_an_index() {
 async fn data_survives_a_restart() {
     for backend in crate::helpers::backends() {
         let dir = tempfile::tempdir().unwrap();
-        let url = match &backend {
-            Backend::Sqlite => format!("sqlite://{}", dir.path().join("kept.db").display()),
-            Backend::Postgres(admin) => fresh_postgres_database(admin).await,
+        let (url, _database) = match &backend {
+            Backend::Sqlite => (format!("sqlite://{}", dir.path().join("kept.db").display()), None),
+            Backend::Postgres(admin) => {
+                let database = fresh_postgres_database(admin).await;
+                (database.url.clone(), Some(database))
+            }
         };
         let app =
             TestApp::spawn_with(backend.clone(), |c| c.database_url = Some(url.clone())).await;
@@ -198,4 +202,65 @@ async fn waiting_messages_are_found_by_an_index_however_many_are_stored() {
     .unwrap();
     let plan = plan.join("\n");
     assert!(plan.contains("messages_pending_idx"), "{plan}");
+}
+
+/// The README's PostgreSQL backup: `pg_dump` of a live database, `pg_restore` into an empty
+/// one, and Tako serves every row from it.
+#[tokio::test]
+async fn a_pg_dump_restores_every_row() {
+    let Some(admin) = postgres_admin_url() else {
+        eprintln!("note: TAKO_TEST_DATABASE_URL is not set; pg_dump test not run");
+        return;
+    };
+    let app = TestApp::spawn(Backend::Postgres(admin.clone())).await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let id = app.register_id(Some(&format!("Dumped_{i}"))).await;
+        app.set_stamps(&id, i).await;
+        ids.push(id);
+    }
+    let status = app
+        .request(reqwest::Method::POST, "/api/messages")
+        .json(&json!({"user_id": ids[0], "message": "kept in the dump"}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 202);
+
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("tako.dump");
+    // While it serves: pg_dump reads one consistent snapshot.
+    let output = tokio::process::Command::new("pg_dump")
+        .args(["--format=custom", "--no-owner", "--file"])
+        .arg(&dump)
+        .arg(&app.database_url)
+        .output()
+        .await
+        .expect("pg_dump (postgresql-client) is installed");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    app.stop().await;
+
+    let target = fresh_postgres_database(&admin).await;
+    let output = tokio::process::Command::new("pg_restore")
+        .args(["--no-owner", "--exit-on-error", "--dbname", &target.url])
+        .arg(&dump)
+        .output()
+        .await
+        .expect("pg_restore (postgresql-client) is installed");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let url = target.url.clone();
+    let restored =
+        TestApp::spawn_with(Backend::Postgres(admin), |c| c.database_url = Some(url)).await;
+    for (i, id) in ids.iter().enumerate() {
+        let user: Value =
+            restored.get(&format!("/api/json/accounts/users/{id}")).await.json().await.unwrap();
+        assert_eq!(user["data"]["attributes"]["nickname"], format!("Dumped_{i}"));
+        assert_eq!(user["data"]["attributes"]["stamps_collected"], i);
+    }
+    let mut conn = sqlx::PgConnection::connect(&target.url).await.unwrap();
+    let messages: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM messages").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(messages, 1);
 }

@@ -1,0 +1,298 @@
+//! The HTTP listener: accepting connections, with the limits a public server needs that
+//! `axum::serve` does not offer.
+//!
+//! - A client must send a request's headers within the header timeout (also the longest an
+//!   idle keep-alive connection waits for its next request); a stalled one is closed.
+//! - Connections are counted, sockets upgraded from them included, until their file descriptor
+//!   is closed. At the cap, a new connection pushes out the oldest one that is not serving a
+//!   request (a stalled or idle one), so stalled clients cannot starve honest ones of file
+//!   descriptors: with slow-loris connections filling every slot, `/healthz` still answers.
+//! - An accept error (out of file descriptors) backs off instead of spinning.
+//! - On shutdown the listener keeps accepting while the application drains, so `/readyz`
+//!   answers 503 to load balancers instead of refusing connections; then it stops accepting
+//!   and lets requests in flight finish.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tower::ServiceExt;
+
+use crate::startup::HttpService;
+
+/// How the listener treats its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// File descriptors kept back from the open-files limit for the database, logs and the like
+/// when the connection cap is derived from it.
+const RESERVED_FDS: usize = 64;
+
+impl Limits {
+    /// `configured` connections, or when 0 the open-files limit less a reserve.
+    pub fn new(header_timeout: Duration, configured: usize) -> Limits {
+        let max_connections = if configured > 0 { configured } else { open_files_limit() };
+        Limits { header_timeout, max_connections: max_connections.max(1) }
+    }
+}
+
+fn open_files_limit() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    let soft = if ok { usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX) } else { 1024 };
+    soft.saturating_sub(RESERVED_FDS).max(16)
+}
+
+/// One open connection, as the listener sees it.
+struct Conn {
+    opened: Instant,
+    /// Requests being served now.
+    serving: AtomicUsize,
+    /// Milliseconds since `opened` when it last became idle.
+    idle_since: AtomicU64,
+    /// Upgraded to a socket: never pushed out (the socket's own limits apply).
+    upgraded: AtomicBool,
+    evict: Notify,
+}
+
+impl Conn {
+    fn idle_at(&self) -> Option<u64> {
+        let idle =
+            self.serving.load(Ordering::Acquire) == 0 && !self.upgraded.load(Ordering::Acquire);
+        idle.then(|| self.idle_since.load(Ordering::Acquire))
+    }
+
+    fn mark_idle(&self) {
+        self.idle_since.store(self.opened.elapsed().as_millis() as u64, Ordering::Release);
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    next: AtomicU64,
+}
+
+impl Registry {
+    /// Room for one more: pushes out the connection idle the longest when full. `false` if
+    /// every connection is busy (the new one is then refused).
+    fn make_room(&self, max: usize) -> bool {
+        let conns = self.conns.lock();
+        if conns.len() < max {
+            return true;
+        }
+        let now = Instant::now();
+        let victim = conns
+            .values()
+            .filter_map(|c| c.idle_at().map(|at| (c.opened + Duration::from_millis(at), c)))
+            .min_by_key(|(since, _)| *since)
+            .map(|(since, c)| (now.saturating_duration_since(since), c.clone()));
+        drop(conns);
+        match victim {
+            Some((idle_for, conn)) => {
+                tracing::debug!(
+                    ?idle_for,
+                    "connection limit reached: closing the longest idle one"
+                );
+                conn.evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn add(self: &Arc<Self>) -> Slot {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Conn {
+            opened: Instant::now(),
+            serving: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            upgraded: AtomicBool::new(false),
+            evict: Notify::new(),
+        });
+        self.conns.lock().insert(id, conn.clone());
+        Slot { registry: self.clone(), id, conn }
+    }
+
+    fn len(&self) -> usize {
+        self.conns.lock().len()
+    }
+}
+
+/// A connection's place in the registry, held by its stream: given back when the file
+/// descriptor closes, whether the connection ended as HTTP or as an upgraded socket.
+struct Slot {
+    registry: Arc<Registry>,
+    id: u64,
+    conn: Arc<Conn>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.registry.conns.lock().remove(&self.id);
+    }
+}
+
+/// A TCP stream that carries its slot, so the slot lives exactly as long as the descriptor.
+struct Counted {
+    stream: TcpStream,
+    _slot: Slot,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Serves `service` on `listener` until `accepting` turns false, then stops accepting and
+/// returns once every connection finished its requests (idle ones are closed at once); the
+/// caller bounds that wait.
+pub async fn serve(
+    listener: TcpListener,
+    service: HttpService,
+    limits: Limits,
+    mut accepting: watch::Receiver<bool>,
+) {
+    let registry = Arc::new(Registry::default());
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = accepting.wait_for(|open| !*open) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
+                backoff = Duration::from_millis(5);
+                accepted
+            }
+            Err(error) => {
+                // Out of file descriptors (or memory): wait for some to be given back rather
+                // than spinning on an accept that fails at once.
+                tracing::warn!(%error, retry_in = ?backoff, open = registry.len(), "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if !registry.make_room(limits.max_connections) {
+            tracing::warn!(
+                max = limits.max_connections,
+                "every connection is serving a request: refusing a new one"
+            );
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(false);
+        let slot = registry.add();
+        let conn = slot.conn.clone();
+        let io = TokioIo::new(Counted { stream, _slot: slot });
+        tokio::spawn(connection(io, peer, service.clone(), conn, limits, drain_rx.clone()));
+    }
+    drop(listener);
+    let _ = drain_tx.send(true);
+    // Requests in flight finish; upgraded sockets were closed by the application already.
+    while registry.len() > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn connection(
+    io: TokioIo<Counted>,
+    peer: SocketAddr,
+    service: HttpService,
+    conn: Arc<Conn>,
+    limits: Limits,
+    mut drain: watch::Receiver<bool>,
+) {
+    let tracked = conn.clone();
+    let hyper_service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let conn = tracked.clone();
+        conn.serving.fetch_add(1, Ordering::AcqRel);
+        let service = service.clone();
+        async move {
+            let response = service.oneshot(request.map(axum::body::Body::new)).await;
+            if let Ok(response) = &response {
+                if response.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS {
+                    conn.upgraded.store(true, Ordering::Release);
+                }
+            }
+            conn.mark_idle();
+            conn.serving.fetch_sub(1, Ordering::AcqRel);
+            response
+        }
+    });
+    let serving = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(io, hyper_service)
+        .with_upgrades();
+    tokio::pin!(serving);
+    let evicted = conn.evict.notified();
+    tokio::pin!(evicted);
+    tokio::select! {
+        result = serving.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        }
+        () = &mut evicted => {}
+        () = async { let _ = drain.wait_for(|d| *d).await; } => {
+            serving.as_mut().graceful_shutdown();
+            if let Err(error) = serving.await {
+                tracing::debug!(%error, "connection ended with an error while draining");
+            }
+        }
+    }
+}
