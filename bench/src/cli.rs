@@ -54,6 +54,9 @@ pub enum Command {
     /// Scenario 3 (targeted latency) with up to 50k online, on a Tako cluster whose idle sockets
     /// are held by `ballast` children (see online.rs).
     Online(OnlineArgs),
+    /// Presence feeds at scale (issue 15): N clients at once asking `full`, then N asking
+    /// `count`, on one Tako (see feeds.rs).
+    Presence(PresenceArgs),
     /// Holds idle joined sockets for `online`: prints `ready <joined> <errors>`, answers `status`
     /// on stdin, exits when stdin closes.
     Ballast(BallastArgs),
@@ -76,7 +79,7 @@ pub struct RunArgs {
     /// Sockets per run (one process holds at most ~19,000 here).
     #[arg(long, value_delimiter = ',', value_parser = size, default_value = "1000,10000")]
     pub sizes: Vec<usize>,
-    /// Servers to measure: tako, tako-nopresence, floor, axum-floor, socketio.
+    /// Servers to measure: tako, tako-nopresence, tako-phoenix, floor, axum-floor, socketio.
     #[arg(long, value_delimiter = ',', value_parser = server, default_value = "tako,floor,axum-floor,socketio")]
     pub servers: Vec<Kind>,
     /// Users in the database of scenario 5.
@@ -184,6 +187,25 @@ impl OnlineArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct PresenceArgs {
+    /// Clients joining with `{"presence":"full"}` per run (0: skip).
+    #[arg(long, value_delimiter = ',', value_parser = size, default_value = "10000")]
+    pub full: Vec<usize>,
+    /// Clients joining with `{"presence":"count"}` per run (0: skip).
+    #[arg(long, value_delimiter = ',', value_parser = size, default_value = "10000")]
+    pub count: Vec<usize>,
+    /// Seconds a run may take before it is reported incomplete.
+    #[arg(long, default_value_t = 60)]
+    pub limit_secs: u64,
+    /// Kill a server past this resident size (the machine is shared).
+    #[arg(long, default_value_t = 4096)]
+    pub max_rss_mib: u64,
+    /// Keep the work directory (the servers' logs).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct BallastArgs {
     /// Comma-separated `host:port` of the nodes to spread the sockets over.
     #[arg(long)]
@@ -212,7 +234,7 @@ fn size(s: &str) -> Result<usize, String> {
 
 fn server(s: &str) -> Result<Kind, String> {
     Kind::parse(s.trim()).ok_or_else(|| {
-        format!("unknown server {s:?}; try tako, tako-nopresence, floor, axum-floor, socketio")
+        format!("unknown server {s:?}; try tako, tako-nopresence, tako-phoenix, floor, axum-floor, socketio")
     })
 }
 
