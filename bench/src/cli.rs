@@ -156,6 +156,10 @@ pub struct OnlineArgs {
     /// Kill a server past this resident size (the machine is shared).
     #[arg(long, default_value_t = 4096)]
     pub max_rss_mib: u64,
+    /// Presence on (everyone tracked, nobody asks for frames): also measure node A's presence
+    /// count and a node killed with -9 (issue 15).
+    #[arg(long)]
+    pub presence: bool,
     /// Keep the work directory (the servers' logs).
     #[arg(long)]
     pub keep: bool,
@@ -179,6 +183,9 @@ impl OnlineArgs {
             self.join_secs,
             self.max_rss_mib
         );
+        if self.presence {
+            out.push_str(" --presence");
+        }
         if self.keep {
             out.push_str(" --keep");
         }

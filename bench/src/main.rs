@@ -303,6 +303,7 @@ async fn online_cmd(args: &OnlineArgs) -> anyhow::Result<()> {
         per_child: args.per_child,
         concurrency: args.concurrency,
         join_secs: args.join_secs,
+        presence: args.presence,
     };
     plan.check()?;
     let work = std::env::temp_dir().join(format!("tako-bench-{}", std::process::id()));
@@ -348,6 +349,10 @@ async fn online_cmd(args: &OnlineArgs) -> anyhow::Result<()> {
         );
         println!("Scenario 3 at up to 50k online (issue 8):\n");
         println!("{}", online::table(&rows, &label, plan.nodes));
+        if plan.presence {
+            println!("Presence on every node (issue 15): node A's count and a node killed with -9:\n");
+            println!("{}", online::presence_table(&rows, &label, std::time::Duration::from_secs(5)));
+        }
         anyhow::Ok(())
     }
     .await;
