@@ -17,6 +17,9 @@ mod channel;
 mod config;
 mod delivery;
 mod endpoint;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod hub;
 mod limits;
 mod observer;

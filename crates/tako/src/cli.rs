@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 /// Where the commands find the running server. Global: given before or after the subcommand.
 #[derive(Debug, Clone, Args)]
-pub struct Server {
+pub struct RemoteServer {
     /// For the commands that call a running server: its URL (`http://…` or `https://…`).
     #[arg(long, env = "TAKO_URL", default_value = "http://127.0.0.1:4000", global = true)]
     pub url: String,
@@ -59,9 +59,22 @@ pub enum UsersCommand {
     },
 }
 
+/// What became of a message (`POST /api/messages`' answer).
+fn print_message_status(body: &Value) {
+    let id = body["id"].as_str().unwrap_or("?");
+    if body["delivered"] == Value::Bool(true) {
+        println!("delivered live (message {id})");
+    } else {
+        let expires = body["expires_at"].as_str().unwrap_or("?");
+        println!(
+            "stored: the user is offline; it waits for their next join until {expires} (message {id})"
+        );
+    }
+}
+
 impl Remote {
     /// HTTPS through rustls (the public roots of `webpki-roots`, plus `ca_file`'s); no OpenSSL.
-    pub fn new(server: &Server, admin_token: Option<String>) -> anyhow::Result<Remote> {
+    pub fn new(server: &RemoteServer, admin_token: Option<String>) -> anyhow::Result<Remote> {
         let url = server.url.trim_end_matches('/').to_owned();
         let parsed = reqwest::Url::parse(&url).with_context(|| format!("TAKO_URL {url:?}"))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
@@ -149,13 +162,7 @@ impl Remote {
                 Some(json!({"user_id": user_id, "message": message})),
             )
             .await?;
-        let id = body["id"].as_str().unwrap_or("?");
-        if body["delivered"] == Value::Bool(true) {
-            println!("delivered live (message {id})");
-        } else {
-            let expires = body["expires_at"].as_str().unwrap_or("?");
-            println!("stored: the user is offline; it waits for their next join until {expires} (message {id})");
-        }
+        print_message_status(&body);
         Ok(())
     }
 
@@ -180,7 +187,12 @@ impl Remote {
                 Some(json!({"topic": topic, "event": event, "payload": payload})),
             )
             .await?;
-        println!("broadcast {event} on {topic} to {} subscriber(s)", body["subscribers"]);
+        // A `msg` with a `user_id` went to that user alone, as `tako send` does.
+        if body.get("delivered").is_some() {
+            print_message_status(&body);
+        } else {
+            println!("broadcast {event} on {topic} to {} subscriber(s)", body["subscribers"]);
+        }
         Ok(())
     }
 

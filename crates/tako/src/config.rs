@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://tako.db";
+/// The largest `TAKO_LEADERBOARD_MAX`: some 60 MB of JSON.
+pub const MAX_LEADERBOARD: u32 = 1_000_000;
 
 /// `TAKO_MAX_FRAME_BYTES` bounds: below 1 KiB a join with its token may not fit; above 256 MiB
 /// one socket could hold the machine's memory.
@@ -29,6 +31,14 @@ pub enum PresenceMode {
     Off,
     /// As Phoenix: a joiner that asks nothing gets `presence_state` and every `presence_diff`.
     Phoenix,
+}
+
+/// What `stamps_collected` is: what clients claim (the Tako-era client), or what the server
+/// verified from scans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StampsMode {
+    Claimed,
+    Verified,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -171,6 +181,47 @@ pub struct Config {
     /// Seconds given to open sockets to close on shutdown.
     #[arg(long, env = "TAKO_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
+
+    /// Comma-separated names no visitor may take, nor a look-alike of (the event's name, …),
+    /// besides the built-in admin, administrator, moderator, mod, staff, operator, official,
+    /// support, system, root and holoquest.
+    #[arg(long, env = "TAKO_RESERVED_NICKNAMES", value_delimiter = ',')]
+    pub reserved_nicknames: Vec<String>,
+
+    /// Rows of `GET /api/json/leaderboard` without `limit` at most (1 to 1,000,000).
+    #[arg(long, env = "TAKO_LEADERBOARD_MAX", default_value_t = 10_000)]
+    pub leaderboard_max: u32,
+
+    /// `claimed`: clients set `stamps_collected` and push `collected` themselves (the
+    /// Tako-era client). `verified`: only scans the server verified count.
+    #[arg(long, env = "TAKO_STAMPS", value_enum, default_value_t = StampsMode::Claimed)]
+    pub stamps: StampsMode,
+
+    /// The event whose verified count `stamps_collected` shows (verified mode); unset: the one
+    /// event when exactly one exists.
+    #[arg(long, env = "TAKO_DEFAULT_EVENT")]
+    pub default_event: Option<String>,
+
+    /// Seconds a `screen` stamp's code is shown (the previous one is still accepted).
+    #[arg(long, env = "TAKO_CODE_STEP", default_value_t = 30)]
+    pub code_step_secs: u64,
+
+    /// What a stamp's QR code holds: this URL with `{code}` replaced; the bare code when unset.
+    #[arg(long, env = "TAKO_SCAN_URL")]
+    pub scan_url: Option<String>,
+
+    /// The key of stamp codes (at least 32 characters; the same on every node). Unset: one is
+    /// generated and kept in the database.
+    #[arg(long, env = "TAKO_RALLY_SECRET", hide_env_values = true)]
+    pub rally_secret: Option<String>,
+
+    /// Failed scans (unknown or expired codes) one user may make per minute; more get 429.
+    #[arg(long, env = "TAKO_FAILED_SCANS_PER_MINUTE", default_value_t = 10)]
+    pub failed_scans_per_minute: u32,
+
+    /// Failed scans one client address may make per minute (loopback is exempt); more get 429.
+    #[arg(long, env = "TAKO_FAILED_SCANS_PER_MINUTE_PER_IP", default_value_t = 60)]
+    pub failed_scans_per_minute_per_ip: u32,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -183,8 +234,18 @@ pub enum ConfigError {
     Invalid(Vec<String>),
     #[error("HOLOQUEST_API_TOKEN and TAKO_ADMIN_TOKEN must differ: the client token is public")]
     SameTokens,
+    #[error("TAKO_LEADERBOARD_MAX must be from 1 to {MAX_LEADERBOARD}")]
+    LeaderboardMax,
     #[error("TAKO_ALLOWED_ORIGINS: {0}")]
     Origins(#[from] channels::InvalidOrigin),
+    #[error("TAKO_DEFAULT_EVENT: an event id is 1 to 40 characters of a-z, 0-9 and `-`")]
+    DefaultEvent,
+    #[error("TAKO_CODE_STEP must be at least 1 (seconds)")]
+    CodeStep,
+    #[error("TAKO_SCAN_URL must contain `{{code}}` (e.g. https://app.example/sc/{{code}})")]
+    ScanUrl,
+    #[error("TAKO_RALLY_SECRET must be at least 32 characters")]
+    RallySecret,
 }
 
 impl Config {
@@ -196,7 +257,30 @@ impl Config {
         self.database_url = self.database_url.filter(|t| !t.is_empty());
         self.cors_origins.retain(|o| !o.trim().is_empty());
         self.allowed_origins.retain(|o| !o.trim().is_empty());
+        self.reserved_nicknames.retain(|n| !n.trim().is_empty());
+        self.default_event = self.default_event.filter(|t| !t.is_empty());
+        self.scan_url = self.scan_url.filter(|t| !t.is_empty());
+        self.rally_secret = self.rally_secret.filter(|t| !t.is_empty());
         self.check_origin()?;
+        if !(1..=MAX_LEADERBOARD).contains(&self.leaderboard_max) {
+            return Err(ConfigError::LeaderboardMax);
+        }
+        if self.default_event.as_deref().is_some_and(|e| crate::rally::EventId::parse(e).is_err()) {
+            return Err(ConfigError::DefaultEvent);
+        }
+        if self.code_step_secs == 0 {
+            return Err(ConfigError::CodeStep);
+        }
+        if self.scan_url.as_deref().is_some_and(|u| !u.contains("{code}")) {
+            return Err(ConfigError::ScanUrl);
+        }
+        if self
+            .rally_secret
+            .as_deref()
+            .is_some_and(|s| s.chars().count() < crate::rally::MIN_SECRET_CHARS)
+        {
+            return Err(ConfigError::RallySecret);
+        }
         if self.environment == Environment::Prod {
             let missing: Vec<&'static str> = [
                 (self.api_token.is_none(), "HOLOQUEST_API_TOKEN"),
@@ -323,6 +407,15 @@ impl Config {
             max_http_connections: 0,
             metrics_bind: None,
             message_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
+            reserved_nicknames: Vec::new(),
+            leaderboard_max: 10_000,
+            stamps: StampsMode::Claimed,
+            default_event: None,
+            code_step_secs: 30,
+            scan_url: None,
+            rally_secret: None,
+            failed_scans_per_minute: 10,
+            failed_scans_per_minute_per_ip: 60,
         }
     }
 }

@@ -6,8 +6,12 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod dashboard;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod messages;
 pub mod metrics;
+pub mod rally;
 pub mod realtime;
 pub mod server;
 pub mod startup;

@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::accounts::NicknamePolicy;
+use crate::api::leaderboard::LeaderboardCache;
 use crate::api::{self, auth::Tokens, ops::HttpLimits, AppState};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -71,6 +73,21 @@ impl Application {
         warn_about_open_access(&tokens);
         let metrics = Arc::new(Metrics::new());
         let realtime = Realtime::new(store.clone(), &config, metrics.clone());
+        let rally = crate::rally::Rally::open(
+            &*store,
+            config.rally_secret.as_deref(),
+            crate::rally::CodeStep::new(config.code_step_secs).context("TAKO_CODE_STEP")?,
+            config.scan_url.clone(),
+        )
+        .await
+        .context("reading the rally secret")?;
+        if config.rally_secret.is_none() {
+            tracing::info!(
+                "TAKO_RALLY_SECRET is not set: stamp codes are keyed with a secret generated \
+                 and kept in the database (a leaked database then gives away screen codes; \
+                 printed codes stay safe)"
+            );
+        }
         let state = AppState {
             store: store.clone(),
             tokens: Arc::new(tokens),
@@ -80,6 +97,11 @@ impl Application {
                 config.registrations_per_minute,
                 config.trust_proxy.clone(),
             )),
+            nicknames: Arc::new(NicknamePolicy::new(
+                config.reserved_nicknames.iter().map(String::as_str),
+            )),
+            leaderboard: Arc::new(LeaderboardCache::new(config.leaderboard_max)),
+            rally: Arc::new(api::scans::RallyState::new(rally, &config)),
         };
         let router = api::router(state.clone(), &config.cors_origins)
             .nest("/socket", realtime.routes())

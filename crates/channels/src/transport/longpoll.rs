@@ -60,7 +60,7 @@ enum Polled {
     Empty,
 }
 
-enum Inbound {
+pub(crate) enum Inbound {
     Text(String),
     Binary(Bytes),
 }
@@ -321,7 +321,7 @@ pub(crate) async fn publish<H: SocketHandler>(
 
 /// One frame, or ndjson lines: text frames start with `[` (v2) or `{` (v1); anything else is a
 /// base64 binary frame. Empty lines are skipped.
-fn parse_body(body: &Bytes, ndjson: bool) -> Result<Vec<Inbound>, &'static str> {
+pub(crate) fn parse_body(body: &Bytes, ndjson: bool) -> Result<Vec<Inbound>, &'static str> {
     let lines: Vec<&[u8]> = if ndjson {
         body.split(|b| *b == b'\n').map(trim_cr).filter(|l| !l.is_empty()).collect()
     } else {

@@ -1,5 +1,5 @@
 //! Transports carry frames between a client and its [`Session`](crate::session::Session).
-mod frames;
+pub(crate) mod frames;
 pub(crate) mod longpoll;
 pub(crate) mod websocket;
 

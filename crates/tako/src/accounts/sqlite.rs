@@ -34,7 +34,7 @@ impl UserStore for SqliteStore {
         .bind(user.stamps_collected.get())
         .bind(user.inserted_at.as_micros())
         .bind(user.updated_at.as_micros())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -66,7 +66,7 @@ impl UserStore for SqliteStore {
         .bind(changes.stamps_collected.is_some())
         .bind(changes.stamps_collected.map(|s| s.get()))
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await?;
         Ok(row.as_ref().map(user_from_row).transpose()?)
     }
@@ -74,7 +74,7 @@ impl UserStore for SqliteStore {
     async fn delete(&self, id: UserId) -> Result<bool, StoreError> {
         let result = sqlx::query("DELETE FROM users WHERE id = ?1")
             .bind(id.to_string())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(result.rows_affected() > 0)
     }

@@ -1,14 +1,18 @@
 //! The HTTP API, assembled in one place: which route, which layer, which state.
 
 pub mod auth;
+mod body;
 pub mod error;
+mod events;
 mod health;
 pub mod jsonapi;
-mod leaderboard;
+pub mod leaderboard;
 pub mod openapi;
 mod operators;
 pub mod ops;
 mod presence;
+mod scan_limits;
+pub mod scans;
 mod users;
 
 use std::sync::Arc;
@@ -18,12 +22,13 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
+use crate::accounts::NicknamePolicy;
 use crate::realtime::Realtime;
 use crate::storage::Store;
 use auth::Tokens;
@@ -40,6 +45,11 @@ pub struct AppState {
     pub realtime: Realtime,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub limits: Arc<ops::HttpLimits>,
+    /// The nickname rules, with this server's reserved names.
+    pub nicknames: Arc<NicknamePolicy>,
+    /// The default leaderboard, encoded once for every reader.
+    pub leaderboard: Arc<leaderboard::LeaderboardCache>,
+    pub rally: Arc<scans::RallyState>,
 }
 
 /// The HTTP routes of Tako (sockets are nested in by `startup`).
@@ -51,6 +61,18 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
             &format!("{}/{{id}}", users::BASE),
             get(users::show).patch(users::update).delete(users::delete),
         )
+        .route(&format!("{}/{{id}}/scans", users::BASE), get(scans::list).post(scans::scan))
+        .route(events::EVENTS, get(events::list_events).post(events::create_event))
+        .route(
+            &format!("{}/{{id}}", events::EVENTS),
+            get(events::show_event).patch(events::update_event).delete(events::delete_event),
+        )
+        .route(&format!("{}/{{id}}/stamps", events::EVENTS), post(events::create_stamp))
+        .route(
+            &format!("{}/{{id}}", events::STAMPS),
+            patch(events::update_stamp).delete(events::delete_stamp),
+        )
+        .route(&format!("{}/{{id}}/code", events::STAMPS), get(events::screen_code))
         .route("/api/json/leaderboard", get(leaderboard::leaderboard))
         .route("/api/json/open_api", get(openapi::open_api))
         .route("/api/messages", post(operators::send_message))

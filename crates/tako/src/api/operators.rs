@@ -2,7 +2,8 @@
 //! server-wide ping. Bodies and answers are plain JSON; errors are JSON:API error documents.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -13,7 +14,7 @@ use super::error::{ApiError, ErrorDocument};
 use super::jsonapi::JsonObject;
 use super::AppState;
 use crate::accounts::UserId;
-use crate::messages::{Message, MessageId, RESERVED_FIELDS};
+use crate::messages::{IdempotencyKey, Message, MessageId, RESERVED_FIELDS};
 
 /// Longest message text, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 4096;
@@ -67,35 +68,66 @@ impl From<&Message> for MessageStatus {
     }
 }
 
+/// The request header naming a message so that a retry stores it once.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Set (to `true`) on the answer to a retry: the message was stored by an earlier request.
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    let invalid = |detail: String| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_header",
+            "Invalid header",
+            format!("Idempotency-Key {detail}"),
+        )
+        .at_parameter("Idempotency-Key")
+    };
+    if values.next().is_some() {
+        return Err(invalid("must be sent once".to_owned()));
+    }
+    let value = value.to_str().map_err(|_| invalid("must be printable ASCII".to_owned()))?;
+    value.parse().map(Some).map_err(invalid)
+}
+
 fn field_error(field: &str, detail: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", "Invalid field", detail)
         .at_pointer(format!("/{field}"))
 }
 
-/// Send `msg` to one user: now if they are online, else when they next join.
+/// Send `msg` to one user: now if they are online, else when they next join. Stored once per
+/// `Idempotency-Key`: a retry with the same key answers the first request's message.
 #[utoipa::path(
     post, path = "/api/messages", tag = "operators",
+    params(("Idempotency-Key" = Option<String>, Header,
+        min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]{1,255}$",
+        description = "1 to 255 printable ASCII characters without spaces naming this message: a retry with the same key stores nothing and answers the message stored first (with `Idempotent-Replayed: true`); kept as long as the message is")),
     request_body(content = SendMessage, content_type = "application/json",
         description = "Extra fields are passed along in the payload (not id, inserted_at)."),
     responses(
-        (status = 202, description = "Stored, and delivered if the user is online", body = MessageStatus),
-        (status = 400, description = "Missing or wrong fields, or malformed JSON", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 202, description = "Stored (or stored before, under this Idempotency-Key), and delivered if the user is online", body = MessageStatus),
+        (status = 400, description = "Missing or wrong fields, malformed JSON, or an invalid Idempotency-Key", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 401, description = "Missing or wrong token", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 403, description = "Not the admin token", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 404, description = "No such user", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 406, description = "Accept allows no JSON", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 413, description = "Body over 64 KiB", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 415, description = "Unsupported Content-Type", body = ErrorDocument, content_type = "application/vnd.api+json"),
-        (status = 503, description = "Database unavailable", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 422, description = "The Idempotency-Key names another message (another user, text or fields)", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 503, description = "Database unavailable: nothing was stored", body = ErrorDocument, content_type = "application/vnd.api+json"),
     ),
     security(("bearer" = []))
 )]
 pub async fn send_message(
     State(state): State<AppState>,
     Extension(role): Extension<Role>,
+    headers: HeaderMap,
     JsonObject(mut body): JsonObject,
-) -> Result<(StatusCode, Json<MessageStatus>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<MessageStatus>), ApiError> {
     require_admin(role)?;
+    let key = idempotency_key(&headers)?;
     let user: UserId = match body.remove("user_id") {
         Some(Value::String(id)) => {
             id.parse().map_err(|_| field_error("user_id", "user_id must be a user's UUID"))?
@@ -130,8 +162,22 @@ pub async fn send_message(
         )
         .at_pointer("/user_id"));
     }
-    let (message, _) = state.realtime.send_message(user, text, body).await?;
-    Ok((StatusCode::ACCEPTED, Json(MessageStatus::from(&message))))
+    let (message, stored_now) =
+        state.realtime.send_message(user, text.clone(), body.clone(), key.as_ref()).await?;
+    let mut answer = HeaderMap::new();
+    if !stored_now {
+        if message.user_id != user || message.text != text || message.extra != body {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "Idempotency-Key reused",
+                "This Idempotency-Key names another message (another user, text or fields)",
+            )
+            .at_parameter("Idempotency-Key"));
+        }
+        answer.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok((StatusCode::ACCEPTED, answer, Json(MessageStatus::from(&message))))
 }
 
 /// A message's delivery state (kept until it expires).
@@ -194,12 +240,16 @@ fn name(body: &mut Map<String, Value>, field: &str) -> Result<String, ApiError> 
     }
 }
 
-/// Broadcast any event to everyone on a topic.
+/// Broadcast any event to everyone on a topic. A `msg` whose payload names a `user_id` (the
+/// seed README's way to message one user) is a message to that user instead: stored,
+/// delivered only to their sockets and answered as `POST /api/messages` answers; no other
+/// broadcast may carry a `user_id`, since it would reach everyone on the topic.
 #[utoipa::path(
     post, path = "/api/broadcasts", tag = "operators",
     request_body(content = Broadcast, content_type = "application/json"),
     responses(
-        (status = 202, description = "Sent", body = BroadcastSent),
+        (status = 202, description = "Sent; for `msg` with a `user_id`, the stored message (as `POST /api/messages`)", body = BroadcastSent),
+        (status = 404, description = "`msg` to a user that does not exist", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 400, description = "Missing or wrong fields, a reserved event, or malformed JSON", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 401, description = "Missing or wrong token", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 403, description = "Not the admin token", body = ErrorDocument, content_type = "application/vnd.api+json"),
@@ -213,7 +263,7 @@ pub async fn broadcast(
     State(state): State<AppState>,
     Extension(role): Extension<Role>,
     JsonObject(mut body): JsonObject,
-) -> Result<(StatusCode, Json<BroadcastSent>), ApiError> {
+) -> Result<Response, ApiError> {
     require_admin(role)?;
     let topic = name(&mut body, "topic")?;
     let event = name(&mut body, "event")?;
@@ -234,9 +284,71 @@ pub async fn broadcast(
             format!("unknown field `{unknown}` (topic, event, payload)"),
         ));
     }
+    if let Value::Object(map) = &payload {
+        if map.contains_key("user_id") {
+            if event != "msg" {
+                return Err(field_error(
+                    "payload/user_id",
+                    "a user_id in a broadcast would reach everyone on the topic; \
+                     send event `msg` (or POST /api/messages) to message that user",
+                ));
+            }
+            let Value::Object(map) = payload else { unreachable!("matched above") };
+            let message = message_to_one_user(&state, map).await?;
+            return Ok((StatusCode::ACCEPTED, Json(MessageStatus::from(&message))).into_response());
+        }
+    }
     let subscribers = state.realtime.hub().subscriber_count(&topic);
     state.realtime.broadcast(&topic, &event, payload);
-    Ok((StatusCode::ACCEPTED, Json(BroadcastSent { topic, event, subscribers })))
+    Ok((StatusCode::ACCEPTED, Json(BroadcastSent { topic, event, subscribers })).into_response())
+}
+
+/// A broadcast `msg` payload `{"user_id", "message", …extra}` sent through the mailbox, as
+/// `POST /api/messages` sends it (errors point into `/payload`).
+async fn message_to_one_user(
+    state: &AppState,
+    mut payload: Map<String, Value>,
+) -> Result<Message, ApiError> {
+    let user: UserId = match payload.remove("user_id") {
+        Some(Value::String(id)) => id
+            .parse()
+            .map_err(|_| field_error("payload/user_id", "user_id must be a user's UUID"))?,
+        _ => {
+            return Err(field_error("payload/user_id", "user_id must be a string (a user's UUID)"))
+        }
+    };
+    let text = match payload.remove("message") {
+        Some(Value::String(text))
+            if !text.trim().is_empty() && text.chars().count() <= MAX_MESSAGE_CHARS =>
+        {
+            text
+        }
+        Some(Value::String(_)) => {
+            return Err(field_error(
+                "payload/message",
+                format!("message must be 1 to {MAX_MESSAGE_CHARS} characters, not blank"),
+            ))
+        }
+        Some(_) => return Err(field_error("payload/message", "message must be a string")),
+        None => return Err(field_error("payload/message", "message is required")),
+    };
+    if let Some(reserved) = RESERVED_FIELDS.iter().find(|f| payload.contains_key(**f)) {
+        return Err(field_error(
+            &format!("payload/{reserved}"),
+            format!("`{reserved}` is set by the server"),
+        ));
+    }
+    if state.store.get(user).await?.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "Not found",
+            "No user has this id",
+        )
+        .at_pointer("/payload/user_id"));
+    }
+    let (message, _) = state.realtime.send_message(user, text, payload, None).await?;
+    Ok(message)
 }
 
 #[derive(Debug, Serialize, ToSchema)]

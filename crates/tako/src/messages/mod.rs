@@ -101,39 +101,74 @@ impl Message {
     }
 }
 
-/// Decodes `rows` in order and hands each message to `push` until it refuses one; returns the
-/// ids it took (what a backend's `deliver_waiting` then marks delivered).
-fn push_in_order<R>(
-    rows: &[R],
-    decode: impl Fn(&R) -> Result<Message, sqlx::Error>,
-    push: &(dyn for<'m> Fn(&'m Message) -> bool + Send + Sync),
-) -> Result<Vec<MessageId>, sqlx::Error> {
-    let mut pushed = Vec::new();
-    for row in rows {
-        let message = decode(row)?;
-        if !push(&message) {
-            break;
-        }
-        pushed.push(message.id);
+/// An operator's name for one message, so a retried `POST /api/messages` stores it once: 1 to
+/// 255 printable ASCII characters (no spaces), as HTTP header values allow without escaping.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub const MAX_LEN: usize = 255;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
-    Ok(pushed)
+}
+
+impl FromStr for IdempotencyKey {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() || s.len() > Self::MAX_LEN {
+            return Err(format!("must be 1 to {} characters", Self::MAX_LEN));
+        }
+        if !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("must be printable ASCII without spaces".to_owned());
+        }
+        Ok(IdempotencyKey(s.to_owned()))
+    }
+}
+
+/// What storing a message came to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stored {
+    /// Stored now.
+    New(Message),
+    /// A message with the same idempotency key was stored before: this one is not.
+    Existing(Message),
 }
 
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {
-    async fn insert_message(&self, message: &Message) -> Result<(), StoreError>;
-    async fn message(&self, id: MessageId) -> Result<Option<Message>, StoreError>;
-    /// Hands `user`'s undelivered, unexpired messages (at most `limit`), oldest first, to
-    /// `push` until it returns false, and marks the pushed ones delivered at `now` — all in one
-    /// transaction that holds those rows, so concurrent deliveries for the same user (on other
-    /// nodes) wait and never push a message twice or out of order. Returns the pushed ids.
-    async fn deliver_waiting(
+    /// Stores `message`, unless one with the same idempotency key exists (then nothing is
+    /// stored and that one is returned). One statement: either it is stored or it is not.
+    async fn insert_message(
         &self,
-        user: UserId,
+        message: &Message,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Stored, StoreError>;
+    async fn message(&self, id: MessageId) -> Result<Option<Message>, StoreError>;
+    /// Takes the waiting messages of `users` for a delivery attempt, at most `per_user` each,
+    /// in one write: undelivered, unexpired, and not taken by another attempt since
+    /// `stale_before` (an attempt older than that died with its node). Returns them oldest
+    /// first (so each user's in order). Two concurrent calls (two nodes) never take the same message.
+    async fn claim_waiting(
+        &self,
+        users: &[UserId],
         now: Timestamp,
-        limit: u32,
-        push: &(dyn for<'m> Fn(&'m Message) -> bool + Send + Sync),
-    ) -> Result<Vec<MessageId>, StoreError>;
+        stale_before: Timestamp,
+        per_user: u32,
+    ) -> Result<Vec<Message>, StoreError>;
+    /// Ends delivery attempts in one write: `delivered` are marked delivered at `now`,
+    /// `released` wait again.
+    async fn settle(
+        &self,
+        delivered: &[MessageId],
+        released: &[MessageId],
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Releases every claim made before `before` (a single node starting: no attempt of an
+    /// earlier process lives).
+    async fn release_claims(&self, before: Timestamp) -> Result<u64, StoreError>;
     /// Users with at least one undelivered, unexpired message.
     async fn users_with_waiting_messages(&self, now: Timestamp) -> Result<Vec<UserId>, StoreError>;
     /// Deletes every message past its expiry; returns how many.
@@ -177,5 +212,16 @@ mod tests {
             None,
         );
         assert_eq!(back, message);
+    }
+
+    #[test]
+    fn idempotency_keys_are_bounded_printable_ascii() {
+        assert!("order-42:retry".parse::<IdempotencyKey>().is_ok());
+        assert!("x".repeat(255).parse::<IdempotencyKey>().is_ok());
+        assert!("x".repeat(256).parse::<IdempotencyKey>().is_err());
+        assert!("".parse::<IdempotencyKey>().is_err());
+        assert!("has space".parse::<IdempotencyKey>().is_err());
+        assert!("tab\t".parse::<IdempotencyKey>().is_err());
+        assert!("caf\u{e9}".parse::<IdempotencyKey>().is_err());
     }
 }

@@ -19,7 +19,7 @@ use serde_json::{json, Map, Value};
 
 use crate::accounts::{Nickname, UserId};
 use crate::config::Config;
-use crate::messages::{Message, MessageId};
+use crate::messages::{IdempotencyKey, Message, MessageId};
 use crate::storage::{Store, StoreError};
 pub use directory::UserDirectory;
 pub use mailbox::Mailbox;
@@ -58,8 +58,10 @@ impl Realtime {
             RedisBus::new(bus)
         });
         let store_for_resync = store.clone();
-        let mailbox = Mailbox::spawn(store, config.message_ttl, cluster.is_some());
-        let handler = TakoSockets::new(directory.clone(), mailbox.clone(), tracker);
+        let mailbox =
+            Mailbox::spawn(store, config.message_ttl, cluster.is_some(), config.max_queued_bytes);
+        let verified = config.stamps == crate::config::StampsMode::Verified;
+        let handler = TakoSockets::new(directory.clone(), mailbox.clone(), tracker, verified);
         let endpoint_config = EndpointConfig {
             heartbeat_timeout: config.heartbeat_timeout(),
             max_channels: config.max_channels,
@@ -91,6 +93,7 @@ impl Realtime {
             None => Endpoint::new(handler, endpoint_config),
         };
         signals::listen(&endpoint.hub(), endpoint.presence(), mailbox.clone(), directory.clone());
+        mailbox.start(endpoint.hub());
         if let Some(bus) = &cluster {
             bus.start(endpoint.hub(), endpoint.presence());
             resync::spawn(
@@ -129,16 +132,19 @@ impl Realtime {
         self.endpoint.is_shutting_down()
     }
 
-    /// Stores a message for `user` and pushes `msg` `{"user_id","message",…extra,"id",
-    /// "inserted_at"}` to their joined notifications topics if they are online; otherwise it
-    /// waits for their next join. Returns the message and whether it was delivered now.
+    /// Stores a message for `user` (once per idempotency key) and pushes `msg`
+    /// `{"user_id","message",…extra,"id","inserted_at"}` to their joined notifications topics
+    /// if they are online; otherwise it waits for their next join. Returns the message (its
+    /// `delivered_at` set if a socket wrote it already) and whether this call stored it (false:
+    /// the key's earlier message). An error means nothing was stored.
     pub async fn send_message(
         &self,
         user: UserId,
         text: String,
         extra: Map<String, Value>,
+        key: Option<&IdempotencyKey>,
     ) -> Result<(Message, bool), StoreError> {
-        self.mailbox.send(&self.hub(), user, text, extra).await
+        self.mailbox.send(&self.hub(), user, text, extra, key).await
     }
 
     /// A stored message and its delivery state.

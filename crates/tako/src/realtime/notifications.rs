@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use std::sync::Arc;
 
+use super::directory::UserDirectory;
 use super::mailbox::Mailbox;
 use super::presence::{asked_feed, PresenceTracker};
 use super::sockets::SocketUser;
@@ -20,11 +21,50 @@ pub fn is_notifications_topic(topic: &str) -> bool {
 pub struct NotificationsChannel {
     mailbox: Arc<Mailbox>,
     presence: Arc<PresenceTracker>,
+    /// Who the sender is called: the nickname the server knows, not what a push claims.
+    directory: Arc<UserDirectory>,
+    /// `TAKO_STAMPS=verified`: only the server announces stamps, so clients' `collected`,
+    /// `rally-completed` and `shout` reach nobody.
+    verified: bool,
 }
 
+/// The error reply to client announcements in verified mode.
+pub const STAMPS_ARE_VERIFIED: &str = "stamps are verified by the server";
+
 impl NotificationsChannel {
-    pub fn new(mailbox: Arc<Mailbox>, presence: Arc<PresenceTracker>) -> NotificationsChannel {
-        NotificationsChannel { mailbox, presence }
+    pub fn new(
+        mailbox: Arc<Mailbox>,
+        presence: Arc<PresenceTracker>,
+        directory: Arc<UserDirectory>,
+        verified: bool,
+    ) -> NotificationsChannel {
+        NotificationsChannel { mailbox, presence, directory, verified }
+    }
+
+    /// Broadcasts `event` `{"nickname": …}` with the sender's stored nickname, whatever the
+    /// payload claims (the web client sends its own nickname, so it sees no difference); a
+    /// sender without a nickname gets an error reply and nobody hears anything.
+    async fn announce(
+        &self,
+        event: &str,
+        payload: &Payload,
+        ctx: &ChannelContext<SocketUser>,
+    ) -> HandleIn {
+        // The payload keeps the shape the original required, though its value is not used.
+        if let Err(reply) = claimed_nickname(payload) {
+            return reply;
+        }
+        match self.directory.stored_nickname(ctx.assigns().id).await {
+            Ok(Some(nick)) => {
+                ctx.broadcast(event, Payload::Json(json!({ "nickname": nick.as_str() })));
+                ok()
+            }
+            Ok(None) => error("set a nickname first"),
+            Err(e) => {
+                tracing::warn!(error = %e, "nickname lookup for a broadcast failed");
+                error("unavailable, try again")
+            }
+        }
     }
 }
 
@@ -37,7 +77,7 @@ fn ok() -> HandleIn {
 }
 
 /// `{"nickname": "<string>"}` or the reason it is not.
-fn nickname(payload: &Payload) -> Result<&str, HandleIn> {
+fn claimed_nickname(payload: &Payload) -> Result<&str, HandleIn> {
     match payload {
         Payload::Json(Value::Object(map)) => match map.get("nickname") {
             Some(Value::String(nick)) => Ok(nick),
@@ -61,14 +101,9 @@ impl Channel<SocketUser> for NotificationsChannel {
         // Tracked whatever it asked: lists, counts and watchers see who joined.
         self.presence.track(ctx).await;
         ctx.watch_presence(self.presence.feed(asked));
-        // Messages that waited for this user go out once the join is done (the task's first
-        // query takes longer than the engine needs to subscribe and reply).
-        let (mailbox, ctx) = (self.mailbox.clone(), ctx.clone());
-        tokio::spawn(async move {
-            if let Err(error) = mailbox.deliver_waiting(&ctx).await {
-                tracing::warn!(%error, "delivering waiting messages failed; they stay waiting");
-            }
-        });
+        // Messages that waited for this user go out once the join is done (the mailbox collects
+        // joins for a few milliseconds first, longer than the engine needs to subscribe).
+        self.mailbox.deliver_waiting(ctx);
         Ok(json!({}))
     }
 
@@ -78,25 +113,13 @@ impl Channel<SocketUser> for NotificationsChannel {
         payload: Payload,
         ctx: &ChannelContext<SocketUser>,
     ) -> HandleIn {
+        if self.verified && matches!(event, "collected" | "rally-completed" | "shout") {
+            return error(STAMPS_ARE_VERIFIED);
+        }
         match event {
             // A stamp was scanned: everyone on the topic (the sender too) hears who.
-            "collected" => match nickname(&payload) {
-                Ok(nick) => {
-                    ctx.broadcast(
-                        "collected-broadcast",
-                        Payload::Json(json!({ "nickname": nick })),
-                    );
-                    ok()
-                }
-                Err(reply) => reply,
-            },
-            "rally-completed" => match nickname(&payload) {
-                Ok(nick) => {
-                    ctx.broadcast("rally-completed", Payload::Json(json!({ "nickname": nick })));
-                    ok()
-                }
-                Err(reply) => reply,
-            },
+            "collected" => self.announce("collected-broadcast", &payload, ctx).await,
+            "rally-completed" => self.announce("rally-completed", &payload, ctx).await,
             "ping" => HandleIn::Reply(Ok(payload)),
             // The client's answer to the server-wide ping.
             "pong" => HandleIn::NoReply,

@@ -19,7 +19,7 @@ use channels_redis::RedisBus;
 use super::directory::UserDirectory;
 use super::mailbox::Mailbox;
 use super::{presence, sockets};
-use crate::accounts::{Timestamp, UserId};
+use crate::accounts::UserId;
 use crate::storage::Store;
 
 /// How often the link's state is looked at.
@@ -91,10 +91,6 @@ async fn resync(
     }
     let local_set: HashSet<UserId> = local.iter().copied().collect();
     directory.retain(|id| local_set.contains(id));
-    let waiting: HashSet<UserId> =
-        store.users_with_waiting_messages(Timestamp::now()).await?.into_iter().collect();
-    for user in local.iter().filter(|u| waiting.contains(u)) {
-        mailbox.user_has_mail(hub, *user);
-    }
+    mailbox.resync(hub).await?;
     Ok(local.len())
 }

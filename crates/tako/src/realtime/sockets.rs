@@ -25,10 +25,16 @@ impl TakoSockets {
         directory: Arc<UserDirectory>,
         mailbox: Arc<Mailbox>,
         presence: Arc<PresenceTracker>,
+        verified_stamps: bool,
     ) -> TakoSockets {
         TakoSockets {
+            notifications: Arc::new(NotificationsChannel::new(
+                mailbox,
+                presence,
+                directory.clone(),
+                verified_stamps,
+            )),
             directory,
-            notifications: Arc::new(NotificationsChannel::new(mailbox, presence)),
         }
     }
 }

@@ -1,4 +1,11 @@
 //! The embedded default: one SQLite file, created on first start, in WAL mode.
+//!
+//! Writes go through one connection (`writer`), reads through a pool of read-only connections
+//! (`pool`). SQLite allows one writer at a time anyway; with several writing connections, a
+//! transaction that began as a reader and then writes fails at once with
+//! `SQLITE_BUSY_SNAPSHOT` (517) when another connection wrote meanwhile — the busy timeout never
+//! applies to it. One writing connection cannot race itself: writers queue for it in the pool
+//! (bounded by the acquire timeout) instead of failing, and readers never wait for them (WAL).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -9,8 +16,16 @@ use sqlx::SqlitePool;
 
 use super::{Store, StoreError};
 
+/// Read-only connections: readers run in parallel beside the writer.
+const READERS: u32 = 8;
+/// How long a write waits for its turn on the writer before the request gives up.
+const WRITE_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct SqliteStore {
+    /// Read-only connections.
     pub(crate) pool: SqlitePool,
+    /// The one connection that writes.
+    pub(crate) writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -36,23 +51,37 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
+            // Another process writing the same file (a second `tako` by mistake) is waited for.
             .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
+        let named = |error: sqlx::Error| {
+            StoreError::Open(format!("cannot open SQLite database {}: {error}", path.display()))
+        };
+        // The writer first: it creates the file and switches it to WAL before readers open it.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(WRITE_QUEUE_TIMEOUT)
+            .connect_with(options.clone())
             .await
-            .map_err(|error| {
-                StoreError::Open(format!("cannot open SQLite database {}: {error}", path.display()))
-            })?;
-        Ok(SqliteStore { pool })
+            .map_err(named)?;
+        if in_memory {
+            // Each connection to `:memory:` is a database of its own: the writer reads too.
+            return Ok(SqliteStore { pool: writer.clone(), writer });
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(named)?;
+        Ok(SqliteStore { pool, writer })
     }
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
+        sqlx::migrate!("migrations/sqlite").run(&self.writer).await?;
         Ok(())
     }
 
@@ -63,9 +92,10 @@ impl Store for SqliteStore {
 
     fn pool(&self) -> super::PoolStats {
         super::PoolStats {
-            size: self.pool.size(),
-            idle: self.pool.num_idle() as u32,
-            max: self.pool.options().get_max_connections(),
+            size: self.pool.size() + self.writer.size(),
+            idle: (self.pool.num_idle() + self.writer.num_idle()) as u32,
+            max: self.pool.options().get_max_connections()
+                + self.writer.options().get_max_connections(),
         }
     }
 

@@ -391,3 +391,137 @@ async fn deleting_a_user_disconnects_it_and_removes_its_messages() {
         let _ = Method::DELETE;
     }
 }
+
+async fn post_with_key(app: &TestApp, key: &str, body: Value) -> reqwest::Response {
+    app.client
+        .post(app.url("/api/messages"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_idempotency_key_stores_and_pushes_once() {
+    for backend in backends() {
+        let app = spawn(backend).await;
+        let erin = app.register_id(Some("Erin")).await;
+        let mut ws = WsClient::connect(&app, &erin).await;
+        ws.join("notifications").await;
+        let body = json!({"user_id": erin, "message": "Stamp rally ends at 6", "booth": "B-3"});
+
+        let first = post_with_key(&app, "rally-end-42", body.clone()).await;
+        assert_eq!(first.status(), 202);
+        assert!(first.headers().get("idempotent-replayed").is_none());
+        let first: Value = first.json().await.unwrap();
+        let retry = post_with_key(&app, "rally-end-42", body.clone()).await;
+        assert_eq!(retry.status(), 202, "on {:?}", app.backend);
+        assert_eq!(retry.headers()["idempotent-replayed"], "true");
+        let retry: Value = retry.json().await.unwrap();
+        assert_eq!(retry["id"], first["id"], "the same message answers the retry");
+        assert_eq!(retry["delivered"], true);
+
+        let frame = ws.next_event("msg").await;
+        assert_eq!(frame[4]["id"], first["id"]);
+        ws.assert_no_event("msg", 300).await;
+
+        // The key names that message: another message under it is refused, nothing stored.
+        let other = post_with_key(
+            &app,
+            "rally-end-42",
+            json!({"user_id": erin, "message": "Something else", "booth": "B-3"}),
+        )
+        .await;
+        assert_error(other, 422, "idempotency_key_reused").await;
+        ws.assert_no_event("msg", 300).await;
+
+        // Another key is another message.
+        let second = post_with_key(&app, "rally-end-43", body.clone()).await;
+        assert_eq!(second.status(), 202);
+        let second: Value = second.json().await.unwrap();
+        assert_ne!(second["id"], first["id"]);
+        assert_eq!(ws.next_event("msg").await[4]["id"], second["id"]);
+
+        // Keys are bounded and printable.
+        for bad in ["x".repeat(256), "two words".to_owned(), String::new()] {
+            let response = post_with_key(&app, &bad, body.clone()).await;
+            assert_error(response, 400, "invalid_header").await;
+        }
+        ws.assert_no_event("msg", 300).await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_sends_and_joins_never_fail_and_deliver_each_message_once() {
+    for backend in backends() {
+        let app = spawn(backend).await;
+        let mut users = Vec::new();
+        for i in 0..8 {
+            users.push(app.register_id(Some(&format!("Busy{i}"))).await);
+        }
+        // Half online, half offline; many writers at once (sends, registrations, stamp updates).
+        let mut online = Vec::new();
+        for user in &users[..4] {
+            let mut ws = WsClient::connect(&app, user).await;
+            ws.join("notifications").await;
+            online.push(ws);
+        }
+        let mut tasks = Vec::new();
+        for round in 0..25 {
+            for user in &users {
+                let (client, url) = (app.client.clone(), app.url("/api/messages"));
+                let body = json!({"user_id": user, "message": format!("m{round}")});
+                tasks.push(tokio::spawn(async move {
+                    client
+                        .post(url)
+                        .bearer_auth(ADMIN)
+                        .header("content-type", "application/json")
+                        .body(body.to_string())
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                        .as_u16()
+                }));
+            }
+            let (client, url) = (app.client.clone(), app.url("/api/json/accounts/users/"));
+            tasks.push(tokio::spawn(async move {
+                client
+                    .post(url)
+                    .bearer_auth("client-token")
+                    .header("content-type", "application/vnd.api+json")
+                    .body(r#"{"data":{"type":"user","attributes":{}}}"#)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }));
+        }
+        for task in tasks {
+            let status = task.await.unwrap();
+            assert!(status == 202 || status == 201, "{status} on {:?}", app.backend);
+        }
+        // Sent concurrently, so in no set order: each exactly once.
+        let expected: std::collections::BTreeSet<String> =
+            (0..25).map(|round| format!("m{round}")).collect();
+        let mut offline = Vec::new();
+        for user in &users[4..] {
+            let mut ws = WsClient::connect(&app, user).await;
+            ws.join("notifications").await;
+            offline.push(ws);
+        }
+        for ws in online.iter_mut().chain(offline.iter_mut()) {
+            let mut got = std::collections::BTreeSet::new();
+            for _ in 0..25 {
+                let frame = ws.next_event("msg").await;
+                assert!(got.insert(frame[4]["message"].as_str().unwrap().to_owned()), "twice");
+            }
+            assert_eq!(got, expected);
+            ws.assert_no_event("msg", 200).await;
+        }
+    }
+}
