@@ -62,6 +62,9 @@ pub enum Command {
     /// Scenario 7 (issue 14): visitors scan stamps over HTTP (PostgreSQL), each scan broadcast
     /// to every joined socket (see rally.rs).
     Rally(RallyArgs),
+    /// Presence feeds at scale (issue 15): N clients at once asking `full`, then N asking
+    /// `count`, on one Tako (see feeds.rs).
+    Presence(PresenceArgs),
     /// Scenario 5's default leaderboard (no `limit`: every ranked user up to 10,000) on
     /// PostgreSQL, Tako against the minimal handler (see leaderboard.rs; needs wrk).
     Leaderboard(LeaderboardArgs),
@@ -87,7 +90,7 @@ pub struct RunArgs {
     /// Sockets per run (one process holds at most ~19,000 here).
     #[arg(long, value_delimiter = ',', value_parser = size, default_value = "1000,10000")]
     pub sizes: Vec<usize>,
-    /// Servers to measure: tako, tako-nopresence, floor, axum-floor, socketio.
+    /// Servers to measure: tako, tako-nopresence, tako-phoenix, floor, axum-floor, socketio.
     #[arg(long, value_delimiter = ',', value_parser = server, default_value = "tako,floor,axum-floor,socketio")]
     pub servers: Vec<Kind>,
     /// Users in the database of scenario 5.
@@ -183,6 +186,10 @@ pub struct OnlineArgs {
     /// Kill a server past this resident size (the machine is shared).
     #[arg(long, default_value_t = 4096)]
     pub max_rss_mib: u64,
+    /// Presence on (everyone tracked, nobody asks for frames): also measure node A's presence
+    /// count and a node killed with -9 (issue 15).
+    #[arg(long)]
+    pub presence: bool,
     /// Keep the work directory (the servers' logs).
     #[arg(long)]
     pub keep: bool,
@@ -206,11 +213,33 @@ impl OnlineArgs {
             self.join_secs,
             self.max_rss_mib
         );
+        if self.presence {
+            out.push_str(" --presence");
+        }
         if self.keep {
             out.push_str(" --keep");
         }
         out
     }
+}
+
+#[derive(Debug, Args)]
+pub struct PresenceArgs {
+    /// Clients joining with `{"presence":"full"}` per run (0: skip).
+    #[arg(long, value_delimiter = ',', value_parser = size, default_value = "10000")]
+    pub full: Vec<usize>,
+    /// Clients joining with `{"presence":"count"}` per run (0: skip).
+    #[arg(long, value_delimiter = ',', value_parser = size, default_value = "10000")]
+    pub count: Vec<usize>,
+    /// Seconds a run may take before it is reported incomplete.
+    #[arg(long, default_value_t = 60)]
+    pub limit_secs: u64,
+    /// Kill a server past this resident size (the machine is shared).
+    #[arg(long, default_value_t = 4096)]
+    pub max_rss_mib: u64,
+    /// Keep the work directory (the servers' logs).
+    #[arg(long)]
+    pub keep: bool,
 }
 
 #[derive(Debug, Args)]
@@ -255,7 +284,7 @@ fn size(s: &str) -> Result<usize, String> {
 
 fn server(s: &str) -> Result<Kind, String> {
     Kind::parse(s.trim()).ok_or_else(|| {
-        format!("unknown server {s:?}; try tako, tako-nopresence, floor, axum-floor, socketio")
+        format!("unknown server {s:?}; try tako, tako-nopresence, tako-phoenix, floor, axum-floor, socketio")
     })
 }
 

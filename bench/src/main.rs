@@ -18,6 +18,7 @@
 
 mod cli;
 mod cluster;
+mod feeds;
 mod floor;
 mod gen;
 mod httpfloor;
@@ -148,6 +149,8 @@ async fn all(args: &RunArgs, ws: bool, http: bool, cluster: bool) -> anyhow::Res
         let _ = runner::TAKO_LABEL.set(Box::leak(format!("Tako {rev} (HEAD)").into_boxed_str()));
         let _ = runner::TAKO_NO_PRESENCE_LABEL
             .set(Box::leak(format!("Tako {rev} (HEAD), TAKO_PRESENCE=off").into_boxed_str()));
+        let _ = runner::TAKO_PHOENIX_LABEL
+            .set(Box::leak(format!("Tako {rev} (HEAD), TAKO_PRESENCE=phoenix").into_boxed_str()));
         let mut servers = servers.clone();
         let tako_baseline = match &args.tako_baseline {
             Some(base) => {
@@ -245,6 +248,59 @@ fn clean_up(keep: bool, work: &Path) {
     }
 }
 
+/// `bench presence`: the presence feeds at scale (see feeds.rs).
+async fn presence_cmd(args: &cli::PresenceArgs) -> anyhow::Result<()> {
+    if let Some(&n) = args.full.iter().chain(&args.count).find(|&&n| n > 19_000) {
+        bail!("N={n}: one process holds at most ~19,900 sockets here");
+    }
+    let work = std::env::temp_dir().join(format!("tako-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let result = async {
+        let (tako, rev) = prepare_tako(&work, "HEAD")?;
+        let paths = Paths {
+            tako,
+            tako_baseline: None,
+            max_rss: args.max_rss_mib * 1024 * 1024,
+            bench: std::env::current_exe()?,
+            socketio_dir: repo_root().join("bench/socketio"),
+            work: work.clone(),
+        };
+        let started = chrono::Utc::now();
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let limit = std::time::Duration::from_secs(args.limit_secs);
+        let mut rows = Vec::new();
+        let runs = args.full.iter().map(|&n| (feeds::Feed::Full, n));
+        for (feed, n) in runs.chain(args.count.iter().map(|&n| (feeds::Feed::Count, n))) {
+            if n == 0 {
+                continue;
+            }
+            eprintln!("presence {feed:?} N={n}");
+            match feeds::run(&paths, n, feed, limit).await {
+                Ok(row) => rows.push(row),
+                Err(e) => eprintln!("  presence {feed:?} N={n} failed: {e:#}"),
+            }
+        }
+        println!(
+            "Date: {} · Tako {rev} (TAKO_PRESENCE=on) · machine: {} · load average at start: {}",
+            started.format("%Y-%m-%d %H:%M UTC"),
+            machine(),
+            load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        );
+        let sizes = |v: &[usize]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",");
+        println!(
+            "Command: `cargo run --release -p bench -- presence --full {} --count {} --limit-secs {}`\n",
+            sizes(&args.full),
+            sizes(&args.count),
+            args.limit_secs
+        );
+        println!("{}", feeds::table(&rows));
+        anyhow::Ok(())
+    }
+    .await;
+    clean_up(args.keep, &work);
+    result
+}
+
 /// `bench rally`: scenario 7 (see rally.rs).
 async fn rally_cmd(args: &cli::RallyArgs) -> anyhow::Result<()> {
     let plan = rally::RallyPlan {
@@ -289,6 +345,7 @@ async fn online_cmd(args: &OnlineArgs) -> anyhow::Result<()> {
         per_child: args.per_child,
         concurrency: args.concurrency,
         join_secs: args.join_secs,
+        presence: args.presence,
     };
     plan.check()?;
     let work = std::env::temp_dir().join(format!("tako-bench-{}", std::process::id()));
@@ -334,6 +391,10 @@ async fn online_cmd(args: &OnlineArgs) -> anyhow::Result<()> {
         );
         println!("Scenario 3 at up to 50k online (issue 8):\n");
         println!("{}", online::table(&rows, &label, plan.nodes));
+        if plan.presence {
+            println!("Presence on every node (issue 15): node A's count and a node killed with -9:\n");
+            println!("{}", online::presence_table(&rows, &label, std::time::Duration::from_secs(5)));
+        }
         anyhow::Ok(())
     }
     .await;
@@ -390,6 +451,7 @@ async fn main() -> anyhow::Result<()> {
         cli::Command::Cluster(run) => all(&run, false, false, true).await,
         cli::Command::Online(args) => online_cmd(&args).await,
         cli::Command::Rally(args) => rally_cmd(&args).await,
+        cli::Command::Presence(args) => presence_cmd(&args).await,
         cli::Command::Leaderboard(args) => leaderboard_cmd(&args).await,
         cli::Command::Ballast(b) => {
             let targets = online::parse_targets(&b.targets)?;

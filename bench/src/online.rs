@@ -65,6 +65,10 @@ pub struct OnlinePlan {
     pub per_child: usize,
     pub concurrency: usize,
     pub join_secs: u64,
+    /// Presence on (`TAKO_PRESENCE=on`: everyone tracked, nobody asks for frames): measure
+    /// when node A's presence count is exact, and how long a node killed with -9 takes to
+    /// leave it.
+    pub presence: bool,
 }
 
 impl OnlinePlan {
@@ -417,6 +421,11 @@ pub struct OnlineRow {
     pub settled: Option<Duration>,
     pub join_time: Option<Duration>,
     pub loadavg: Option<String>,
+    /// Presence on: from the first join to node A's presence count equal to N.
+    pub presence_exact: Option<Duration>,
+    /// Presence on: the last node killed with -9: its users, and how long until node A's
+    /// presence count no longer held them.
+    pub presence_heal: Option<(usize, Duration)>,
     pub notes: Vec<String>,
 }
 
@@ -431,6 +440,36 @@ impl OnlineRow {
 fn loadavg() -> Option<String> {
     let text = std::fs::read_to_string("/proc/loadavg").ok()?;
     Some(text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
+async fn presences(port: u16) -> Option<u64> {
+    let text = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    metric_sum(&text, "tako_presences").map(|v| v as u64)
+}
+
+/// Polls node A's presence count (`tako_presences`, every node's users as A sees them) until
+/// `done` holds; how long that took, or `None` past `limit`.
+async fn presence_until(
+    port: u16,
+    limit: Duration,
+    done: impl Fn(u64) -> bool,
+) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if presences(port).await.is_some_and(&done) {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
 }
 
 async fn users_online(port: u16) -> Option<u64> {
@@ -675,6 +714,33 @@ async fn run_group(
             q(row.remote),
             row.loadavg.clone().unwrap_or_default()
         );
+        if plan.presence && up.nodes.len() > 1 && up.clients.is_some() {
+            // The last node dies without a word: its users leave presence on node A once the
+            // node timeout passes.
+            let victim = up.nodes.len() - 1;
+            let on_victim = (0..up.row.n)
+                .filter(|&i| i != plan.recipients && node_of(i, plan.nodes) == victim)
+                .count();
+            let before = presences(up.nodes[0].port).await.unwrap_or(0);
+            let _ = std::process::Command::new("kill")
+                .arg("-KILL")
+                .arg(up.nodes[victim].pid.to_string())
+                .status();
+            let left = presence_until(up.nodes[0].port, Duration::from_secs(60), |c| {
+                c + on_victim as u64 <= before
+            })
+            .await;
+            match left {
+                Some(d) => up.row.presence_heal = Some((on_victim, d)),
+                None => up.row.notes.push(format!(
+                    "the {on_victim} users of the killed node did not leave node A's presence within 60 s"
+                )),
+            }
+            eprintln!(
+                "  [online round {} n={}] node killed: {on_victim} users left in {left:?}",
+                up.row.round, up.row.n
+            );
+        }
         rows.push(up.tear_down().await);
     }
     rows
@@ -689,8 +755,9 @@ async fn bring_up(paths: &Paths, url: &str, plan: &OnlinePlan, up: &mut Up) -> a
     );
     for k in 0..plan.nodes {
         let name = format!("online-{round}-{n}-{}", (b'a' + k as u8) as char);
-        let node =
-            start_node_with(paths, url, &cluster, &name, &[("TAKO_PRESENCE", "off")]).await?;
+        let env: &[(&str, &str)] =
+            if plan.presence { &[("TAKO_PRESENCE", "on")] } else { &[("TAKO_PRESENCE", "off")] };
+        let node = start_node_with(paths, url, &cluster, &name, env).await?;
         up.dogs.push(Watchdog::start(node.pid, paths.max_rss));
         up.nodes.push(node);
     }
@@ -743,6 +810,17 @@ async fn bring_up(paths: &Paths, url: &str, plan: &OnlinePlan, up: &mut Up) -> a
         }
     }
     up.row.join_time = Some(started.elapsed());
+    if plan.presence {
+        let exact =
+            presence_until(up.nodes[0].port, Duration::from_secs(60), |c| c == n as u64).await;
+        match exact {
+            Some(_) => up.row.presence_exact = Some(started.elapsed()),
+            None => up.row.notes.push(format!(
+                "node A's presence count never reached {n} (last: {:?})",
+                presences(up.nodes[0].port).await
+            )),
+        }
+    }
     eprintln!(
         "  [online round {round} n={n}] {} recipients + {} ballast joined in {:?}",
         up.row.recipients,
@@ -790,6 +868,31 @@ pub fn pooled(rows: &[OnlineRow]) -> Vec<Pooled> {
             Pooled { n, runs: runs.len(), all, local, remote }
         })
         .collect()
+}
+
+/// Presence on: how soon node A's count was exact, and how soon a killed node's users left.
+pub fn presence_table(rows: &[OnlineRow], label: &str, node_timeout: Duration) -> String {
+    let mut out = String::from(
+        "| server | round | N online | all joined | node A's presence count = N | killed node's users | left node A's presence after the kill (node timeout) |\n|---|---:|---:|---:|---:|---:|---|\n",
+    );
+    let d = |d: Option<Duration>| d.map(fmt_duration).unwrap_or_else(|| "–".into());
+    for r in rows {
+        let (users, heal) = match r.presence_heal {
+            Some((u, h)) => {
+                (u.to_string(), format!("{} ({})", fmt_duration(h), fmt_duration(node_timeout)))
+            }
+            None => ("–".into(), "–".into()),
+        };
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} | {} | {} | {users} | {heal} |",
+            r.round,
+            r.n,
+            d(r.join_time),
+            d(r.presence_exact)
+        );
+    }
+    out
 }
 
 pub fn table(rows: &[OnlineRow], label: &str, nodes: usize) -> String {
@@ -845,10 +948,17 @@ pub fn table(rows: &[OnlineRow], label: &str, nodes: usize) -> String {
             q(remote)
         );
     }
-    let _ = writeln!(
-        out,
-        "\n- {nodes} Tako nodes in cluster mode (one PostgreSQL database, Redis bus), fresh for each run, all with **`TAKO_PRESENCE=off`**: nobody is tracked, so the N online are sockets joined on `notifications` that get no presence traffic (with presence on, every join reaches all N: N² on one topic)."
-    );
+    if rows.iter().any(|r| r.presence_exact.is_some() || r.presence_heal.is_some()) {
+        let _ = writeln!(
+            out,
+            "\n- {nodes} Tako nodes in cluster mode (one PostgreSQL database, Redis bus), fresh for each run, all with **`TAKO_PRESENCE=on`**: everyone is tracked and replicated to every node, and the N online sockets ask for no presence frame."
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "\n- {nodes} Tako nodes in cluster mode (one PostgreSQL database, Redis bus), fresh for each run, all with **`TAKO_PRESENCE=off`**: nobody is tracked, so the N online are sockets joined on `notifications` that get no presence traffic (with presence on, every join reaches all N: N² on one topic)."
+        );
+    }
     let _ = writeln!(
         out,
         "- With several N up at once (`--together`): the clusters share the machine's kernel (socket tables), PostgreSQL and Redis, so the paired comparison shows what grows with N inside Tako's nodes. Each node's pool fills to 16 PostgreSQL connections during the messages (PostgreSQL here allows 100): two sizes of 3 nodes hold 96 of them while they run, three do not fit. Each cluster's idle connections are closed once its joins are done (so the next one can start), and every run starts with 30 unrecorded messages per cluster.\n- N online = recipients (this process) + the control connection (node A) + idle ballast sockets held by `bench ballast` child processes; the socket of user i is on node i mod {nodes}. \"users online per node\" is each node's `tako_users_online` after the joins."
@@ -945,6 +1055,7 @@ mod tests {
             per_child: 16_000,
             concurrency: 64,
             join_secs: 120,
+            presence: false,
         };
         assert!(plan(vec![1000, 50_000], 3).check().is_ok());
         assert!(plan(vec![50_000], 2).check().is_err());

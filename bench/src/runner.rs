@@ -16,12 +16,16 @@ use crate::stats::{fmt_bytes, fmt_duration, fmt_rate, quantiles, rss_of_tree, Qu
 pub static BASELINE_LABEL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
 pub static TAKO_LABEL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
 pub static TAKO_NO_PRESENCE_LABEL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+pub static TAKO_PHOENIX_LABEL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Tako,
     /// The same build with `TAKO_PRESENCE=off` (nobody tracked: no N² presence traffic).
     TakoNoPresence,
+    /// The same build with `TAKO_PRESENCE=phoenix` (every joiner gets the list and every diff,
+    /// as Phoenix does).
+    TakoPhoenix,
     /// Another build of Tako (`--tako-baseline REV`), for before/after.
     TakoBaseline,
     Floor,
@@ -34,6 +38,7 @@ impl Kind {
         match s {
             "tako" => Some(Kind::Tako),
             "tako-nopresence" => Some(Kind::TakoNoPresence),
+            "tako-phoenix" => Some(Kind::TakoPhoenix),
             "floor" | "raw" => Some(Kind::Floor),
             "axum-floor" => Some(Kind::AxumFloor),
             "socketio" | "socket.io" => Some(Kind::SocketIo),
@@ -46,6 +51,9 @@ impl Kind {
             Kind::TakoNoPresence => {
                 TAKO_NO_PRESENCE_LABEL.get().copied().unwrap_or("Tako, TAKO_PRESENCE=off")
             }
+            Kind::TakoPhoenix => {
+                TAKO_PHOENIX_LABEL.get().copied().unwrap_or("Tako, TAKO_PRESENCE=phoenix")
+            }
             Kind::TakoBaseline => BASELINE_LABEL.get().copied().unwrap_or("Tako baseline"),
             Kind::Floor => "raw floor (tokio-tungstenite)",
             Kind::AxumFloor => "axum floor (axum WebSocketUpgrade)",
@@ -54,7 +62,9 @@ impl Kind {
     }
     fn proto(self) -> Proto {
         match self {
-            Kind::Tako | Kind::TakoNoPresence | Kind::TakoBaseline => Proto::Phoenix,
+            Kind::Tako | Kind::TakoNoPresence | Kind::TakoPhoenix | Kind::TakoBaseline => {
+                Proto::Phoenix
+            }
             Kind::Floor | Kind::AxumFloor => Proto::Raw,
             Kind::SocketIo => Proto::SocketIo,
         }
@@ -158,6 +168,11 @@ pub async fn start(kind: Kind, paths: &Paths, database_url: &str) -> anyhow::Res
         Kind::TakoNoPresence => {
             let mut c = tako_command(paths, database_url);
             c.env("TAKO_PRESENCE", "off");
+            (c, true)
+        }
+        Kind::TakoPhoenix => {
+            let mut c = tako_command(paths, database_url);
+            c.env("TAKO_PRESENCE", "phoenix");
             (c, true)
         }
         Kind::TakoBaseline => {
@@ -273,7 +288,8 @@ const WARM_UP: usize = 200;
 /// Scenarios 1–3 on one fresh server, then scenario 4 on another fresh one.
 pub async fn run_ws(kind: Kind, n: usize, paths: &Paths, plan: &WsPlan) -> anyhow::Result<Row> {
     let mut row = Row { kind: Some(kind), n, ..Row::default() };
-    let is_tako = matches!(kind, Kind::Tako | Kind::TakoNoPresence | Kind::TakoBaseline);
+    let is_tako =
+        matches!(kind, Kind::Tako | Kind::TakoNoPresence | Kind::TakoPhoenix | Kind::TakoBaseline);
     // Each Tako build migrates its own copy (a newer build may add tables).
     let db = if is_tako { sqlite_with_users(paths, n, kind).await? } else { String::new() };
 
@@ -519,7 +535,36 @@ pub fn targets(rows: &[Row], http: &[HttpRow]) -> String {
         s.dedup();
         s
     };
-    for build in [Kind::Tako, Kind::TakoNoPresence, Kind::TakoBaseline] {
+    // Issue 15: tracking everyone costs the storm little when nobody asks for frames.
+    for &n in &sizes {
+        let storm =
+            |kind| find(rows, kind, n).filter(|r| r.storm_joined >= n).and_then(|r| r.storm);
+        let Some(off) = storm(Kind::TakoNoPresence) else { continue };
+        for build in [Kind::Tako, Kind::TakoPhoenix] {
+            let label = build.label();
+            match storm(build) {
+                Some(t) => {
+                    let ratio = t.as_secs_f64() / off.as_secs_f64().max(1e-9);
+                    let _ = writeln!(
+                        out,
+                        "| {label} | storm of N={n} within 1.25× of TAKO_PRESENCE=off | {} / {} = {ratio:.2}× | {} |",
+                        fmt_duration(t),
+                        fmt_duration(off),
+                        verdict(ratio <= 1.25)
+                    );
+                }
+                None if find(rows, build, n).is_some() => {
+                    let _ = writeln!(
+                        out,
+                        "| {label} | storm of N={n} within 1.25× of TAKO_PRESENCE=off | not all joined | {} |",
+                        verdict(false)
+                    );
+                }
+                None => {}
+            }
+        }
+    }
+    for build in [Kind::Tako, Kind::TakoNoPresence, Kind::TakoPhoenix, Kind::TakoBaseline] {
         if !rows.iter().any(|r| r.kind == Some(build)) {
             continue;
         }

@@ -65,7 +65,7 @@ async function sendMessage(node, userId, message) {
 }
 
 function presentOn(socket, topic = "notifications") {
-  const channel = socket.channel(topic, {});
+  const channel = socket.channel(topic, { presence: "full" });
   const presence = new Presence(channel);
   const names = () => presence.list((_k, { metas }) => metas.map((m) => m.nickname)).flat().sort();
   const joined = new Promise((resolve, reject) => channel.join().receive("ok", resolve).receive("error", reject));

@@ -104,7 +104,7 @@ describe("LongPoll sessions", () => {
   it("presence works over LongPoll", async () => {
     const id = await tako.register("LpPresent");
     const socket = await connect(poller(id));
-    const channel = socket.channel("notifications", {});
+    const channel = socket.channel("notifications", { presence: "full" });
     const presence = new Presence(channel);
     await new Promise((resolve, reject) => channel.join().receive("ok", resolve).receive("error", reject));
     await eventually(() => presence.list((_k, { metas }) => metas[0].nickname).includes("LpPresent"), "listed");

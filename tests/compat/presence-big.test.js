@@ -29,7 +29,7 @@ async function present(id, onFrame) {
   if (onFrame) socket.onMessage(onFrame);
   sockets.push(socket);
   await connect(socket);
-  const channel = socket.channel("notifications", {});
+  const channel = socket.channel("notifications", { presence: "full" });
   const presence = new Presence(channel);
   await new Promise((resolve, reject) => channel.join().receive("ok", resolve).receive("error", reject).receive("timeout", reject));
   const names = () => presence.list((_key, { metas }) => metas.map((m) => m.nickname)).flat().sort();

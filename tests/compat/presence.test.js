@@ -25,7 +25,7 @@ const live = (id, opts = {}) => makeSocket(tako, { userToken: id }, { heartbeatI
 
 /** Joins `notifications` with a Presence attached before the join, as an app would. */
 function presentOn(socket, topic = "notifications") {
-  const channel = socket.channel(topic, {});
+  const channel = socket.channel(topic, { presence: "full" });
   const presence = new Presence(channel);
   const names = () =>
     presence

@@ -7,10 +7,12 @@
 //! - a user's messages on `{prefix}:user:{user}`, which only the nodes holding a socket of that
 //!   user subscribe to (the hub tells the bus when a user's first socket arrives and its last
 //!   leaves), so a targeted message wakes only the nodes that need it;
-//! - presence on `{prefix}:presence`: each node publishes its own share of a topic's presences
-//!   whenever it changes, heartbeats every second, and a node not heard from within the node
-//!   timeout is dropped (its users leave with a `presence_diff`). A node that (re)connects asks
-//!   everyone for their shares, so the cluster heals without restarts.
+//! - presence on `{prefix}:presence`: each node publishes the changes of its own presences
+//!   (what joined and left, coalesced over 50 ms: O(changes), never a whole topic per change),
+//!   numbered so that a receiver that missed one notices and asks for shares; heartbeats every
+//!   second, and a node not heard from within the node timeout is dropped (its users leave). A
+//!   node that (re)connects asks everyone for their whole shares, so the cluster heals without
+//!   restarts.
 //!
 //! Redis down: the link retries with backoff (logged); deliveries meanwhile stay local.
 
@@ -20,7 +22,7 @@ mod wire;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use channels::{Bus, BusMessage, Hub};
+use channels::{Bus, BusMessage, Hub, Presence, PresenceChange};
 use tokio::sync::mpsc;
 
 pub use link::LinkState;
@@ -54,7 +56,7 @@ enum Command {
     Publish { channel: String, bytes: Vec<u8> },
     Subscribe(String),
     Unsubscribe(String),
-    PresenceChanged(String),
+    PresenceChanged(String, PresenceChange),
     Leave,
 }
 
@@ -89,12 +91,12 @@ impl RedisBus {
     }
 
     /// Connects (and keeps reconnecting) to Redis, delivering what other nodes publish into
-    /// `hub`. Call once; later calls do nothing.
-    pub fn start(&self, hub: Hub) {
+    /// `hub` and `presence` (the endpoint's). Call once; later calls do nothing.
+    pub fn start(&self, hub: Hub, presence: Presence) {
         let Some(rx) = self.receiver.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
-        tokio::spawn(link::run(self.config.clone(), hub, rx, self.state.clone()));
+        tokio::spawn(link::run(self.config.clone(), hub, presence, rx, self.state.clone()));
     }
 
     pub fn status(&self) -> BusStatus {
@@ -122,15 +124,13 @@ impl RedisBus {
 }
 
 impl Bus for RedisBus {
-    fn publish(&self, hub: &Hub, msg: BusMessage) -> usize {
-        let channel = match &msg {
+    fn publish(&self, from: u64, msg: &BusMessage) {
+        let channel = match msg {
             BusMessage::User { user, .. } => self.channel_user(user),
             _ => self.channel_all(),
         };
-        let bytes = wire::delivery(hub.node_id(), &msg);
-        let local = hub.deliver(msg);
+        let bytes = wire::delivery(from, msg);
         let _ = self.commands.send(Command::Publish { channel, bytes });
-        local
     }
 
     fn user_arrived(&self, user: &str) {
@@ -141,7 +141,11 @@ impl Bus for RedisBus {
         let _ = self.commands.send(Command::Unsubscribe(self.channel_user(user)));
     }
 
-    fn presence_changed(&self, topic: &str) {
-        let _ = self.commands.send(Command::PresenceChanged(topic.to_owned()));
+    fn replicates_presence(&self) -> bool {
+        true
+    }
+
+    fn presence_changed(&self, topic: &str, change: PresenceChange) {
+        let _ = self.commands.send(Command::PresenceChanged(topic.to_owned(), change));
     }
 }

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use channels::Hub;
+use channels::{Hub, Presence, PresenceChange, PresenceEntry};
 use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use tokio::sync::mpsc;
@@ -17,6 +17,8 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Presence changes are published at most this often per topic (they coalesce meanwhile).
 const SHARE_EVERY: Duration = Duration::from_millis(50);
+/// Most entries (joins plus leaves) in one presence message, so none grows without bound.
+const MAX_CHANGE_ENTRIES: usize = 500;
 /// Commands sent to Redis in one pipeline at most.
 const PIPELINE: usize = 512;
 
@@ -38,15 +40,58 @@ impl LinkState {
 struct Link {
     config: RedisBusConfig,
     hub: Hub,
+    presence: Presence,
     node: u64,
     state: Arc<Mutex<LinkState>>,
     /// User channels this node wants, whether or not Redis is up right now.
     users: HashSet<String>,
-    /// Topics where this node's presence changed since it last published its share.
-    dirty: HashSet<String>,
+    /// This node's presence changes not yet published, by topic.
+    dirty: HashMap<String, Unsent>,
     /// Topics where this node has (or had) presences: what a sync republishes.
     presence_topics: HashSet<String>,
+    /// The number of this node's last presence message (share or change).
+    seq: u64,
+    /// The number of the last presence message heard from each other node.
+    heard_seq: HashMap<u64, u64>,
+    /// A gap was seen in another node's presence messages: ask for shares at the next beat.
+    resync: bool,
     leaving: bool,
+}
+
+/// This node's presence changes on one topic since the last publish, coalesced: a meta that
+/// joined and left meanwhile is in neither list.
+#[derive(Default)]
+struct Unsent {
+    joins: HashMap<String, PresenceEntry>,
+    leaves: Vec<(String, String)>,
+}
+
+impl Unsent {
+    fn add(&mut self, change: PresenceChange) {
+        for (key, phx_ref) in change.leaves {
+            if self.joins.remove(&phx_ref).is_none() {
+                self.leaves.push((key, phx_ref));
+            }
+        }
+        for entry in change.joins {
+            if let Some(phx_ref) = entry.phx_ref() {
+                self.joins.insert(phx_ref.to_owned(), entry);
+            }
+        }
+    }
+
+    /// The changes in messages of at most [`MAX_CHANGE_ENTRIES`] entries, leaves first.
+    fn into_changes(self) -> Vec<PresenceChange> {
+        let mut out = Vec::new();
+        for leaves in self.leaves.chunks(MAX_CHANGE_ENTRIES) {
+            out.push(PresenceChange { joins: Vec::new(), leaves: leaves.to_vec() });
+        }
+        let joins: Vec<PresenceEntry> = self.joins.into_values().collect();
+        for joins in joins.chunks(MAX_CHANGE_ENTRIES) {
+            out.push(PresenceChange { joins: joins.to_vec(), leaves: Vec::new() });
+        }
+        out
+    }
 }
 
 fn lock(state: &Mutex<LinkState>) -> std::sync::MutexGuard<'_, LinkState> {
@@ -56,6 +101,7 @@ fn lock(state: &Mutex<LinkState>) -> std::sync::MutexGuard<'_, LinkState> {
 pub(crate) async fn run(
     config: RedisBusConfig,
     hub: Hub,
+    presence: Presence,
     mut rx: mpsc::UnboundedReceiver<Command>,
     state: Arc<Mutex<LinkState>>,
 ) {
@@ -63,11 +109,15 @@ pub(crate) async fn run(
     let mut link = Link {
         config,
         hub,
+        presence,
         node,
         state,
         users: HashSet::new(),
-        dirty: HashSet::new(),
+        dirty: HashMap::new(),
         presence_topics: HashSet::new(),
+        seq: 0,
+        heard_seq: HashMap::new(),
+        resync: false,
         leaving: false,
     };
     let mut backoff = MIN_BACKOFF;
@@ -144,6 +194,7 @@ impl Link {
         // Ask everyone for their shares, and offer ours (others may have dropped this node).
         let mut hello = vec![(self.channel("presence"), wire::sync(self.node))];
         hello.extend(self.all_shares());
+        self.resync = false;
         if let Err(error) = self.send(&mut conn, hello).await {
             return Some(error);
         }
@@ -178,14 +229,18 @@ impl Link {
                 }
                 _ = beat.tick() => {
                     self.expire_nodes();
-                    if let Err(error) = self.send(&mut conn, vec![(self.channel("presence"), wire::heartbeat(self.node))]).await {
+                    let mut beat = vec![(self.channel("presence"), wire::heartbeat(self.node))];
+                    if std::mem::take(&mut self.resync) {
+                        tracing::info!("cluster bus: a presence change was missed; asking for shares");
+                        beat.push((self.channel("presence"), wire::sync(self.node)));
+                    }
+                    if let Err(error) = self.send(&mut conn, beat).await {
                         return Some(error);
                     }
                 }
                 _ = share.tick(), if !self.dirty.is_empty() => {
-                    let topics: Vec<String> = self.dirty.drain().collect();
-                    let shares = topics.iter().map(|t| self.share(t)).collect();
-                    if let Err(error) = self.send(&mut conn, shares).await {
+                    let changes = self.changes();
+                    if let Err(error) = self.send(&mut conn, changes).await {
                         return Some(error);
                     }
                 }
@@ -213,7 +268,7 @@ impl Link {
                         sink.unsubscribe(&channel).await.map_err(|e| e.to_string())?;
                     }
                 }
-                Command::PresenceChanged(topic) => self.presence_changed(topic),
+                Command::PresenceChanged(topic, change) => self.presence_changed(topic, change),
                 Command::Leave => {
                     publishes.push((self.channel("presence"), wire::bye(self.node)));
                     self.leaving = true;
@@ -223,9 +278,26 @@ impl Link {
         self.send(conn, publishes).await
     }
 
-    fn presence_changed(&mut self, topic: String) {
-        self.presence_topics.insert(topic.clone());
-        self.dirty.insert(topic);
+    fn presence_changed(&mut self, topic: String, change: PresenceChange) {
+        if !self.presence_topics.contains(&topic) {
+            self.presence_topics.insert(topic.clone());
+        }
+        self.dirty.entry(topic).or_default().add(change);
+    }
+
+    /// The unsent changes, as numbered messages.
+    fn changes(&mut self) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (topic, unsent) in std::mem::take(&mut self.dirty) {
+            for change in unsent.into_changes() {
+                self.seq += 1;
+                out.push((
+                    self.channel("presence"),
+                    wire::change(self.node, self.seq, &topic, &change),
+                ));
+            }
+        }
+        out
     }
 
     /// While Redis is away: keep the wanted subscriptions and presence topics current, drop
@@ -247,7 +319,9 @@ impl Link {
                 Ok(Some(Command::Unsubscribe(channel))) => {
                     self.users.remove(&channel);
                 }
-                Ok(Some(Command::PresenceChanged(topic))) => self.presence_changed(topic),
+                Ok(Some(Command::PresenceChanged(topic, change))) => {
+                    self.presence_changed(topic, change)
+                }
                 Ok(Some(Command::Publish { .. })) => {}
                 Ok(Some(Command::Leave)) => return false,
             }
@@ -275,15 +349,30 @@ impl Link {
                 self.heard(from);
                 replies.extend(self.all_shares());
             }
-            Incoming::Share { topic, entries } => {
+            Incoming::Share { topic, seq, entries } => {
                 self.heard(from);
-                if let Err(error) = self.hub.presence_merge(from, &topic, entries) {
+                self.heard_seq.insert(from, seq);
+                if let Err(error) = self.presence.merge(from, &topic, entries) {
                     tracing::warn!(%error, "cluster bus: presence share refused");
+                }
+            }
+            Incoming::Change { topic, seq, change } => {
+                self.heard(from);
+                let expected = self.heard_seq.get(&from).map_or(1, |last| last + 1);
+                if seq != expected {
+                    // Missed (or never had) some of its changes: its shares will set it right.
+                    // Meanwhile apply this one; changes are idempotent.
+                    self.resync = true;
+                }
+                self.heard_seq.insert(from, seq);
+                if let Err(error) = self.presence.apply(from, &topic, change) {
+                    tracing::warn!(%error, "cluster bus: presence change refused");
                 }
             }
             Incoming::Bye => {
                 lock(&self.state).nodes.remove(&from);
-                let left = self.hub.presence_drop_node(from);
+                self.heard_seq.remove(&from);
+                let left = self.presence.drop_node(from);
                 tracing::info!(
                     node = format!("{from:016x}"),
                     presences = left,
@@ -300,7 +389,7 @@ impl Link {
         }
     }
 
-    fn expire_nodes(&self) {
+    fn expire_nodes(&mut self) {
         let now = Instant::now();
         let gone: Vec<u64> = {
             let mut state = lock(&self.state);
@@ -316,7 +405,8 @@ impl Link {
             gone
         };
         for node in gone {
-            let left = self.hub.presence_drop_node(node);
+            self.heard_seq.remove(&node);
+            let left = self.presence.drop_node(node);
             tracing::warn!(
                 node = format!("{node:016x}"),
                 presences = left,
@@ -325,15 +415,23 @@ impl Link {
         }
     }
 
-    /// This node's presences on `topic`, as a share message.
-    fn share(&self, topic: &str) -> (String, Vec<u8>) {
-        let mine: Vec<_> =
-            self.hub.presence_entries(topic).into_iter().filter(|e| e.node == self.node).collect();
-        (self.channel("presence"), wire::share(self.node, topic, &mine))
-    }
-
-    fn all_shares(&self) -> Vec<(String, Vec<u8>)> {
-        self.presence_topics.iter().map(|t| self.share(t)).collect()
+    /// This node's presences on every topic where it has (or had) some, as share messages
+    /// (what a sync asks for; topics left empty are forgotten once shared empty).
+    fn all_shares(&mut self) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut empty = Vec::new();
+        for topic in &self.presence_topics {
+            let mine = self.presence.own_entries(topic);
+            if mine.is_empty() && !self.dirty.contains_key(topic) {
+                empty.push(topic.clone());
+            }
+            self.seq += 1;
+            out.push((self.channel("presence"), wire::share(self.node, self.seq, topic, &mine)));
+        }
+        for topic in empty {
+            self.presence_topics.remove(&topic);
+        }
+        out
     }
 
     async fn send(

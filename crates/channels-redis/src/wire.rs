@@ -4,7 +4,7 @@
 
 use base64::Engine;
 use bytes::Bytes;
-use channels::{BusMessage, Payload, PresenceEntry, SocketRef, TopicMatch};
+use channels::{BusMessage, Payload, PresenceChange, PresenceEntry, SocketRef, TopicMatch};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -62,9 +62,15 @@ enum Wire {
     /// Everyone: publish your presence shares (sent by a node that just (re)connected).
     #[serde(rename = "sync")]
     Sync,
-    /// The sender's presence entries on a topic, replacing what it published before.
+    /// The sender's presence entries on a topic, replacing what it published before; `s` is
+    /// the sender's presence sequence number.
     #[serde(rename = "ps")]
-    Share { t: String, e: Vec<(String, Map<String, Value>)> },
+    Share { t: String, s: u64, e: Vec<(String, Map<String, Value>)> },
+    /// A change of the sender's presences on a topic: `l` (key, phx_ref) left, then `j` joined.
+    /// `s` follows the sequence of the sender's previous share or change: a receiver that sees
+    /// a gap asks for shares.
+    #[serde(rename = "pc")]
+    Change { t: String, s: u64, j: Vec<(String, Map<String, Value>)>, l: Vec<(String, String)> },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -102,7 +108,8 @@ pub enum Incoming {
     Heartbeat,
     Bye,
     Sync,
-    Share { topic: String, entries: Vec<PresenceEntry> },
+    Share { topic: String, seq: u64, entries: Vec<PresenceEntry> },
+    Change { topic: String, seq: u64, change: PresenceChange },
 }
 
 fn payload_out(payload: &Payload) -> WirePayload {
@@ -180,9 +187,15 @@ pub fn sync(node: u64) -> Vec<u8> {
 }
 
 /// This node's entries on `topic` (the entries' own node fields are implied by the sender).
-pub fn share(node: u64, topic: &str, entries: &[PresenceEntry]) -> Vec<u8> {
+pub fn share(node: u64, seq: u64, topic: &str, entries: &[PresenceEntry]) -> Vec<u8> {
     let e = entries.iter().map(|e| (e.key.clone(), e.meta.clone())).collect();
-    seal(node, Wire::Share { t: topic.to_owned(), e })
+    seal(node, Wire::Share { t: topic.to_owned(), s: seq, e })
+}
+
+/// A change of this node's entries on `topic`.
+pub fn change(node: u64, seq: u64, topic: &str, change: &PresenceChange) -> Vec<u8> {
+    let j = change.joins.iter().map(|e| (e.key.clone(), e.meta.clone())).collect();
+    seal(node, Wire::Change { t: topic.to_owned(), s: seq, j, l: change.leaves.clone() })
 }
 
 /// The sender's node and what it sent; `None` for anything malformed (logged by the caller).
@@ -218,9 +231,18 @@ pub fn decode(bytes: &[u8]) -> Option<(u64, Incoming)> {
         Wire::Heartbeat => Incoming::Heartbeat,
         Wire::Bye => Incoming::Bye,
         Wire::Sync => Incoming::Sync,
-        Wire::Share { t, e } => Incoming::Share {
+        Wire::Share { t, s, e } => Incoming::Share {
             topic: t,
+            seq: s,
             entries: e.into_iter().map(|(key, meta)| PresenceEntry { key, node, meta }).collect(),
+        },
+        Wire::Change { t, s, j, l } => Incoming::Change {
+            topic: t,
+            seq: s,
+            change: PresenceChange {
+                joins: j.into_iter().map(|(key, meta)| PresenceEntry { key, node, meta }).collect(),
+                leaves: l,
+            },
         },
     };
     Some((node, incoming))
@@ -286,8 +308,16 @@ mod tests {
         meta.insert("phx_ref".into(), json!("F1"));
         let entries = vec![PresenceEntry { key: "k1".into(), node: 42, meta }];
         assert_eq!(
-            decode(&share(42, "notifications", &entries)),
-            Some((42, Incoming::Share { topic: "notifications".into(), entries }))
+            decode(&share(42, 3, "notifications", &entries)),
+            Some((
+                42,
+                Incoming::Share { topic: "notifications".into(), seq: 3, entries: entries.clone() }
+            ))
+        );
+        let change = PresenceChange { joins: entries, leaves: vec![("k0".into(), "F0".into())] };
+        assert_eq!(
+            decode(&super::change(42, 4, "notifications", &change)),
+            Some((42, Incoming::Change { topic: "notifications".into(), seq: 4, change }))
         );
         assert_eq!(decode(&heartbeat(9)), Some((9, Incoming::Heartbeat)));
         assert_eq!(decode(&sync(9)), Some((9, Incoming::Sync)));

@@ -9,15 +9,17 @@
 //!
 //! Presence mode: `… -- clients <port> <n> presence` joins every socket to the one topic
 //! `lobby` with a key and a nickname (~100 bytes of presence each, as HoloQuest's
-//! `notifications`); the server tracks each, so every joiner receives the whole state and
-//! every socket the diffs. The clients keep reading everything and print `ready` once every
-//! socket has its join reply and the last diff has had time to arrive.
+//! `notifications`); the server tracks each. A sixth argument says which presence frames the
+//! sockets ask for: `full` (the default: every joiner receives the whole state and every socket
+//! the diffs), `count` (a `presence_count` at most once a second) or `none` (no frame). The
+//! clients keep reading everything and print `ready` once every socket has its join reply and
+//! the last diff has had time to arrive.
 
 use std::sync::Arc;
 
 use channels::{
     async_trait, Channel, ChannelContext, ConnectInfo, Connection, Endpoint, EndpointConfig,
-    HandleIn, Payload, Refusal, SocketHandler, Value,
+    HandleIn, Payload, PresenceFeed, Refusal, SocketHandler, Value,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncBufReadExt;
@@ -53,6 +55,12 @@ impl Channel<()> for Room {
                     serde_json::json!({"nickname": nickname, "online_at": 1_700_000_000_000u64});
                 ctx.track(key, meta).map_err(|e| Value::String(e.to_string()))?;
             }
+            let feed = match params.get("presence").and_then(Value::as_str) {
+                Some("full") => Some(PresenceFeed::Full),
+                Some("count") => Some(PresenceFeed::Count),
+                _ => None,
+            };
+            ctx.watch_presence(feed);
         }
         Ok(Value::Null)
     }
@@ -92,10 +100,13 @@ async fn main() {
     match args.get(1).map(String::as_str) {
         Some("server") => server().await,
         Some("clients") if args.get(4).map(String::as_str) == Some("presence") => {
-            presence_clients(args[2].parse().unwrap(), args[3].parse().unwrap()).await
+            let feed = args.get(5).map_or("full", String::as_str).to_owned();
+            presence_clients(args[2].parse().unwrap(), args[3].parse().unwrap(), feed).await
         }
         Some("clients") => clients(args[2].parse().unwrap(), args[3].parse().unwrap()).await,
-        _ => eprintln!("usage: idle_memory server | clients <port> <n> [presence]"),
+        _ => {
+            eprintln!("usage: idle_memory server | clients <port> <n> [presence [full|count|none]]")
+        }
     }
 }
 
@@ -106,6 +117,7 @@ async fn server() {
     println!("port={}", listener.local_addr().unwrap().port());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let hub = endpoint.hub();
+    let presence = endpoint.presence();
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         // `trim`: first hand the allocator's free pages back to the system, to tell memory in
@@ -116,7 +128,7 @@ async fn server() {
         let subscribers: usize =
             (0..10).map(|i| hub.subscriber_count(&format!("room:{i}"))).sum::<usize>()
                 + hub.subscriber_count("lobby");
-        let presences = hub.presence_list("lobby").as_object().map_or(0, |m| m.len());
+        let presences = presence.count("lobby").0;
         println!(
             "sockets={} subscribers={} presences={} rss_kib={}",
             hub.socket_count(),
@@ -141,7 +153,7 @@ async fn clients(port: u16, n: usize) {
     std::future::pending::<()>().await;
 }
 
-async fn presence_clients(port: u16, n: usize) {
+async fn presence_clients(port: u16, n: usize, feed: String) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let url = format!("ws://127.0.0.1:{port}/socket/websocket?vsn=2.0.0");
     let replies = Arc::new(AtomicUsize::new(0));
@@ -152,8 +164,7 @@ async fn presence_clients(port: u16, n: usize) {
         let (mut tx, mut rx) = ws.split();
         let key = format!("user{i:06}");
         let nickname = format!("{key} the long-nicknamed adventurer of HoloQuest");
-        let join =
-            serde_json::json!(["1", "1", "lobby", "phx_join", {"key": key, "nickname": nickname}]);
+        let join = serde_json::json!(["1", "1", "lobby", "phx_join", {"key": key, "nickname": nickname, "presence": feed}]);
         tx.send(Message::text(join.to_string())).await.unwrap();
         let (replies, largest) = (replies.clone(), largest.clone());
         // Keep reading: a client that stops reading would be disconnected as a slow consumer.

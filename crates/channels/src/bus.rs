@@ -1,14 +1,37 @@
 //! The seam between this node and the rest of a cluster.
 //!
-//! Every delivery the [`Hub`] is asked for (broadcast, user message, disconnect) becomes a
-//! [`BusMessage`] — plain data, so it can cross a network — handed to a [`Bus`]. The bus decides
-//! where it goes; whatever reaches this node is applied with [`Hub::deliver`]. [`LocalBus`]
-//! delivers straight into this node's hub. A Redis (or NATS...) bus would deliver locally,
-//! publish to the other nodes, and call `hub.deliver` for what they publish, without any change
-//! to channels or transports.
+//! Every delivery the [`Hub`](crate::Hub) is asked for (broadcast, user message, disconnect)
+//! becomes a [`BusMessage`] — plain data, so it can cross a network. The hub applies it to its
+//! own sockets and hands it to a [`Bus`], which carries it to the other nodes; whatever they
+//! send is applied there with `Hub::deliver`. [`LocalBus`] is a cluster of one: it carries
+//! nothing. A Redis (or NATS...) bus publishes to the other nodes and delivers what they publish,
+//! without any change to channels or transports.
+//!
+//! Presence replicates through the same seam as changes ([`PresenceChange`]: the metas that
+//! joined and left), never as a whole topic per change. This module knows nothing of the hub or
+//! of presence: both call down into it.
 
-use crate::channel::Payload;
-use crate::hub::{Hub, TopicMatch};
+use serde_json::{Map, Value};
+
+use crate::payload::Payload;
+
+/// Which topics a delivery is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicMatch {
+    Exact(String),
+    Prefix(String),
+    Any,
+}
+
+impl TopicMatch {
+    pub fn matches(&self, topic: &str) -> bool {
+        match self {
+            TopicMatch::Exact(t) => t == topic,
+            TopicMatch::Prefix(p) => topic.starts_with(p.as_str()),
+            TopicMatch::Any => true,
+        }
+    }
+}
 
 /// Names one socket across a cluster: the node that holds it and its number on that node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,15 +56,39 @@ pub enum BusMessage {
     Signal { name: String, data: serde_json::Value },
 }
 
-/// Carries [`BusMessage`]s to every node, this one included.
+/// One meta of one key on one topic, as a cluster replicates it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PresenceEntry {
+    pub key: String,
+    /// The node that owns (tracked) it.
+    pub node: u64,
+    /// The meta as clients see it, `phx_ref` (and `phx_ref_prev` after an update) included.
+    pub meta: Map<String, Value>,
+}
+
+impl PresenceEntry {
+    pub fn phx_ref(&self) -> Option<&str> {
+        self.meta.get("phx_ref").and_then(Value::as_str)
+    }
+}
+
+/// What changed in this node's own presences on one topic: the metas that joined, and the
+/// `(key, phx_ref)` of those that left, in that order of application (leaves first).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PresenceChange {
+    pub joins: Vec<PresenceEntry>,
+    pub leaves: Vec<(String, String)>,
+}
+
+/// Carries [`BusMessage`]s to the other nodes of a cluster.
 ///
-/// The hub calls the notification hooks (`user_arrived`, `user_left`, `presence_changed`) with
-/// its index or presence locks held, so that the bus sees changes in the order they happened:
-/// a hook must only record or enqueue, never call back into the hub.
+/// The hub calls the notification hooks (`user_arrived`, `user_left`) with its index locks held,
+/// and presence calls `presence_changed` with its lock held, so that the bus sees changes in the
+/// order they happened: a hook must only record or enqueue, never call back into the engine.
 pub trait Bus: Send + Sync + 'static {
-    /// Deliver `msg` everywhere it belongs. Returns what this node's delivery counted
-    /// (subscriptions written to, or sockets closed); other nodes' counts are not known.
-    fn publish(&self, hub: &Hub, msg: BusMessage) -> usize;
+    /// Carry `msg`, which this node (`from`) has applied to its own sockets already, to every
+    /// other node.
+    fn publish(&self, from: u64, msg: &BusMessage);
 
     /// The first socket of `user` connected to this node: a bus that routes user messages to
     /// the nodes that hold the user starts listening for them. Default: nothing.
@@ -50,17 +97,21 @@ pub trait Bus: Send + Sync + 'static {
     /// The last socket of `user` on this node is gone. Default: nothing.
     fn user_left(&self, _user: &str) {}
 
-    /// Presences tracked on this node changed on `topic`: a cluster bus publishes this node's
-    /// share of the topic (see [`Hub::presence_merge`]). Default: nothing.
-    fn presence_changed(&self, _topic: &str) {}
+    /// Whether this bus wants [`Bus::presence_changed`] (building a change costs a copy of
+    /// each meta, which a single node does not need). Default: no.
+    fn replicates_presence(&self) -> bool {
+        false
+    }
+
+    /// This node's own presences on `topic` changed by `change` (another node's share never
+    /// comes here): a cluster bus forwards the change to the other nodes. Default: nothing.
+    fn presence_changed(&self, _topic: &str, _change: PresenceChange) {}
 }
 
-/// A single-node bus: delivers into this node's hub, synchronously.
+/// A single-node bus: there is no other node to carry anything to.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LocalBus;
 
 impl Bus for LocalBus {
-    fn publish(&self, hub: &Hub, msg: BusMessage) -> usize {
-        hub.deliver(msg)
-    }
+    fn publish(&self, _from: u64, _msg: &BusMessage) {}
 }

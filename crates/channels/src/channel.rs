@@ -1,36 +1,17 @@
 //! What an application writes: a [`Channel`] (join, handle_in, terminate), and the
 //! [`ChannelContext`] it is handed to talk back to the client and to the topic.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use serde_json::Value;
 
 use crate::bus::{BusMessage, SocketRef};
 use crate::delivery::Delivery;
 use crate::hub::{Hub, SocketShared};
-use crate::presence::PresenceError;
-
-/// A message body: JSON, or raw bytes (v2 binary frames only).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Payload {
-    Json(Value),
-    Binary(Bytes),
-}
-
-impl From<Value> for Payload {
-    fn from(value: Value) -> Self {
-        Payload::Json(value)
-    }
-}
-
-impl From<Bytes> for Payload {
-    fn from(data: Bytes) -> Self {
-        Payload::Binary(data)
-    }
-}
+pub use crate::payload::Payload;
+use crate::presence::{Presence, PresenceError, PresenceFeed};
 
 /// What a channel answers to a client event.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,9 +62,23 @@ struct ContextInner<A> {
     assigns: Arc<A>,
     socket: Arc<SocketShared>,
     hub: Hub,
+    presence: Presence,
     open: AtomicBool,
     /// Whether this join tracked a presence (untracked when the channel closes).
     tracked: AtomicBool,
+    /// The presence frames this socket asked for (see [`feed_code`]).
+    feed: AtomicU8,
+    /// Whether the feed started (it stops when the channel closes).
+    watching: AtomicBool,
+}
+
+/// [`PresenceFeed`] as stored: 0 none, 1 full, 2 count.
+fn feed_code(feed: Option<PresenceFeed>) -> u8 {
+    match feed {
+        None => 0,
+        Some(PresenceFeed::Full) => 1,
+        Some(PresenceFeed::Count) => 2,
+    }
 }
 
 impl<A> ChannelContext<A> {
@@ -93,6 +88,7 @@ impl<A> ChannelContext<A> {
         assigns: Arc<A>,
         socket: Arc<SocketShared>,
         hub: Hub,
+        presence: Presence,
     ) -> Self {
         ChannelContext {
             inner: Arc::new(ContextInner {
@@ -101,8 +97,11 @@ impl<A> ChannelContext<A> {
                 assigns,
                 socket,
                 hub,
+                presence,
                 open: AtomicBool::new(true),
                 tracked: AtomicBool::new(false),
+                feed: AtomicU8::new(0),
+                watching: AtomicBool::new(false),
             }),
         }
     }
@@ -130,6 +129,11 @@ impl<A> ChannelContext<A> {
 
     pub fn hub(&self) -> &Hub {
         &self.inner.hub
+    }
+
+    /// Presence of every topic (lists, counts).
+    pub fn presence(&self) -> &Presence {
+        &self.inner.presence
     }
 
     /// To this socket only; carries the join_ref and a null ref. Returns whether the frame was
@@ -186,38 +190,56 @@ impl<A> ChannelContext<A> {
     }
 
     /// Tracks this connection on the topic's presence under `key` with `meta` (a JSON object;
-    /// the engine adds `phx_ref`), and returns the `phx_ref`. Everyone on the topic gets a
-    /// `presence_diff` join; when called from `join`, the joiner gets `presence_state` right
-    /// after its join reply. The presence leaves by itself when the channel leaves or closes,
-    /// or the socket dies. A key may have many metas (one per connection, or more).
+    /// the engine adds `phx_ref`), and returns the `phx_ref`. Lists, counts and other nodes see
+    /// it; sockets that watch the topic's presence (see [`ChannelContext::watch_presence`]) get
+    /// it in their next `presence_diff` or `presence_count`. The presence leaves by itself when
+    /// the channel leaves or closes, or the socket dies. A key may have many metas (one per
+    /// connection, or more).
     pub fn track(&self, key: &str, meta: Value) -> Result<String, PresenceError> {
         self.inner.tracked.store(true, Ordering::SeqCst);
         let inner = &self.inner;
-        inner
-            .hub
-            .presence()
-            .track(&inner.hub, &inner.topic, inner.socket.conn, key, meta, || self.is_open())
+        inner.presence.track(&inner.topic, inner.socket.conn, key, meta, || self.is_open())
     }
 
     /// Everything this connection tracked on the topic leaves now.
     pub fn untrack(&self) {
         if self.inner.tracked.swap(false, Ordering::SeqCst) {
             let inner = &self.inner;
-            inner.hub.presence().untrack_conn(&inner.hub, &inner.topic, inner.socket.conn);
+            inner.presence.untrack_conn(&inner.topic, inner.socket.conn);
         }
     }
 
-    pub(crate) fn tracked(&self) -> bool {
-        self.inner.tracked.load(Ordering::SeqCst)
+    /// Which presence frames of the topic this socket receives once joined (call it from
+    /// `join`): `Some(Full)` gets `presence_state` right after the join reply then
+    /// `presence_diff`s, `Some(Count)` gets `presence_count`, `None` (the default) gets none.
+    /// Watching is independent of tracking: a socket may watch without being tracked.
+    pub fn watch_presence(&self, feed: Option<PresenceFeed>) {
+        self.inner.feed.store(feed_code(feed), Ordering::SeqCst);
+    }
+
+    /// The join succeeded and its reply is queued: the presence feed, if any, starts.
+    pub(crate) fn joined(&self) {
+        let inner = &self.inner;
+        let feed = match inner.feed.load(Ordering::SeqCst) {
+            1 => PresenceFeed::Full,
+            2 => PresenceFeed::Count,
+            _ => return,
+        };
+        inner.watching.store(true, Ordering::SeqCst);
+        inner.presence.watch(&inner.topic, &inner.socket, feed);
     }
 
     pub(crate) fn is_open(&self) -> bool {
         self.inner.open.load(Ordering::SeqCst)
     }
 
-    /// No more pushes, and what it tracked leaves.
+    /// No more pushes nor presence frames, and what it tracked leaves.
     pub(crate) fn close(&self) {
-        self.inner.open.store(false, Ordering::SeqCst);
+        let inner = &self.inner;
+        inner.open.store(false, Ordering::SeqCst);
+        if inner.watching.swap(false, Ordering::SeqCst) {
+            inner.presence.unwatch(&inner.topic, inner.socket.conn);
+        }
         self.untrack();
     }
 }

@@ -13,6 +13,7 @@ use crate::config::EndpointConfig;
 use crate::hub::Hub;
 use crate::limits::{client_ip, Admission, ClientSlot, Refused};
 use crate::outbox::Close;
+use crate::presence::Presence;
 use crate::socket::SocketHandler;
 use crate::transport;
 
@@ -20,6 +21,7 @@ pub struct Endpoint<H: SocketHandler> {
     pub(crate) handler: Arc<H>,
     pub(crate) config: EndpointConfig,
     pub(crate) hub: Hub,
+    pub(crate) presence: Presence,
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) longpoll: transport::longpoll::Sessions,
     admission: Arc<Admission>,
@@ -80,11 +82,13 @@ impl<H: SocketHandler> Endpoint<H> {
 
     /// An endpoint whose deliveries travel through `bus` (e.g. to other nodes).
     pub fn with_bus(handler: H, config: EndpointConfig, bus: Arc<dyn Bus>) -> Arc<Self> {
-        let hub = Hub::with_observer(bus, config.presence_interval, config.observer.clone());
+        let hub = Hub::with_observer(bus, config.observer.clone());
+        let presence = Presence::new(hub.clone(), config.presence_interval);
         Arc::new(Endpoint {
             handler: Arc::new(handler),
             config,
             hub,
+            presence,
             lifecycle: Arc::default(),
             longpoll: Default::default(),
             admission: Arc::default(),
@@ -93,6 +97,11 @@ impl<H: SocketHandler> Endpoint<H> {
 
     pub fn hub(&self) -> Hub {
         self.hub.clone()
+    }
+
+    /// Who is on each topic; cluster buses feed other nodes' presences into it.
+    pub fn presence(&self) -> Presence {
+        self.presence.clone()
     }
 
     pub fn config(&self) -> &EndpointConfig {

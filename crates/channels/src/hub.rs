@@ -1,5 +1,6 @@
 //! This node's sockets, indexed by topic, by user and by socket id, and the fan-out of
-//! deliveries to them.
+//! deliveries to them. The hub is an index and a fan-out, nothing more: presence is built above
+//! it (see `presence`), and other nodes are reached through the [`Bus`] below it.
 //!
 //! Fan-out takes a snapshot of the matching sockets under a read lock, releases it, then encodes
 //! the message once per serializer (lazily) and pushes the shared bytes into each socket's
@@ -13,34 +14,15 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use smallvec::SmallVec;
 
-use crate::bus::{Bus, BusMessage, SocketRef};
-use crate::channel::Payload;
+use crate::bus::{Bus, BusMessage, SocketRef, TopicMatch};
 use crate::delivery::{Ack, Delivery};
 use crate::observer::{Nothing, Observer};
 use crate::outbox::{Capacity, Close, Outbox, Pushed};
-use crate::presence::{Presence, PresenceEntry, PresenceError};
+use crate::payload::Payload;
 use crate::serializer::{Frame, Serializer};
-
-/// Which topics a delivery is for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TopicMatch {
-    Exact(String),
-    Prefix(String),
-    Any,
-}
-
-impl TopicMatch {
-    pub fn matches(&self, topic: &str) -> bool {
-        match self {
-            TopicMatch::Exact(t) => t == topic,
-            TopicMatch::Prefix(p) => topic.starts_with(p.as_str()),
-            TopicMatch::Any => true,
-        }
-    }
-}
 
 /// The part of a socket that the hub and channel contexts share with the socket's task.
 pub(crate) struct SocketShared {
@@ -116,7 +98,6 @@ struct HubInner {
     topics: RwLock<HashMap<Arc<str>, Sockets>>,
     users: RwLock<HashMap<Arc<str>, Few>>,
     ids: RwLock<HashMap<Arc<str>, Few>>,
-    presence: Presence,
     observer: Arc<dyn Observer>,
     signals: RwLock<Option<SignalHandler>>,
 }
@@ -125,7 +106,7 @@ struct HubInner {
 pub type SignalHandler = Arc<dyn Fn(&Hub, &str, &Value) + Send + Sync>;
 
 /// A message encoded at most once per serializer, whatever the number of subscribers.
-struct Outgoing<'a> {
+pub(crate) struct Outgoing<'a> {
     topic: &'a str,
     event: &'a str,
     payload: &'a Payload,
@@ -133,7 +114,7 @@ struct Outgoing<'a> {
 }
 
 impl<'a> Outgoing<'a> {
-    fn new(topic: &'a str, event: &'a str, payload: &'a Payload) -> Self {
+    pub(crate) fn new(topic: &'a str, event: &'a str, payload: &'a Payload) -> Self {
         Outgoing { topic, event, payload, encoded: Default::default() }
     }
 
@@ -154,7 +135,7 @@ impl<'a> Outgoing<'a> {
             .as_ref()
     }
 
-    fn send_to(&self, socket: &SocketShared) -> bool {
+    pub(crate) fn send_to(&self, socket: &SocketShared) -> bool {
         match self.frame(socket.serializer) {
             Some(frame) => socket.send(frame.clone()),
             None => false,
@@ -170,23 +151,13 @@ impl<'a> Outgoing<'a> {
 }
 
 impl Hub {
-    /// A hub whose deliveries go through `bus`, coalescing presence diffs over 50 ms.
+    /// A hub whose deliveries also go through `bus` to other nodes.
     pub fn new(bus: Arc<dyn Bus>) -> Hub {
-        Hub::with_presence_interval(bus, crate::config::DEFAULT_PRESENCE_INTERVAL)
+        Hub::with_observer(bus, Arc::new(Nothing))
     }
 
-    /// A hub whose presence diffs are coalesced per topic over `interval` (zero: one diff per
-    /// change, as Phoenix does).
-    pub fn with_presence_interval(bus: Arc<dyn Bus>, interval: Duration) -> Hub {
-        Hub::with_observer(bus, interval, Arc::new(Nothing))
-    }
-
-    /// As [`Hub::with_presence_interval`], telling `observer` about deliveries.
-    pub fn with_observer(
-        bus: Arc<dyn Bus>,
-        interval: Duration,
-        observer: Arc<dyn Observer>,
-    ) -> Hub {
+    /// As [`Hub::new`], telling `observer` about deliveries.
+    pub fn with_observer(bus: Arc<dyn Bus>, observer: Arc<dyn Observer>) -> Hub {
         let mut hasher = RandomState::new().build_hasher();
         hasher.write_u32(std::process::id());
         Hub {
@@ -200,7 +171,6 @@ impl Hub {
                 topics: RwLock::default(),
                 users: RwLock::default(),
                 ids: RwLock::default(),
-                presence: Presence::new(interval),
                 observer,
                 signals: RwLock::new(None),
             }),
@@ -268,12 +238,14 @@ impl Hub {
         self.publish(BusMessage::Disconnect { socket_id: socket_id.to_owned() })
     }
 
-    /// Hand a delivery to the bus.
+    /// Apply a delivery here and hand it to the bus for the other nodes. Returns what this
+    /// node's delivery counted (other nodes' counts are not known).
     pub fn publish(&self, msg: BusMessage) -> usize {
-        self.inner.bus.publish(self, msg)
+        self.inner.bus.publish(self.inner.node, &msg);
+        self.deliver(msg)
     }
 
-    /// Apply a delivery to this node's sockets (called by the bus). Returns the number of
+    /// Apply a delivery to this node's sockets (what another node published). Returns the number of
     /// subscriptions written to, or of sockets closed for a disconnect.
     pub fn deliver(&self, msg: BusMessage) -> usize {
         let started = Instant::now();
@@ -354,7 +326,7 @@ impl Hub {
 
     /// Sends an application signal to every node (this one included), through the bus.
     pub fn signal(&self, name: &str, data: Value) {
-        self.inner.bus.publish(self, BusMessage::Signal { name: name.to_owned(), data });
+        self.publish(BusMessage::Signal { name: name.to_owned(), data });
     }
 
     /// Sets what this node does with signals; it runs on the delivering task, so it should
@@ -363,67 +335,31 @@ impl Hub {
         *self.inner.signals.write() = Some(handler);
     }
 
-    /// This node's own presences on `topic` changed (not another node's share): the bus may
-    /// want to tell the cluster.
-    pub(crate) fn local_presence_changed(&self, topic: &str) {
-        self.inner.bus.presence_changed(topic);
-    }
-
-    /// Whether `user` (the hub's user key) has a socket on this node.
     /// The users with a socket on this node.
     pub fn local_users(&self) -> Vec<String> {
         self.inner.users.read().keys().map(|user| user.to_string()).collect()
     }
 
+    /// Whether `user` (the hub's user key) has a socket on this node.
     pub fn has_user(&self, user: &str) -> bool {
         self.inner.users.read().contains_key(user)
     }
 
-    /// Who is on `topic` (every node's entries this node knows), in the `presence_state`
-    /// format: `{key: {"metas": [{"phx_ref": …, …meta}, …]}, …}`.
-    pub fn presence_list(&self, topic: &str) -> Value {
-        self.inner.presence.list(topic)
-    }
-
-    /// The entries of `topic`, each with its owning node (what a cluster bus replicates).
-    pub fn presence_entries(&self, topic: &str) -> Vec<PresenceEntry> {
-        self.inner.presence.entries(topic)
-    }
-
-    /// Merges `patch` into the metas of every presence that the sockets of `user` (the hub's
-    /// user key) tracked on this node, on every topic: a leave of each old meta and a join of
-    /// the new one with `phx_ref_prev`. Returns how many metas changed.
-    pub fn presence_update_user(&self, user: &str, patch: &Map<String, Value>) -> usize {
+    /// Every (topic, socket number) subscription of `user`'s sockets on this node.
+    pub(crate) fn user_subscriptions(&self, user: &str) -> Vec<(Arc<str>, u64)> {
         let sockets: Few = match self.inner.users.read().get(user) {
             Some(sockets) => sockets.clone(),
-            None => return 0,
+            None => return Vec::new(),
         };
-        let conns: Vec<(Arc<str>, u64)> = sockets
+        sockets
             .iter()
             .flat_map(|s| s.topics.lock().iter().map(|t| (t.clone(), s.conn)).collect::<Vec<_>>())
-            .collect();
-        self.inner.presence.update(self, &conns, patch)
+            .collect()
     }
 
-    /// Replaces what this node knows of `node`'s entries on `topic` (another node's share, as a
-    /// cluster bus reports it); the difference goes to local subscribers as a diff. Entries of
-    /// this node are owned here and never replaced. Every entry needs a `phx_ref`.
-    pub fn presence_merge(
-        &self,
-        node: u64,
-        topic: &str,
-        entries: Vec<PresenceEntry>,
-    ) -> Result<(), PresenceError> {
-        self.inner.presence.merge(self, node, topic, entries)
-    }
-
-    /// `node` is gone: its entries leave every topic. Returns how many.
-    pub fn presence_drop_node(&self, node: u64) -> usize {
-        self.inner.presence.drop_node(self, node)
-    }
-
-    pub(crate) fn presence(&self) -> &Presence {
-        &self.inner.presence
+    /// The bus to the other nodes.
+    pub(crate) fn bus(&self) -> &dyn Bus {
+        &*self.inner.bus
     }
 
     pub(crate) fn observer(&self) -> &dyn Observer {
@@ -645,14 +581,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// Records what crosses the bus, then delivers locally like `LocalBus`.
+    /// Records what crosses the bus.
     #[derive(Default)]
     struct RecordingBus(Mutex<Vec<BusMessage>>);
 
     impl Bus for RecordingBus {
-        fn publish(&self, hub: &Hub, msg: BusMessage) -> usize {
+        fn publish(&self, _from: u64, msg: &BusMessage) {
             self.0.lock().push(msg.clone());
-            hub.deliver(msg)
         }
     }
 

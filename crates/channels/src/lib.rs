@@ -7,7 +7,10 @@
 //!
 //! Layout: `serializer` (bytes ⇄ messages), `session` (the per-socket protocol state machine,
 //! transport-agnostic), `transport` (WebSocket), `outbox` (bounded per-socket queue), `hub`
-//! (indexes and fan-out), `bus` (the seam to other nodes), `endpoint` (routes and shutdown).
+//! (indexes and fan-out), `bus` (the seam to other nodes), `presence` (above the hub: who is on
+//! a topic, and the frames of those who asked), `endpoint` (routes and shutdown). Modules call
+//! downward only: `payload` ← `serializer` ← `outbox` ← `bus` ← `hub` ← `presence` ← `channel` ←
+//! `session` ← `transport` ← `endpoint`.
 
 mod bus;
 mod channel;
@@ -21,24 +24,25 @@ mod hub;
 mod limits;
 mod observer;
 mod outbox;
+mod payload;
 mod presence;
 mod serializer;
 mod session;
 mod socket;
 mod transport;
 
-pub use bus::{Bus, BusMessage, LocalBus, SocketRef};
+pub use bus::{Bus, BusMessage, LocalBus, PresenceChange, PresenceEntry, SocketRef, TopicMatch};
 pub use channel::{Channel, ChannelContext, HandleIn, Payload};
 pub use config::EndpointConfig;
 pub use delivery::Delivery;
 pub use endpoint::Endpoint;
-pub use hub::{Hub, SignalHandler, TopicMatch};
+pub use hub::{Hub, SignalHandler};
 pub use limits::{
     client_ip, AllowedOrigin, CheckOrigin, InboundRate, InvalidOrigin, InvalidTrustedProxies,
     TrustedProxies,
 };
 pub use observer::Observer;
-pub use presence::{PresenceEntry, PresenceError};
+pub use presence::{Presence, PresenceError, PresenceFeed};
 pub use serde_json::Value;
 pub use serializer::MAX_FIELD_BYTES;
 pub use session::MAX_JOIN_BYTES;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::channel::Payload;
+use crate::payload::Payload;
 
 /// Longest header string (join_ref, ref, topic, event, status) a v2 binary frame can carry.
 pub(crate) const MAX_BINARY_HEADER: usize = 255;

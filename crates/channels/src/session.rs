@@ -13,6 +13,7 @@ use crate::channel::{Channel, ChannelContext, HandleIn, Payload};
 use crate::hub::{Hub, SocketShared};
 use crate::limits::{InboundBudget, InboundRate, Verdict};
 use crate::outbox::Close;
+use crate::presence::Presence;
 use crate::serializer::{Inbound, Malformed, Status};
 use crate::socket::SocketHandler;
 
@@ -27,6 +28,7 @@ pub(crate) struct Session<H: SocketHandler> {
     assigns: Arc<H::Assigns>,
     socket: Arc<SocketShared>,
     hub: Hub,
+    presence: Presence,
     max_channels: usize,
     /// Few per socket (usually one, held inline): a list is smaller than a map and as fast at
     /// this size.
@@ -46,6 +48,7 @@ impl<H: SocketHandler> Session<H> {
         assigns: H::Assigns,
         socket: Arc<SocketShared>,
         hub: Hub,
+        presence: Presence,
         max_channels: usize,
     ) -> Self {
         Session {
@@ -53,6 +56,7 @@ impl<H: SocketHandler> Session<H> {
             assigns: Arc::new(assigns),
             socket,
             hub,
+            presence,
             max_channels,
             channels: SmallVec::new(),
             inbound: None,
@@ -223,12 +227,12 @@ impl<H: SocketHandler> Session<H> {
             self.assigns.clone(),
             self.socket.clone(),
             self.hub.clone(),
+            self.presence.clone(),
         );
         match channel.join(&topic, payload, &ctx).await {
             Ok(response) => {
                 self.hub.subscribe(&self.socket, &topic);
-                let tracked = ctx.tracked();
-                self.channels.push(Joined { channel, ctx });
+                self.channels.push(Joined { channel, ctx: ctx.clone() });
                 self.reply(
                     join_ref.as_deref(),
                     reference.as_deref(),
@@ -236,10 +240,8 @@ impl<H: SocketHandler> Session<H> {
                     Status::Ok,
                     &Payload::Json(response),
                 );
-                if tracked {
-                    // Subscribed before reading the state: every later change reaches it.
-                    self.hub.presence().push_state(&topic, &self.socket);
-                }
+                // After the reply: the presence frames this join asked for, if any.
+                ctx.joined();
             }
             Err(response) => {
                 ctx.close();

@@ -287,11 +287,11 @@ async fn an_abandoned_session_expires_and_its_presence_leaves() {
         let body = lp.poll().await;
         assert!(matches!(body["status"].as_u64(), Some(200 | 204)), "{body}");
     }
-    let hub = server.endpoint.hub();
-    assert!(hub.presence_list("room:gone").get("poller").is_some());
+    let presence = server.endpoint.presence();
+    assert!(presence.list("room:gone").get("poller").is_some());
     // Nobody polls any more: the session expires, its channel terminates, its presence leaves.
     server.log.wait_for("terminate room:gone 1").await;
-    assert!(hub.presence_list("room:gone").get("poller").is_none());
+    assert!(presence.list("room:gone").get("poller").is_none());
     assert_eq!(server.endpoint.longpoll_sessions(), 0);
     assert_eq!(lp.post("[]").await, json!({"status": 410}));
 }

@@ -40,13 +40,12 @@ async fn joiners_get_state_and_everyone_gets_joins_and_leaves() {
     let server = Server::start_with(config()).await;
     let mut alice = server.v2("name=alice").await;
     let state = join_present(&mut alice, "room:p", "1", "alice").await;
-    // The state as of the last flush; alice's own join comes in the next diff.
-    assert!(state.as_object().unwrap().get("bob").is_none());
-    let d = diff(&mut alice).await;
-    assert_eq!(keys(&d["joins"]), vec!["alice"]);
-    let alice_ref = d["joins"]["alice"]["metas"][0]["phx_ref"].clone();
+    // The topic's first watcher: no diff was recorded for nobody, so its state is current and
+    // holds alice herself.
+    assert_eq!(keys(&state), vec!["alice"]);
+    let alice_ref = state["alice"]["metas"][0]["phx_ref"].clone();
     assert!(alice_ref.is_string());
-    assert_eq!(d["joins"]["alice"]["metas"][0]["name"], "alice");
+    assert_eq!(state["alice"]["metas"][0]["name"], "alice");
 
     let mut bob = server.v2("name=bob").await;
     let state = join_present(&mut bob, "room:p", "7", "bob").await;
@@ -62,7 +61,7 @@ async fn joiners_get_state_and_everyone_gets_joins_and_leaves() {
     let d = diff(&mut alice).await;
     assert_eq!(keys(&d["leaves"]), vec!["bob"]);
     assert_eq!(d["joins"], json!({}));
-    assert_eq!(keys(&server.endpoint.hub().presence_list("room:p")), vec!["alice"]);
+    assert_eq!(keys(&server.endpoint.presence().list("room:p")), vec!["alice"]);
 }
 
 #[tokio::test]
@@ -72,19 +71,19 @@ async fn two_connections_of_one_key_are_two_metas() {
     let mut tab2 = server.v2("name=t2").await;
     join_present(&mut tab1, "room:k", "1", "same").await;
     join_present(&mut tab2, "room:k", "1", "same").await;
-    let hub = server.endpoint.hub();
+    let presence = server.endpoint.presence();
     server
         .eventually("two metas", || {
-            hub.presence_list("room:k")["same"]["metas"].as_array().map_or(0, Vec::len) == 2
+            presence.list("room:k")["same"]["metas"].as_array().map_or(0, Vec::len) == 2
         })
         .await;
     drop(tab1);
     server
         .eventually("one meta left", || {
-            hub.presence_list("room:k")["same"]["metas"].as_array().map_or(0, Vec::len) == 1
+            presence.list("room:k")["same"]["metas"].as_array().map_or(0, Vec::len) == 1
         })
         .await;
-    assert_eq!(hub.presence_list("room:k")["same"]["metas"][0]["name"], "t2");
+    assert_eq!(presence.list("room:k")["same"]["metas"][0]["name"], "t2");
     tab2.heartbeat("h").await;
 }
 
@@ -93,7 +92,6 @@ async fn a_closed_socket_leaves_and_watchers_see_it() {
     let server = Server::start_with(config()).await;
     let mut watcher = server.v2("name=w").await;
     join_present(&mut watcher, "room:c", "1", "w").await;
-    diff(&mut watcher).await;
     let mut gone = server.v2("name=g").await;
     join_present(&mut gone, "room:c", "1", "g").await;
     assert_eq!(keys(&diff(&mut watcher).await["joins"]), vec!["g"]);
@@ -111,11 +109,11 @@ async fn a_silent_socket_leaves_within_the_heartbeat_timeout() {
     .await;
     let mut silent = server.v2("name=s").await;
     join_present(&mut silent, "room:h", "1", "s").await;
-    let hub = server.endpoint.hub();
-    assert!(hub.presence_list("room:h").get("s").is_some());
+    let presence = server.endpoint.presence();
+    assert!(presence.list("room:h").get("s").is_some());
     let started = std::time::Instant::now();
     server
-        .eventually("the silent socket left", || hub.presence_list("room:h").get("s").is_none())
+        .eventually("the silent socket left", || presence.list("room:h").get("s").is_none())
         .await;
     assert!(started.elapsed() < Duration::from_millis(1000), "left after {:?}", started.elapsed());
 }
@@ -125,7 +123,6 @@ async fn untrack_failed_track_and_rejoin() {
     let server = Server::start_with(config()).await;
     let mut c = server.v2("name=c").await;
     join_present(&mut c, "room:u", "1", "c").await;
-    diff(&mut c).await;
     c.send(json!(["1", "2", "room:u", "track_bad", {}])).await;
     assert_eq!(
         c.json().await,
@@ -143,26 +140,25 @@ async fn untrack_failed_track_and_rejoin() {
     assert_eq!(c.json().await, json!(["1", "1", "room:u", "phx_close", {}]));
     assert_eq!(c.json().await, ok_reply("4", "4", "room:u", json!({"joined": "room:u"})));
     assert_eq!(c.json().await[3], "presence_state");
-    let hub = server.endpoint.hub();
+    let presence = server.endpoint.presence();
     server
         .eventually("one meta", || {
-            hub.presence_list("room:u")["c"]["metas"].as_array().map_or(0, Vec::len) == 1
+            presence.list("room:u")["c"]["metas"].as_array().map_or(0, Vec::len) == 1
         })
         .await;
     // Leaving after an untrack is still clean.
     c.send(json!(["4", "5", "room:u", "phx_leave", {}])).await;
-    server.eventually("gone", || hub.presence_list("room:u").get("c").is_none()).await;
+    server.eventually("gone", || presence.list("room:u").get("c").is_none()).await;
 }
 
 #[tokio::test]
 async fn updating_a_users_presence_reaches_everyone() {
     let server = Server::start_with(config()).await;
     let mut u = server.v2("name=u&user=42").await;
-    join_present(&mut u, "room:n", "1", "h42").await;
-    let first = diff(&mut u).await["joins"]["h42"]["metas"][0].clone();
-    let hub = server.endpoint.hub();
+    let first = join_present(&mut u, "room:n", "1", "h42").await["h42"]["metas"][0].clone();
+    let presence = server.endpoint.presence();
     let patch = json!({"name": "renamed"});
-    assert_eq!(hub.presence_update_user("42", patch.as_object().unwrap()), 1);
+    assert_eq!(presence.update_user("42", patch.as_object().unwrap()), 1);
     let d = diff(&mut u).await;
     assert_eq!(d["leaves"]["h42"]["metas"][0], first);
     let new = &d["joins"]["h42"]["metas"][0];
@@ -280,7 +276,7 @@ async fn join_and_fold(server: &Server, mut client: Client, topic: &str, v1: boo
             other => panic!("unexpected {other}"),
         }
     }
-    let list = server.endpoint.hub().presence_list(topic);
+    let list = server.endpoint.presence().list(topic);
     assert!(list.get("me").is_some());
     assert_eq!(
         Fold::normalized(&Value::Object(fold.0)),
@@ -293,11 +289,11 @@ async fn join_and_fold(server: &Server, mut client: Client, topic: &str, v1: boo
 #[tokio::test]
 async fn a_big_state_arrives_in_bounded_frames_that_fold_into_the_whole_list() {
     let server = Server::start_with(config()).await;
-    let hub = server.endpoint.hub();
-    hub.presence_merge(7, "room:big", remote_share("user", 3000)).unwrap();
+    let presence = server.endpoint.presence();
+    presence.merge(7, "room:big", remote_share("user", 3000)).unwrap();
     // Flushed: the joiners' state holds them all.
     tokio::time::sleep(Duration::from_millis(80)).await;
-    let bytes = hub.presence_list("room:big").to_string().len();
+    let bytes = presence.list("room:big").to_string().len();
     assert!(bytes > 20 * FRAME_LIMIT, "{bytes}");
     let frames = join_and_fold(&server, server.v2("name=a").await, "room:big", false).await;
     assert!(frames > bytes / FRAME_LIMIT, "{frames} frames for {bytes} bytes");
@@ -309,10 +305,10 @@ async fn a_big_state_arrives_in_bounded_frames_that_fold_into_the_whole_list() {
 #[tokio::test]
 async fn a_big_diff_goes_out_as_bounded_diffs_leaves_first() {
     let server = Server::start_with(config()).await;
-    let hub = server.endpoint.hub();
+    let presence = server.endpoint.presence();
     let mut watcher = server.v2("name=w").await;
     join_and_fold(&server, server.v2("name=x").await, "room:d", false).await;
-    watcher.send(json!(["1", "1", "room:d", "phx_join", {}])).await;
+    watcher.send(json!(["1", "1", "room:d", "phx_join", {"feed": "full"}])).await;
     let mut fold = Fold::default();
     for (_, m) in drain(&mut watcher).await {
         match m[3].as_str().unwrap() {
@@ -322,7 +318,7 @@ async fn a_big_diff_goes_out_as_bounded_diffs_leaves_first() {
         }
     }
     let old = remote_share("old", 2000);
-    hub.presence_merge(7, "room:d", old.clone()).unwrap();
+    presence.merge(7, "room:d", old.clone()).unwrap();
     for (len, m) in drain(&mut watcher).await {
         assert!(len <= FRAME_LIMIT, "a {len}-byte diff");
         fold.diff(&m[4]);
@@ -334,10 +330,10 @@ async fn a_big_diff_goes_out_as_bounded_diffs_leaves_first() {
     next.extend(remote_share("new", 2000).into_iter().filter(|e| e.key != "crowd"));
     let back = next.iter().position(|e| e.key == "old00001").unwrap();
     let mut back = next.remove(back);
-    hub.presence_merge(7, "room:d", next.clone()).unwrap();
+    presence.merge(7, "room:d", next.clone()).unwrap();
     back.meta.insert("nickname".into(), json!("came back renamed"));
     next.push(back);
-    hub.presence_merge(7, "room:d", next).unwrap();
+    presence.merge(7, "room:d", next).unwrap();
     let frames = drain(&mut watcher).await;
     assert!(frames.len() > 2, "{} frames", frames.len());
     let mut joined = false;
@@ -349,7 +345,67 @@ async fn a_big_diff_goes_out_as_bounded_diffs_leaves_first() {
         joined |= has("joins");
         fold.diff(&m[4]);
     }
-    let list = hub.presence_list("room:d");
+    let list = presence.list("room:d");
     assert_eq!(list["old00001"]["metas"][0]["nickname"], "came back renamed");
     assert_eq!(Fold::normalized(&Value::Object(fold.0)), Fold::normalized(&list));
+}
+
+#[tokio::test]
+async fn a_socket_that_asks_nothing_gets_no_presence_frame_yet_is_listed() {
+    let server = Server::start_with(config()).await;
+    let mut quiet = Vec::new();
+    for i in 0..5 {
+        let mut c = server.v2(&format!("name=q{i}")).await;
+        c.send(
+            json!(["1", "1", "room:q", "phx_join", {"presence": format!("q{i}"), "feed": "none"}]),
+        )
+        .await;
+        assert_eq!(c.json().await, ok_reply("1", "1", "room:q", json!({"joined": "room:q"})));
+        quiet.push(c);
+    }
+    let presence = server.endpoint.presence();
+    assert_eq!(presence.count("room:q"), (5, 5));
+    // A watcher still sees them, and their leaves.
+    let mut watcher = server.v2("name=w").await;
+    let state = join_present(&mut watcher, "room:q", "1", "w").await;
+    assert_eq!(keys(&state), vec!["q0", "q1", "q2", "q3", "q4", "w"]);
+    quiet.pop();
+    assert_eq!(keys(&diff(&mut watcher).await["leaves"]), vec!["q4"]);
+    for c in &mut quiet {
+        c.assert_silent(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn count_watchers_get_a_small_count_event() {
+    let server = Server::start_with(config()).await;
+    let mut counter = server.v2("name=k").await;
+    counter.send(json!(["1", "1", "room:k", "phx_join", {"feed": "count"}])).await;
+    assert_eq!(counter.json().await, ok_reply("1", "1", "room:k", json!({"joined": "room:k"})));
+    assert_eq!(
+        counter.json().await,
+        json!([null, null, "room:k", "presence_count", {"users": 0, "connections": 0}])
+    );
+    let mut others = Vec::new();
+    for i in 0..3 {
+        let mut c = server.v2(&format!("name=o{i}")).await;
+        c.send(json!(["1", "1", "room:k", "phx_join", {"presence": "same", "feed": "none"}])).await;
+        c.json().await;
+        others.push(c);
+    }
+    // Coalesced: the final count within a second of the last join, a second between counts.
+    let mut last: Option<std::time::Instant> = None;
+    loop {
+        let frame = counter.json().await;
+        assert_eq!(frame[3], "presence_count", "{frame}");
+        if let Some(last) = last {
+            assert!(last.elapsed() >= Duration::from_millis(900), "two counts within a second");
+        }
+        last = Some(std::time::Instant::now());
+        if frame[4] == json!({"users": 1, "connections": 3}) {
+            break;
+        }
+    }
+    // The count watcher gets no state nor diff.
+    counter.assert_silent(Duration::from_millis(200)).await;
 }

@@ -21,6 +21,18 @@ pub enum Switch {
     Off,
 }
 
+/// `TAKO_PRESENCE`: whether joiners of notifications topics are tracked, and which presence
+/// frames a joiner that asks for none gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PresenceMode {
+    /// Everyone tracked; frames only for sockets that ask (`{"presence": "full"|"count"}`).
+    On,
+    /// Nobody tracked, no presence frames (the join parameter is still checked).
+    Off,
+    /// As Phoenix: a joiner that asks nothing gets `presence_state` and every `presence_diff`.
+    Phoenix,
+}
+
 /// What `stamps_collected` is: what clients claim (the Tako-era client), or what the server
 /// verified from scans.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -65,11 +77,12 @@ pub struct Config {
     #[arg(long, env = "TAKO_PUBSUB_URL")]
     pub pubsub_url: Option<String>,
 
-    /// Presence on the notifications topics. Every joiner gets the whole list of who is online
-    /// and every join and leave reaches everyone: on a topic all N visitors join, that is
-    /// N² bytes in all. `off` for very large events whose clients do not show presence.
-    #[arg(long, env = "TAKO_PRESENCE", value_enum, default_value_t = Switch::On)]
-    pub presence: Switch,
+    /// Presence on the notifications topics. `on`: everyone who joins is tracked (admin route,
+    /// dashboard, metrics) and only sockets that ask at join time (`{"presence": "full"}` or
+    /// `"count"`) get presence frames. `phoenix`: a joiner that asks nothing gets the full list
+    /// and every change, as Phoenix does (N² bytes on a topic all N join). `off`: nobody tracked.
+    #[arg(long, env = "TAKO_PRESENCE", value_enum, default_value_t = PresenceMode::On)]
+    pub presence: PresenceMode,
 
     /// Cluster mode: the cluster's name, which namespaces its Redis channels (several clusters,
     /// or test runs, can share one Redis).
@@ -373,7 +386,7 @@ impl Config {
             pubsub_url: None,
             node_timeout_secs: 5,
             cluster_name: "tako".into(),
-            presence: Switch::On,
+            presence: PresenceMode::On,
             cors_origins: Vec::new(),
             heartbeat_timeout_secs: 60,
             max_channels: 100,

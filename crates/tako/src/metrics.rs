@@ -41,6 +41,7 @@ const KNOWN_EVENTS: &[&str] = &[
     "phx_error",
     "presence_state",
     "presence_diff",
+    "presence_count",
     "collected",
     "collected-broadcast",
     "rally-completed",
@@ -271,7 +272,7 @@ impl Metrics {
                     continue;
                 }
                 if is_notifications_topic(&topic) {
-                    let present = hub.presence_list(&topic).as_object().map_or(0, |o| o.len());
+                    let (present, _) = realtime.presence().count(&topic);
                     self.presences
                         .get_or_create(&TopicLabels { topic: topic.clone() })
                         .set(present as i64);

@@ -383,6 +383,7 @@ async fn run<H: SocketHandler>(
         connection.assigns,
         socket.clone(),
         hub,
+        endpoint.presence.clone(),
         config.max_channels,
     )
     .with_inbound_rate(config.inbound_rate)

@@ -228,6 +228,7 @@ fn run<H: SocketHandler>(
             assigns,
             socket.clone(),
             hub.clone(),
+            endpoint.presence.clone(),
             config.max_channels,
         )
         .with_inbound_rate(config.inbound_rate)

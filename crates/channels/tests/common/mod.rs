@@ -9,7 +9,7 @@ use base64::Engine;
 use bytes::Bytes;
 use channels::{
     async_trait, Channel, ChannelContext, ConnectInfo, Connection, Endpoint, EndpointConfig,
-    HandleIn, Payload, Refusal, SocketHandler, Value,
+    HandleIn, Payload, PresenceFeed, Refusal, SocketHandler, Value,
 };
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
@@ -112,10 +112,18 @@ impl Channel<Assigns> for RoomChannel {
             return Err(json!({"reason": "denied"}));
         }
         if let Payload::Json(p) = &payload {
-            // `{"presence": key}` tracks this connection under key with `{"name": …}`.
+            // `{"presence": key}` tracks this connection under key with `{"name": …}` and
+            // watches the topic's presence in full, or as `{"feed": "count"|"none"}` says.
             if let Some(key) = p.get("presence").and_then(Value::as_str) {
                 ctx.track(key, json!({"name": ctx.assigns().name}))
                     .map_err(|e| json!({"reason": e.to_string()}))?;
+                ctx.watch_presence(Some(PresenceFeed::Full));
+            }
+            match p.get("feed").and_then(Value::as_str) {
+                Some("full") => ctx.watch_presence(Some(PresenceFeed::Full)),
+                Some("count") => ctx.watch_presence(Some(PresenceFeed::Count)),
+                Some("none") => ctx.watch_presence(None),
+                _ => {}
             }
             if p.get("push_on_join") == Some(&json!(true)) {
                 ctx.push("welcome", Payload::Json(json!({"hello": ctx.assigns().name})));
@@ -291,6 +299,13 @@ impl Client {
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
                 other => return other,
             }
+        }
+    }
+
+    /// Fails if a data frame arrives within `wait`.
+    pub async fn assert_silent(&mut self, wait: Duration) {
+        if let Ok(Some(Ok(msg))) = tokio::time::timeout(wait, self.ws.next()).await {
+            assert!(matches!(msg, Message::Ping(_) | Message::Pong(_)), "unexpected {msg:?}");
         }
     }
 

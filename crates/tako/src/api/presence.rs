@@ -81,7 +81,7 @@ pub async fn list(
     }
     let mut presences = BTreeMap::new();
     let mut connections = 0;
-    if let Value::Object(keys) = state.realtime.hub().presence_list(&topic) {
+    if let Value::Object(keys) = state.realtime.presence().list(&topic) {
         for (key, entry) in keys {
             let metas: Vec<PresenceMeta> = entry
                 .get("metas")

@@ -99,6 +99,7 @@ async fn stream(State(state): State<AppState>, request: Request) -> Response {
 /// What the page draws: counts now, totals to derive rates from, and who is online.
 pub fn snapshot(state: &AppState) -> Value {
     let hub = state.realtime.hub();
+    let presence = state.realtime.presence();
     let (websocket, longpoll) = state.realtime.sockets_by_transport();
     let mut topics = hub.topic_counts();
     topics.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -107,7 +108,7 @@ pub fn snapshot(state: &AppState) -> Value {
         .filter(|(t, _)| is_notifications_topic(t))
         .take(PRESENCE_TOPICS)
         .map(|(topic, subscribers)| {
-            let list = hub.presence_list(topic);
+            let list = presence.list(topic);
             let mut users: Vec<Value> = list
                 .as_object()
                 .map(|o| {

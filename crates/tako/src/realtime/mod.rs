@@ -13,12 +13,12 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use channels::{Endpoint, EndpointConfig, Hub, Payload, TopicMatch};
+use channels::{Endpoint, EndpointConfig, Hub, Payload, Presence, TopicMatch};
 use channels_redis::{BusStatus, RedisBus, RedisBusConfig};
 use serde_json::{json, Map, Value};
 
 use crate::accounts::{Nickname, UserId};
-use crate::config::{Config, Switch};
+use crate::config::Config;
 use crate::messages::{IdempotencyKey, Message, MessageId};
 use crate::storage::{Store, StoreError};
 pub use directory::UserDirectory;
@@ -49,7 +49,7 @@ impl Realtime {
         let tracker = Arc::new(presence::PresenceTracker::new(
             store.clone(),
             directory.clone(),
-            config.presence == Switch::On,
+            config.presence,
         ));
         let cluster = config.pubsub_url.as_ref().map(|url| {
             let mut bus = RedisBusConfig::new(url.clone());
@@ -92,12 +92,13 @@ impl Realtime {
             Some(bus) => Endpoint::with_bus(handler, endpoint_config, bus.clone()),
             None => Endpoint::new(handler, endpoint_config),
         };
-        signals::listen(&endpoint.hub(), mailbox.clone(), directory.clone());
+        signals::listen(&endpoint.hub(), endpoint.presence(), mailbox.clone(), directory.clone());
         mailbox.start(endpoint.hub());
         if let Some(bus) = &cluster {
-            bus.start(endpoint.hub());
+            bus.start(endpoint.hub(), endpoint.presence());
             resync::spawn(
                 endpoint.hub(),
+                endpoint.presence(),
                 bus.clone(),
                 directory.clone(),
                 mailbox.clone(),
@@ -114,6 +115,11 @@ impl Realtime {
 
     pub fn hub(&self) -> Hub {
         self.endpoint.hub()
+    }
+
+    /// Who is on each topic, every node's presences included.
+    pub fn presence(&self) -> Presence {
+        self.endpoint.presence()
     }
 
     /// Open sockets: (WebSocket, LongPoll).

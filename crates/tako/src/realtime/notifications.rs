@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::directory::UserDirectory;
 use super::mailbox::Mailbox;
-use super::presence::PresenceTracker;
+use super::presence::{asked_feed, PresenceTracker};
 use super::sockets::SocketUser;
 
 pub const NOTIFICATIONS: &str = "notifications";
@@ -93,11 +93,14 @@ impl Channel<SocketUser> for NotificationsChannel {
     async fn join(
         &self,
         _topic: &str,
-        _payload: Payload,
+        payload: Payload,
         ctx: &ChannelContext<SocketUser>,
     ) -> Result<Value, Value> {
-        // Everyone on the topic sees who joined; the joiner gets the list after its reply.
+        // `{"presence": "full"|"count"|"none"}`: the presence frames this socket wants.
+        let asked = asked_feed(&payload).map_err(|reason| json!({ "reason": reason }))?;
+        // Tracked whatever it asked: lists, counts and watchers see who joined.
         self.presence.track(ctx).await;
+        ctx.watch_presence(self.presence.feed(asked));
         // Messages that waited for this user go out once the join is done (the mailbox collects
         // joins for a few milliseconds first, longer than the engine needs to subscribe).
         self.mailbox.deliver_waiting(ctx);

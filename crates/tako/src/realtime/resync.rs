@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use channels::{BusMessage, Hub};
+use channels::{BusMessage, Hub, Presence};
 use channels_redis::RedisBus;
 
 use super::directory::UserDirectory;
@@ -30,6 +30,7 @@ const BATCH: usize = 1000;
 /// Watches the bus for as long as the hub lives.
 pub fn spawn(
     hub: Hub,
+    presence: Presence,
     bus: Arc<RedisBus>,
     directory: Arc<UserDirectory>,
     mailbox: Arc<Mailbox>,
@@ -48,7 +49,7 @@ pub fn spawn(
                 down = true;
                 directory.set_bypass(true);
             } else if connected && down {
-                match resync(&hub, &directory, &mailbox, store.as_ref()).await {
+                match resync(&hub, &presence, &directory, &mailbox, store.as_ref()).await {
                     Ok(users) => {
                         tracing::info!(users, "cluster bus back: this node's users resynchronised");
                         down = false;
@@ -66,6 +67,7 @@ pub fn spawn(
 /// Checks this node's users against the database; returns how many were checked.
 async fn resync(
     hub: &Hub,
+    presence: &Presence,
     directory: &UserDirectory,
     mailbox: &Arc<Mailbox>,
     store: &dyn Store,
@@ -82,7 +84,7 @@ async fn resync(
         for (id, nickname) in found {
             if directory.nickname(id).as_ref() != Some(&nickname) {
                 let patch = presence::nickname_patch(nickname.as_ref().map(|n| n.as_str()));
-                hub.presence_update_user(&id.to_string(), &patch);
+                presence.update_user(&id.to_string(), &patch);
             }
             directory.remember(id, nickname);
         }

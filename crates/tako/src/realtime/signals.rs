@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use channels::Hub;
+use channels::{Hub, Presence};
 use serde_json::{json, Value};
 
 use super::directory::UserDirectory;
@@ -35,7 +35,7 @@ pub fn deleted(hub: &Hub, user: UserId) {
 }
 
 /// Installs this node's handler of the signals above.
-pub fn listen(hub: &Hub, mailbox: Arc<Mailbox>, directory: Arc<UserDirectory>) {
+pub fn listen(hub: &Hub, presence: Presence, mailbox: Arc<Mailbox>, directory: Arc<UserDirectory>) {
     hub.on_signal(Arc::new(move |hub: &Hub, name: &str, data: &Value| {
         let Some(user) =
             data.get("user").and_then(Value::as_str).and_then(|u| u.parse::<UserId>().ok())
@@ -52,7 +52,7 @@ pub fn listen(hub: &Hub, mailbox: Arc<Mailbox>, directory: Arc<UserDirectory>) {
                     .map(|n| Nickname::from_stored(n.to_owned()));
                 directory.renamed(user, nickname.clone());
                 let patch = presence::nickname_patch(nickname.as_ref().map(Nickname::as_str));
-                hub.presence_update_user(&user.to_string(), &patch);
+                presence.update_user(&user.to_string(), &patch);
             }
             DELETED => directory.forget(user),
             other => tracing::debug!(name = other, "unknown signal ignored"),

@@ -279,10 +279,20 @@ impl WsClient {
 
     /// Joins `topic` and waits for the ok reply.
     pub async fn join(&mut self, topic: &str) {
+        self.join_with(topic, json!({})).await;
+    }
+
+    /// Joins `topic` with `payload` and returns the reply (status ok or error).
+    pub async fn try_join(&mut self, topic: &str, payload: Value) -> Value {
         self.next_ref += 1;
         let r = self.next_ref.to_string();
-        self.send(json!([r, r, topic, "phx_join", {}])).await;
-        let reply = self.next_event("phx_reply").await;
+        self.send(json!([r, r, topic, "phx_join", payload])).await;
+        self.next_event("phx_reply").await
+    }
+
+    /// Joins `topic` with `payload`, which must succeed.
+    pub async fn join_with(&mut self, topic: &str, payload: Value) {
+        let reply = self.try_join(topic, payload).await;
         assert_eq!(reply[4]["status"], "ok", "join {topic}: {reply}");
     }
 

@@ -9,6 +9,11 @@ use crate::helpers::{assert_error, update_body, Backend, TestApp, WsClient};
 
 const ADMIN: &str = "admin-token";
 
+/// The join payload of a client that shows who is online (the npm `Presence` class).
+fn full() -> Value {
+    json!({"presence": "full"})
+}
+
 async fn spawn() -> TestApp {
     TestApp::spawn_with(Backend::Sqlite, |c| {
         c.api_token = Some("client-token".into());
@@ -96,13 +101,13 @@ async fn joiners_are_listed_by_a_public_handle_and_nickname_changes_follow() {
     let alice = app.register_id(Some("Alice")).await;
     let bob = app.register_id(Some("Bob")).await;
     let mut a = WsClient::connect(&app, &alice).await;
-    a.join("notifications").await;
+    a.join_with("notifications", full()).await;
     let first = a.next_frame().await.unwrap();
     assert_eq!(first[3], "presence_state", "presence_state right after the join reply");
     let mut seen_by_a = serde_json::Map::new();
     apply(&mut seen_by_a, &first);
     let mut b = WsClient::connect(&app, &bob).await;
-    b.join("notifications").await;
+    b.join_with("notifications", full()).await;
     let mut seen_by_b = serde_json::Map::new();
     until(&mut a, &mut seen_by_a, |s| s.len() == 2).await;
     until(&mut b, &mut seen_by_b, |s| s.len() == 2).await;
@@ -176,6 +181,101 @@ async fn joiners_are_listed_by_a_public_handle_and_nickname_changes_follow() {
 }
 
 #[tokio::test]
+async fn a_joiner_that_asks_nothing_gets_no_presence_frame_yet_is_listed() {
+    let app = spawn().await;
+    let mut quiet = Vec::new();
+    for nick in ["Quinn", "Quade", "Quill"] {
+        let id = app.register_id(Some(nick)).await;
+        let mut ws = WsClient::connect(&app, &id).await;
+        ws.join("notifications").await;
+        quiet.push(ws);
+    }
+    let list: Value = presence(&app, "notifications", ADMIN).await.json().await.unwrap();
+    assert_eq!((list["users"].as_u64(), list["connections"].as_u64()), (Some(3), Some(3)));
+    // A watcher sees them all and their leaves; the quiet ones see nothing of it.
+    let id = app.register_id(Some("Watcher")).await;
+    let mut watcher = WsClient::connect(&app, &id).await;
+    watcher.join_with("notifications", full()).await;
+    let mut seen = serde_json::Map::new();
+    until(&mut watcher, &mut seen, |s| s.len() == 4).await;
+    quiet.pop();
+    until(&mut watcher, &mut seen, |s| s.len() == 3).await;
+    assert_eq!(nicknames(&seen), vec!["Quade", "Quinn", "Watcher"]);
+    for ws in &mut quiet {
+        ws.assert_no_event("presence_state", 100).await;
+        ws.assert_no_event("presence_diff", 100).await;
+        ws.assert_no_event("presence_count", 100).await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_count_joiner_gets_users_and_connections() {
+    let app = spawn().await;
+    let alice = app.register_id(Some("Alice")).await;
+    let mut counter = WsClient::connect(&app, &alice).await;
+    counter.join_with("notifications", json!({"presence": "count"})).await;
+    let first = counter.next_event("presence_count").await;
+    assert_eq!(first[4], json!({"users": 1, "connections": 1}));
+    let bob = app.register_id(Some("Bob")).await;
+    let mut tabs = Vec::new();
+    for _ in 0..2 {
+        let mut ws = WsClient::connect(&app, &bob).await;
+        ws.join("notifications").await;
+        tabs.push(ws);
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let count = counter.next_event("presence_count").await;
+        if count[4] == json!({"users": 2, "connections": 3}) {
+            break;
+        }
+    }
+    assert!(started.elapsed() < Duration::from_millis(2500));
+    counter.assert_no_event("presence_diff", 100).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_presence_parameter_is_refused_with_a_reason() {
+    let app = spawn().await;
+    let id = app.register_id(Some("Odd")).await;
+    let mut ws = WsClient::connect(&app, &id).await;
+    for bad in [json!({"presence": "everything"}), json!({"presence": 1})] {
+        let reply = ws.try_join("notifications", bad).await;
+        assert_eq!(reply[4]["status"], "error");
+        assert_eq!(reply[4]["response"]["reason"], r#"presence must be "full", "count" or "none""#);
+    }
+    let list: Value = presence(&app, "notifications", ADMIN).await.json().await.unwrap();
+    assert_eq!(list["users"], 0, "a refused join is not tracked");
+    ws.join_with("notifications", json!({"presence": "none"})).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn phoenix_mode_sends_the_list_to_joiners_that_ask_nothing() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.admin_token = Some(ADMIN.into());
+        c.presence_interval_ms = 10;
+        c.presence = tako::config::PresenceMode::Phoenix;
+    })
+    .await;
+    let id = app.register_id(Some("Classic")).await;
+    let mut ws = WsClient::connect(&app, &id).await;
+    ws.join("notifications").await;
+    let state = ws.next_event("presence_state").await;
+    assert_eq!(state[4].as_object().unwrap().len(), 1);
+    // Still free to opt out.
+    let other = app.register_id(Some("Quiet")).await;
+    let mut quiet = WsClient::connect(&app, &other).await;
+    quiet.join_with("notifications", json!({"presence": "none"})).await;
+    quiet.assert_no_event("presence_state", 200).await;
+    let diff = ws.next_event("presence_diff").await;
+    assert_eq!(diff[4]["joins"].as_object().unwrap().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn the_presence_route_is_for_operators_only() {
     let app = spawn().await;
     assert_error(presence(&app, "notifications", "client-token").await, 403, "forbidden").await;
@@ -194,7 +294,7 @@ async fn the_presence_route_is_for_operators_only() {
 async fn presence_can_be_switched_off_for_huge_events() {
     let app = TestApp::spawn_with(Backend::Sqlite, |c| {
         c.admin_token = Some(ADMIN.into());
-        c.presence = tako::config::Switch::Off;
+        c.presence = tako::config::PresenceMode::Off;
     })
     .await;
     let id = app.register_id(Some("Quiet")).await;
