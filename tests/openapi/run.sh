@@ -112,7 +112,8 @@ args=(
 set +e
 # From inside $work: schemathesis keeps a `.schemathesis/` cache in its working directory.
 cd "$work"
-timeout --signal=INT --kill-after=10 "$deadline" "$venv/bin/schemathesis" "${args[@]}"
+timeout --signal=INT --kill-after=10 "$deadline" "$venv/bin/schemathesis" \
+  --config-file "$here/schemathesis.toml" "${args[@]}"
 status=$?
 set -e
 if [ "$status" -eq 124 ] || [ "$status" -eq 130 ]; then

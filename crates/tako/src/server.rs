@@ -38,6 +38,9 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
+/// How long an accept waits for the connection it pushed out to close its descriptor.
+const EVICTION_WAIT: Duration = Duration::from_millis(100);
+
 /// The longest pause after failed accepts (a pause stalls every client waiting to connect).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -70,13 +73,18 @@ struct Conn {
     idle_since: AtomicU64,
     /// Upgraded to a socket: never pushed out (the socket's own limits apply).
     upgraded: AtomicBool,
+    /// Asked to close to make room: not picked again, still counted until its descriptor is.
+    evicting: AtomicBool,
     evict: Notify,
+    /// Told when the descriptor is closed.
+    closed: Notify,
 }
 
 impl Conn {
     fn idle_at(&self) -> Option<u64> {
-        let idle =
-            self.serving.load(Ordering::Acquire) == 0 && !self.upgraded.load(Ordering::Acquire);
+        let idle = self.serving.load(Ordering::Acquire) == 0
+            && !self.upgraded.load(Ordering::Acquire)
+            && !self.evicting.load(Ordering::Acquire);
         idle.then(|| self.idle_since.load(Ordering::Acquire))
     }
 
@@ -94,30 +102,28 @@ struct Registry {
 impl Registry {
     /// Room for one more: pushes out the connection idle the longest when full. `false` if
     /// every connection is busy (the new one is then refused).
-    fn make_room(&self, max: usize) -> bool {
-        let mut conns = self.conns.lock();
-        if conns.len() < max {
-            return true;
+    /// Room for one more. At the cap, the connection idle the longest is asked to close, and
+    /// is returned so the caller can wait for its descriptor (it is counted until then, so the
+    /// open descriptors never pass the cap). `Err` if every connection is busy.
+    fn make_room(&self, max: usize) -> Result<Option<Arc<Conn>>, ()> {
+        let conns = self.conns.lock();
+        let evicting = conns.values().filter(|c| c.evicting.load(Ordering::Acquire)).count();
+        if conns.len() - evicting < max {
+            return Ok(None);
         }
         let now = Instant::now();
         let victim = conns
-            .iter()
-            .filter_map(|(id, c)| c.idle_at().map(|at| (c.opened + Duration::from_millis(at), *id)))
-            .min_by_key(|(since, _)| *since);
-        match victim {
-            Some((since, id)) => {
-                // Out of the count at once (its task closes the descriptor right after), so the
-                // next accept picks another one rather than the same.
-                if let Some(conn) = conns.remove(&id) {
-                    conn.evict.notify_one();
-                }
-                drop(conns);
-                let idle_for = now.saturating_duration_since(since);
-                tracing::debug!(?idle_for, "connection limit reached: closed the longest idle one");
-                true
-            }
-            None => false,
-        }
+            .values()
+            .filter_map(|c| c.idle_at().map(|at| (c.opened + Duration::from_millis(at), c)))
+            .min_by_key(|(since, _)| *since)
+            .map(|(since, c)| (since, c.clone()));
+        drop(conns);
+        let Some((since, conn)) = victim else { return Err(()) };
+        conn.evicting.store(true, Ordering::Release);
+        conn.evict.notify_one();
+        let idle_for = now.saturating_duration_since(since);
+        tracing::debug!(?idle_for, "connection limit reached: closing the longest idle one");
+        Ok(Some(conn))
     }
 
     fn add(self: &Arc<Self>) -> Slot {
@@ -127,7 +133,9 @@ impl Registry {
             serving: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
+            evicting: AtomicBool::new(false),
             evict: Notify::new(),
+            closed: Notify::new(),
         });
         self.conns.lock().insert(id, conn.clone());
         Slot { registry: self.clone(), id, conn }
@@ -149,6 +157,7 @@ struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.registry.conns.lock().remove(&self.id);
+        self.conn.closed.notify_one();
     }
 }
 
@@ -229,13 +238,20 @@ pub async fn serve(
                 continue;
             }
         };
-        if !registry.make_room(limits.max_connections) {
-            tracing::warn!(
-                max = limits.max_connections,
-                "every connection is serving a request: refusing a new one"
-            );
-            drop(stream);
-            continue;
+        match registry.make_room(limits.max_connections) {
+            Ok(None) => {}
+            Ok(Some(victim)) => {
+                // Its task closes the descriptor at once; bounded all the same.
+                let _ = tokio::time::timeout(EVICTION_WAIT, victim.closed.notified()).await;
+            }
+            Err(()) => {
+                tracing::warn!(
+                    max = limits.max_connections,
+                    "every connection is serving a request: refusing a new one"
+                );
+                drop(stream);
+                continue;
+            }
         }
         let _ = stream.set_nodelay(false);
         let slot = registry.add();
