@@ -19,6 +19,14 @@ pub enum Switch {
     Off,
 }
 
+/// What `stamps_collected` is: what clients claim (the Tako-era client), or what the server
+/// verified from scans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StampsMode {
+    Claimed,
+    Verified,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Environment {
     Dev,
@@ -158,6 +166,37 @@ pub struct Config {
     /// Seconds given to open sockets to close on shutdown.
     #[arg(long, env = "TAKO_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
+
+    /// `claimed`: clients set `stamps_collected` and push `collected` themselves (the
+    /// Tako-era client). `verified`: only scans the server verified count.
+    #[arg(long, env = "TAKO_STAMPS", value_enum, default_value_t = StampsMode::Claimed)]
+    pub stamps: StampsMode,
+
+    /// The event whose verified count `stamps_collected` shows (verified mode); unset: the one
+    /// event when exactly one exists.
+    #[arg(long, env = "TAKO_DEFAULT_EVENT")]
+    pub default_event: Option<String>,
+
+    /// Seconds a `screen` stamp's code is shown (the previous one is still accepted).
+    #[arg(long, env = "TAKO_CODE_STEP", default_value_t = 30)]
+    pub code_step_secs: u64,
+
+    /// What a stamp's QR code holds: this URL with `{code}` replaced; the bare code when unset.
+    #[arg(long, env = "TAKO_SCAN_URL")]
+    pub scan_url: Option<String>,
+
+    /// The key of stamp codes (at least 32 characters; the same on every node). Unset: one is
+    /// generated and kept in the database.
+    #[arg(long, env = "TAKO_RALLY_SECRET", hide_env_values = true)]
+    pub rally_secret: Option<String>,
+
+    /// Failed scans (unknown or expired codes) one user may make per minute; more get 429.
+    #[arg(long, env = "TAKO_FAILED_SCANS_PER_MINUTE", default_value_t = 10)]
+    pub failed_scans_per_minute: u32,
+
+    /// Failed scans one client address may make per minute (loopback is exempt); more get 429.
+    #[arg(long, env = "TAKO_FAILED_SCANS_PER_MINUTE_PER_IP", default_value_t = 60)]
+    pub failed_scans_per_minute_per_ip: u32,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -172,6 +211,14 @@ pub enum ConfigError {
     SameTokens,
     #[error("TAKO_ALLOWED_ORIGINS: {0}")]
     Origins(#[from] channels::InvalidOrigin),
+    #[error("TAKO_DEFAULT_EVENT: an event id is 1 to 40 characters of a-z, 0-9 and `-`")]
+    DefaultEvent,
+    #[error("TAKO_CODE_STEP must be at least 1 (seconds)")]
+    CodeStep,
+    #[error("TAKO_SCAN_URL must contain `{{code}}` (e.g. https://app.example/sc/{{code}})")]
+    ScanUrl,
+    #[error("TAKO_RALLY_SECRET must be at least 32 characters")]
+    RallySecret,
 }
 
 impl Config {
@@ -183,7 +230,26 @@ impl Config {
         self.database_url = self.database_url.filter(|t| !t.is_empty());
         self.cors_origins.retain(|o| !o.trim().is_empty());
         self.allowed_origins.retain(|o| !o.trim().is_empty());
+        self.default_event = self.default_event.filter(|t| !t.is_empty());
+        self.scan_url = self.scan_url.filter(|t| !t.is_empty());
+        self.rally_secret = self.rally_secret.filter(|t| !t.is_empty());
         self.check_origin()?;
+        if self.default_event.as_deref().is_some_and(|e| crate::rally::EventId::parse(e).is_err()) {
+            return Err(ConfigError::DefaultEvent);
+        }
+        if self.code_step_secs == 0 {
+            return Err(ConfigError::CodeStep);
+        }
+        if self.scan_url.as_deref().is_some_and(|u| !u.contains("{code}")) {
+            return Err(ConfigError::ScanUrl);
+        }
+        if self
+            .rally_secret
+            .as_deref()
+            .is_some_and(|s| s.chars().count() < crate::rally::MIN_SECRET_CHARS)
+        {
+            return Err(ConfigError::RallySecret);
+        }
         if self.environment == Environment::Prod {
             let missing: Vec<&'static str> = [
                 (self.api_token.is_none(), "HOLOQUEST_API_TOKEN"),
@@ -310,6 +376,13 @@ impl Config {
             max_http_connections: 0,
             metrics_bind: None,
             message_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
+            stamps: StampsMode::Claimed,
+            default_event: None,
+            code_step_secs: 30,
+            scan_url: None,
+            rally_secret: None,
+            failed_scans_per_minute: 10,
+            failed_scans_per_minute_per_ip: 60,
         }
     }
 }

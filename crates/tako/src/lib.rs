@@ -11,6 +11,7 @@ pub mod dashboard;
 pub mod fuzzing;
 pub mod messages;
 pub mod metrics;
+pub mod rally;
 pub mod realtime;
 pub mod server;
 pub mod startup;

@@ -71,6 +71,21 @@ impl Application {
         warn_about_open_access(&tokens);
         let metrics = Arc::new(Metrics::new());
         let realtime = Realtime::new(store.clone(), &config, metrics.clone());
+        let rally = crate::rally::Rally::open(
+            &*store,
+            config.rally_secret.as_deref(),
+            crate::rally::CodeStep::new(config.code_step_secs).context("TAKO_CODE_STEP")?,
+            config.scan_url.clone(),
+        )
+        .await
+        .context("reading the rally secret")?;
+        if config.rally_secret.is_none() {
+            tracing::info!(
+                "TAKO_RALLY_SECRET is not set: stamp codes are keyed with a secret generated \
+                 and kept in the database (a leaked database then gives away screen codes; \
+                 printed codes stay safe)"
+            );
+        }
         let state = AppState {
             store: store.clone(),
             tokens: Arc::new(tokens),
@@ -80,6 +95,7 @@ impl Application {
                 config.registrations_per_minute,
                 config.trust_proxy.clone(),
             )),
+            rally: Arc::new(api::scans::RallyState::new(rally, &config)),
         };
         let router = api::router(state.clone(), &config.cors_origins)
             .nest("/socket", realtime.routes())

@@ -32,11 +32,15 @@ pub struct Leaderboard {
 /// The best users first; users without a nickname are left out.
 #[utoipa::path(
     get, path = "/api/json/leaderboard", tag = "leaderboard",
-    params(("limit" = Option<u32>, Query, description = "1 to 1000, default 100", minimum = 1, maximum = 1000)),
+    params(
+        ("limit" = Option<u32>, Query, description = "1 to 1000, default 100", minimum = 1, maximum = 1000),
+        ("event" = Option<String>, Query, description = "Rank verified scans in this event (TAKO_STAMPS=verified: the default event when absent)", pattern = "^[a-z0-9-]{1,40}$"),
+    ),
     responses(
         (status = 200, description = "The leaderboard", body = Leaderboard),
         (status = 400, description = "Invalid limit", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 401, description = "Missing or wrong token", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 404, description = "No such event", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 406, description = "Accept allows no JSON", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 503, description = "Database unavailable", body = ErrorDocument, content_type = "application/vnd.api+json"),
     ),
@@ -56,7 +60,11 @@ pub async fn leaderboard(
             )
         })?,
     };
-    let entries = state.store.leaderboard(limit).await?;
+    let entries = match super::scans::leaderboard_event(&state, query.get("event")).await? {
+        Some(event) => state.store.event_leaderboard(&event, limit).await?,
+        None if state.rally.verified => Vec::new(),
+        None => state.store.leaderboard(limit).await?,
+    };
     Ok(Json(Leaderboard {
         data: entries
             .into_iter()

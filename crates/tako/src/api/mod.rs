@@ -1,7 +1,9 @@
 //! The HTTP API, assembled in one place: which route, which layer, which state.
 
 pub mod auth;
+mod body;
 pub mod error;
+mod events;
 mod health;
 pub mod jsonapi;
 mod leaderboard;
@@ -9,6 +11,8 @@ pub mod openapi;
 mod operators;
 pub mod ops;
 mod presence;
+mod scan_limits;
+pub mod scans;
 mod users;
 
 use std::sync::Arc;
@@ -18,7 +22,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
@@ -40,6 +44,7 @@ pub struct AppState {
     pub realtime: Realtime,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub limits: Arc<ops::HttpLimits>,
+    pub rally: Arc<scans::RallyState>,
 }
 
 /// The HTTP routes of Tako (sockets are nested in by `startup`).
@@ -51,6 +56,18 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
             &format!("{}/{{id}}", users::BASE),
             get(users::show).patch(users::update).delete(users::delete),
         )
+        .route(&format!("{}/{{id}}/scans", users::BASE), get(scans::list).post(scans::scan))
+        .route(events::EVENTS, get(events::list_events).post(events::create_event))
+        .route(
+            &format!("{}/{{id}}", events::EVENTS),
+            get(events::show_event).patch(events::update_event).delete(events::delete_event),
+        )
+        .route(&format!("{}/{{id}}/stamps", events::EVENTS), post(events::create_stamp))
+        .route(
+            &format!("{}/{{id}}", events::STAMPS),
+            patch(events::update_stamp).delete(events::delete_stamp),
+        )
+        .route(&format!("{}/{{id}}/code", events::STAMPS), get(events::screen_code))
         .route("/api/json/leaderboard", get(leaderboard::leaderboard))
         .route("/api/json/open_api", get(openapi::open_api))
         .route("/api/messages", post(operators::send_message))

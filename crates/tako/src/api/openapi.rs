@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{error, leaderboard, operators, ops, presence, users};
+use super::{error, events, leaderboard, operators, ops, presence, scans, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -12,10 +12,13 @@ use super::{error, leaderboard, operators, ops, presence, users};
     paths(
         users::create, users::show, users::update, users::delete, users::list, leaderboard::leaderboard, open_api,
         operators::send_message, operators::message_status, operators::broadcast, operators::ping, ops::search_users, presence::list,
+        events::list_events, events::show_event, events::create_event, events::update_event, events::delete_event,
+        events::create_stamp, events::update_stamp, events::delete_stamp, events::screen_code, scans::scan, scans::list,
     ),
     components(schemas(error::ErrorDocument)),
     modifiers(&BearerAuth),
     tags((name = "users", description = "The JSON:API `user` resource"), (name = "leaderboard"),
+        (name = "rally", description = "Events, stamps and verified scans"),
         (name = "operators", description = "Admin token: messages, broadcasts, ping, presence"))
 )]
 pub struct ApiDoc;

@@ -266,7 +266,7 @@ fn parse_id(id: Result<Path<String>, PathRejection>) -> Result<UserId, ApiError>
             headers(("location" = String, description = "The new user's address"))),
         (status = 400, description = "Malformed body or invalid attribute", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 401, description = "Missing or wrong token", body = ErrorDocument, content_type = "application/vnd.api+json"),
-        (status = 403, description = "A client-generated id was sent", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 403, description = "A client-generated id was sent, or `stamps_are_verified` (TAKO_STAMPS=verified)", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 406, description = "Accept allows no JSON", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 409, description = "Wrong resource type", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 413, description = "Body over 64 KiB", body = ErrorDocument, content_type = "application/vnd.api+json"),
@@ -287,6 +287,7 @@ pub async fn create(
             .at_pointer("/data/id"));
     }
     let changes = changes(body.attributes()?)?;
+    state.rally.refuse_claims(changes.stamps_collected.is_some())?;
     let now = Timestamp::now();
     let user = User {
         id: UserId::generate(),
@@ -324,7 +325,8 @@ pub async fn show(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<JsonApi<UserDocument>, ApiError> {
     let id = parse_id(id)?;
-    let user = state.store.get(id).await?.ok_or_else(ApiError::not_found)?;
+    let mut user = state.store.get(id).await?.ok_or_else(ApiError::not_found)?;
+    state.rally.show_verified(&*state.store, &mut user).await?;
     Ok(JsonApi(StatusCode::OK, document(&user)))
 }
 
@@ -337,6 +339,7 @@ pub async fn show(
         (status = 200, description = "Updated", body = UserDocument, content_type = "application/vnd.api+json"),
         (status = 400, description = "Malformed body or invalid attribute", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 401, description = "Missing or wrong token", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 403, description = "`stamps_are_verified`: stamps_collected is read-only with TAKO_STAMPS=verified", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 404, description = "No such user (or not a UUID)", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 406, description = "Accept allows no JSON", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 409, description = "Wrong resource type, or an id other than the path's", body = ErrorDocument, content_type = "application/vnd.api+json"),
@@ -362,15 +365,17 @@ pub async fn update(
         }
     }
     let changes = changes(body.attributes()?)?;
+    state.rally.refuse_claims(changes.stamps_collected.is_some())?;
     let user = if changes.is_empty() {
         state.store.get(id).await?
     } else {
         state.store.update(id, &changes).await?
     };
-    let user = user.ok_or_else(ApiError::not_found)?;
+    let mut user = user.ok_or_else(ApiError::not_found)?;
     if changes.nickname.is_some() {
         state.realtime.nickname_changed(user.id, user.nickname.as_ref());
     }
+    state.rally.show_verified(&*state.store, &mut user).await?;
     Ok(JsonApi(StatusCode::OK, document(&user)))
 }
 

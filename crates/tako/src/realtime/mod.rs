@@ -60,7 +60,8 @@ impl Realtime {
         let store_for_resync = store.clone();
         let mailbox =
             Mailbox::spawn(store, config.message_ttl, cluster.is_some(), config.max_queued_bytes);
-        let handler = TakoSockets::new(directory.clone(), mailbox.clone(), tracker);
+        let verified = config.stamps == crate::config::StampsMode::Verified;
+        let handler = TakoSockets::new(directory.clone(), mailbox.clone(), tracker, verified);
         let endpoint_config = EndpointConfig {
             heartbeat_timeout: config.heartbeat_timeout(),
             max_channels: config.max_channels,

@@ -20,11 +20,21 @@ pub fn is_notifications_topic(topic: &str) -> bool {
 pub struct NotificationsChannel {
     mailbox: Arc<Mailbox>,
     presence: Arc<PresenceTracker>,
+    /// `TAKO_STAMPS=verified`: only the server announces stamps, so clients' `collected`,
+    /// `rally-completed` and `shout` reach nobody.
+    verified: bool,
 }
 
+/// The error reply to client announcements in verified mode.
+pub const STAMPS_ARE_VERIFIED: &str = "stamps are verified by the server";
+
 impl NotificationsChannel {
-    pub fn new(mailbox: Arc<Mailbox>, presence: Arc<PresenceTracker>) -> NotificationsChannel {
-        NotificationsChannel { mailbox, presence }
+    pub fn new(
+        mailbox: Arc<Mailbox>,
+        presence: Arc<PresenceTracker>,
+        verified: bool,
+    ) -> NotificationsChannel {
+        NotificationsChannel { mailbox, presence, verified }
     }
 }
 
@@ -70,6 +80,9 @@ impl Channel<SocketUser> for NotificationsChannel {
         payload: Payload,
         ctx: &ChannelContext<SocketUser>,
     ) -> HandleIn {
+        if self.verified && matches!(event, "collected" | "rally-completed" | "shout") {
+            return error(STAMPS_ARE_VERIFIED);
+        }
         match event {
             // A stamp was scanned: everyone on the topic (the sender too) hears who.
             "collected" => match nickname(&payload) {

@@ -25,10 +25,11 @@ impl TakoSockets {
         directory: Arc<UserDirectory>,
         mailbox: Arc<Mailbox>,
         presence: Arc<PresenceTracker>,
+        verified_stamps: bool,
     ) -> TakoSockets {
         TakoSockets {
             directory,
-            notifications: Arc::new(NotificationsChannel::new(mailbox, presence)),
+            notifications: Arc::new(NotificationsChannel::new(mailbox, presence, verified_stamps)),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The database behind every store: SQLite by default, PostgreSQL in production. Each domain
-//! (accounts, messages) defines its own store trait; both backends implement all of them, and
+//! (accounts, messages, rally) defines its own store trait; both backends implement all of them, and
 //! `Store` is "all of them", handed around as one shared value.
 
 pub mod backup;
@@ -15,6 +15,7 @@ pub use self::postgres::PostgresStore;
 pub use self::sqlite::SqliteStore;
 use crate::accounts::UserStore;
 use crate::messages::MessageStore;
+use crate::rally::RallyStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -57,7 +58,7 @@ pub struct PoolStats {
 }
 
 #[async_trait]
-pub trait Store: UserStore + MessageStore {
+pub trait Store: UserStore + MessageStore + RallyStore {
     /// Applies pending migrations; safe on a database the original server created.
     async fn migrate(&self) -> Result<(), StoreError>;
     /// Answers when the database does.

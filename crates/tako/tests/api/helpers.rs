@@ -120,6 +120,12 @@ impl TestApp {
         app
     }
 
+    /// A server on an existing database (e.g. to restart on the same SQLite file).
+    pub async fn start_config(config: Config, backend: Backend, database_url: String) -> TestApp {
+        let token = config.api_token.clone();
+        TestApp::start(config, backend, database_url, None, token).await
+    }
+
     async fn start(
         config: Config,
         backend: Backend,

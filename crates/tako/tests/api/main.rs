@@ -8,5 +8,6 @@ mod openapi;
 mod operators;
 mod ops;
 mod presence;
+mod rally;
 mod storage;
 mod users;

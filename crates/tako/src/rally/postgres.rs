@@ -1,0 +1,375 @@
+//! The rally in PostgreSQL (timestamps without time zone hold UTC, as the users table's do).
+
+use async_trait::async_trait;
+use chrono::NaiveDateTime;
+use serde_json::{Map, Value};
+use sqlx::postgres::PgRow;
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{Deletion, Event, EventId, RallyStore, Recorded, Scan, Stamp, StampId, StampSecret};
+use crate::accounts::{LeaderboardEntry, Nickname, StampCount, Timestamp, UserId};
+use crate::storage::postgres::{naive, timestamp};
+use crate::storage::{PostgresStore, StoreError};
+
+const EVENT_COLUMNS: &str = "id, name, stamps_required, topic, opens_at, closes_at, description, \
+     metadata, visible, inserted_at, updated_at";
+
+fn event_from_row(row: &PgRow) -> Result<Event, sqlx::Error> {
+    let metadata: String = row.try_get("metadata")?;
+    let metadata: Map<String, Value> =
+        serde_json::from_str(&metadata).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let at = |name: &str| -> Result<Option<Timestamp>, sqlx::Error> {
+        Ok(row.try_get::<Option<NaiveDateTime>, _>(name)?.map(timestamp))
+    };
+    Ok(Event {
+        id: EventId::from_stored(row.try_get("id")?),
+        name: row.try_get("name")?,
+        stamps_required: row.try_get::<i32, _>("stamps_required")?.max(1) as u32,
+        topic: row.try_get("topic")?,
+        opens_at: at("opens_at")?,
+        closes_at: at("closes_at")?,
+        description: row.try_get("description")?,
+        metadata,
+        visible: row.try_get("visible")?,
+        inserted_at: timestamp(row.try_get("inserted_at")?),
+        updated_at: timestamp(row.try_get("updated_at")?),
+    })
+}
+
+const STAMP_COLUMNS: &str = "id, event_id, name, booth_id, description, image_url, external_url, \
+     nsfw, visible, mode, code_hash, screen_salt, inserted_at, updated_at";
+
+fn stamp_from_row(row: &PgRow) -> Result<Stamp, sqlx::Error> {
+    let mode: String = row.try_get("mode")?;
+    let secret = match mode.as_str() {
+        "screen" => StampSecret::Screen { salt: row.try_get("screen_salt")? },
+        _ => StampSecret::Printed { code_hash: row.try_get("code_hash")? },
+    };
+    Ok(Stamp {
+        id: StampId::from(row.try_get::<Uuid, _>("id")?),
+        event_id: EventId::from_stored(row.try_get("event_id")?),
+        name: row.try_get("name")?,
+        booth_id: row.try_get("booth_id")?,
+        description: row.try_get("description")?,
+        image_url: row.try_get("image_url")?,
+        external_url: row.try_get("external_url")?,
+        nsfw: row.try_get("nsfw")?,
+        visible: row.try_get("visible")?,
+        secret,
+        inserted_at: timestamp(row.try_get("inserted_at")?),
+        updated_at: timestamp(row.try_get("updated_at")?),
+    })
+}
+
+fn scan_from_row(row: &PgRow) -> Result<Scan, sqlx::Error> {
+    Ok(Scan {
+        id: row.try_get("id")?,
+        user_id: UserId::from(row.try_get::<Uuid, _>("user_id")?),
+        stamp_id: StampId::from(row.try_get::<Uuid, _>("stamp_id")?),
+        event_id: EventId::from_stored(row.try_get("event_id")?),
+        scanned_at: timestamp(row.try_get("scanned_at")?),
+    })
+}
+
+fn secret_columns(secret: &StampSecret) -> (&'static str, Option<&str>, Option<&str>) {
+    match secret {
+        StampSecret::Printed { code_hash } => ("printed", Some(code_hash), None),
+        StampSecret::Screen { salt } => ("screen", None, Some(salt)),
+    }
+}
+
+#[async_trait]
+impl RallyStore for PostgresStore {
+    async fn rally_secret(&self, generated: &str) -> Result<String, StoreError> {
+        sqlx::query("INSERT INTO rally_secret (id, secret) VALUES (1, $1) ON CONFLICT DO NOTHING")
+            .bind(generated)
+            .execute(&self.pool)
+            .await?;
+        Ok(sqlx::query_scalar("SELECT secret FROM rally_secret WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn create_event(&self, event: &Event) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO rally_events (id, name, stamps_required, topic, opens_at, closes_at,
+                 description, metadata, visible, inserted_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
+        )
+        .bind(event.id.as_str())
+        .bind(&event.name)
+        .bind(event.stamps_required as i32)
+        .bind(&event.topic)
+        .bind(event.opens_at.map(naive))
+        .bind(event.closes_at.map(naive))
+        .bind(&event.description)
+        .bind(Value::Object(event.metadata.clone()).to_string())
+        .bind(event.visible)
+        .bind(naive(event.inserted_at))
+        .bind(naive(event.updated_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn event(&self, id: &EventId) -> Result<Option<Event>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM rally_events WHERE id = $1"))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(event_from_row).transpose()?)
+    }
+
+    async fn events(&self, include_hidden: bool, limit: u32) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM rally_events WHERE visible OR $1
+             ORDER BY opens_at ASC NULLS FIRST, id LIMIT $2"
+        ))
+        .bind(include_hidden)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(event_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn sole_event(&self) -> Result<Option<EventId>, StoreError> {
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM rally_events LIMIT 2").fetch_all(&self.pool).await?;
+        Ok(match <[String; 1]>::try_from(ids) {
+            Ok([id]) => Some(EventId::from_stored(id)),
+            Err(_) => None,
+        })
+    }
+
+    async fn save_event(&self, event: &Event) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE rally_events SET name = $2, stamps_required = $3, topic = $4, opens_at = $5,
+                 closes_at = $6, description = $7, metadata = $8, visible = $9, updated_at = $10
+             WHERE id = $1",
+        )
+        .bind(event.id.as_str())
+        .bind(&event.name)
+        .bind(event.stamps_required as i32)
+        .bind(&event.topic)
+        .bind(event.opens_at.map(naive))
+        .bind(event.closes_at.map(naive))
+        .bind(&event.description)
+        .bind(Value::Object(event.metadata.clone()).to_string())
+        .bind(event.visible)
+        .bind(naive(event.updated_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn delete_event(&self, id: &EventId, force: bool) -> Result<Deletion, StoreError> {
+        let result = sqlx::query(
+            "DELETE FROM rally_events WHERE id = $1
+               AND ($2 OR NOT EXISTS (SELECT 1 FROM rally_scans WHERE event_id = $1))",
+        )
+        .bind(id.as_str())
+        .bind(force)
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 1 {
+            return Ok(Deletion::Deleted);
+        }
+        Ok(if self.event(id).await?.is_some() { Deletion::HasScans } else { Deletion::NotFound })
+    }
+
+    async fn create_stamp(&self, stamp: &Stamp) -> Result<bool, StoreError> {
+        let (mode, code_hash, salt) = secret_columns(&stamp.secret);
+        let result = sqlx::query(
+            "INSERT INTO rally_stamps (id, event_id, name, booth_id, description, image_url,
+                 external_url, nsfw, visible, mode, code_hash, screen_salt, inserted_at, updated_at)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14
+             WHERE EXISTS (SELECT 1 FROM rally_events WHERE id = $2)",
+        )
+        .bind(stamp.id.as_uuid())
+        .bind(stamp.event_id.as_str())
+        .bind(&stamp.name)
+        .bind(&stamp.booth_id)
+        .bind(&stamp.description)
+        .bind(&stamp.image_url)
+        .bind(&stamp.external_url)
+        .bind(stamp.nsfw)
+        .bind(stamp.visible)
+        .bind(mode)
+        .bind(code_hash)
+        .bind(salt)
+        .bind(naive(stamp.inserted_at))
+        .bind(naive(stamp.updated_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn stamp(&self, id: StampId) -> Result<Option<Stamp>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {STAMP_COLUMNS} FROM rally_stamps WHERE id = $1"))
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(stamp_from_row).transpose()?)
+    }
+
+    async fn stamp_by_code_hash(&self, hash: &str) -> Result<Option<Stamp>, StoreError> {
+        let row =
+            sqlx::query(&format!("SELECT {STAMP_COLUMNS} FROM rally_stamps WHERE code_hash = $1"))
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.as_ref().map(stamp_from_row).transpose()?)
+    }
+
+    async fn stamps(
+        &self,
+        event: &EventId,
+        include_hidden: bool,
+    ) -> Result<Vec<Stamp>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {STAMP_COLUMNS} FROM rally_stamps WHERE event_id = $1 AND (visible OR $2)
+             ORDER BY inserted_at, id"
+        ))
+        .bind(event.as_str())
+        .bind(include_hidden)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(stamp_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn save_stamp(&self, stamp: &Stamp) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE rally_stamps SET name = $2, booth_id = $3, description = $4, image_url = $5,
+                 external_url = $6, nsfw = $7, visible = $8, updated_at = $9
+             WHERE id = $1",
+        )
+        .bind(stamp.id.as_uuid())
+        .bind(&stamp.name)
+        .bind(&stamp.booth_id)
+        .bind(&stamp.description)
+        .bind(&stamp.image_url)
+        .bind(&stamp.external_url)
+        .bind(stamp.nsfw)
+        .bind(stamp.visible)
+        .bind(naive(stamp.updated_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn delete_stamp(&self, id: StampId, force: bool) -> Result<Deletion, StoreError> {
+        let result = sqlx::query(
+            "DELETE FROM rally_stamps WHERE id = $1
+               AND ($2 OR NOT EXISTS (SELECT 1 FROM rally_scans WHERE stamp_id = $1))",
+        )
+        .bind(id.as_uuid())
+        .bind(force)
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 1 {
+            return Ok(Deletion::Deleted);
+        }
+        Ok(if self.stamp(id).await?.is_some() { Deletion::HasScans } else { Deletion::NotFound })
+    }
+
+    async fn record_scan(&self, scan: &Scan) -> Result<Recorded, StoreError> {
+        // The unique key settles concurrent scans: the second insert waits for the first and
+        // then does nothing; the select that follows sees the committed row either way.
+        let inserted = sqlx::query(
+            "INSERT INTO rally_scans (id, user_id, stamp_id, event_id, scanned_at)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, stamp_id) DO NOTHING",
+        )
+        .bind(scan.id)
+        .bind(scan.user_id.as_uuid())
+        .bind(scan.stamp_id.as_uuid())
+        .bind(scan.event_id.as_str())
+        .bind(naive(scan.scanned_at))
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query(
+            "SELECT id, user_id, stamp_id, event_id, scanned_at,
+                 (SELECT count(*) FROM rally_scans WHERE user_id = $1 AND event_id = $3) AS collected
+             FROM rally_scans WHERE user_id = $1 AND stamp_id = $2",
+        )
+        .bind(scan.user_id.as_uuid())
+        .bind(scan.stamp_id.as_uuid())
+        .bind(scan.event_id.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Recorded {
+            scan: scan_from_row(&row)?,
+            new: inserted.rows_affected() == 1,
+            collected: row.try_get::<i64, _>("collected")?.max(0) as u64,
+        })
+    }
+
+    async fn complete(
+        &self,
+        user: UserId,
+        event: &EventId,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO rally_completions (user_id, event_id, completed_at) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(user.as_uuid())
+        .bind(event.as_str())
+        .bind(naive(at))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn scans(&self, user: UserId, limit: u32) -> Result<Vec<Scan>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, user_id, stamp_id, event_id, scanned_at FROM rally_scans
+             WHERE user_id = $1 ORDER BY scanned_at DESC, id LIMIT $2",
+        )
+        .bind(user.as_uuid())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(scan_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn collected(&self, user: UserId, event: &EventId) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM rally_scans WHERE user_id = $1 AND event_id = $2",
+        )
+        .bind(user.as_uuid())
+        .bind(event.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count.max(0) as u64)
+    }
+
+    async fn event_leaderboard(
+        &self,
+        event: &EventId,
+        limit: u32,
+    ) -> Result<Vec<LeaderboardEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT u.nickname AS nickname, count(*) AS collected, max(s.scanned_at) AS reached
+             FROM rally_scans s JOIN users u ON u.id = s.user_id
+             WHERE s.event_id = $1 AND u.nickname IS NOT NULL
+             GROUP BY u.id ORDER BY collected DESC, reached ASC, u.id LIMIT $2",
+        )
+        .bind(event.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .zip(1..)
+            .map(|(row, rank)| {
+                Ok(LeaderboardEntry {
+                    nickname: Nickname::from_stored(row.try_get("nickname")?),
+                    stamps_collected: StampCount::from_stored(row.try_get("collected")?),
+                    rank,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+}
