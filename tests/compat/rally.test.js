@@ -110,9 +110,10 @@ const REDIS = process.env.TAKO_TEST_REDIS_URL;
 
 describe("the rally on two cluster nodes", { skip: !(PG && REDIS) && "needs TAKO_TEST_DATABASE_URL and TAKO_TEST_REDIS_URL" }, () => {
   let nodes = [];
-  const name = `tako_test_rally_${process.pid}_${Date.now()}`;
+  // Named after the run's database, so scripts/test drops it at the end whatever happens here.
+  const name = PG ? `${PG.match(/\/([^/?]*)(\?.*)?$/)[1].slice(0, 40)}_r${process.pid}_${Date.now()}` : "";
   before(async () => {
-    execFileSync("psql", [PG, "-q", "-c", `CREATE DATABASE ${name}`]);
+    execFileSync("psql", [PG, "-q", "-c", `CREATE DATABASE "${name}"`]);
     const env = {
       DATABASE_URL: PG.replace(/\/[^/?]*(\?.*)?$/, `/${name}`),
       TAKO_PUBSUB_URL: REDIS,
@@ -130,7 +131,7 @@ describe("the rally on two cluster nodes", { skip: !(PG && REDIS) && "needs TAKO
       await node.stop();
       await node.cleanup();
     }
-    execFileSync("psql", [PG, "-q", "-c", `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`]);
+    execFileSync("psql", [PG, "-q", "-c", `DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`]);
   });
 
   it("announces completion once when both nodes take a deciding scan at once", async () => {

@@ -28,15 +28,17 @@ const REGISTRATIONS_PER_SECOND = 3;
 
 const created = [];
 function freshDatabase() {
-  const name = `tako_test_soak_${process.pid}_${Date.now()}`;
-  execFileSync("psql", [PG, "-q", "-c", `CREATE DATABASE ${name}`]);
+  // Named after the run's database, so scripts/test drops it at the end whatever happens here.
+  const base = PG.match(/\/([^/?]*)(\?.*)?$/)[1].slice(0, 40);
+  const name = `${base}_s${process.pid}_${Date.now()}`;
+  execFileSync("psql", [PG, "-q", "-c", `CREATE DATABASE "${name}"`]);
   created.push(name);
   return PG.replace(/\/[^/?]*(\?.*)?$/, `/${name}`);
 }
 after(() => {
   for (const name of created) {
     try {
-      execFileSync("psql", [PG, "-q", "-c", `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`]);
+      execFileSync("psql", [PG, "-q", "-c", `DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`]);
     } catch {}
   }
 });

@@ -254,9 +254,12 @@ impl Hub {
         event: &str,
         payload: Payload,
     ) -> Delivery {
+        let started = Instant::now();
         let delivery = Delivery::new();
         let count = self.deliver_to_user(user, &topics, event, &payload, Some(&delivery));
-        self.inner.observer.outbound(event, count);
+        let observer = &self.inner.observer;
+        observer.fanout(started.elapsed(), count);
+        observer.outbound(event, count);
         delivery
     }
 

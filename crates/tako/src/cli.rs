@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 /// Where the commands find the running server. Global: given before or after the subcommand.
 #[derive(Debug, Clone, Args)]
-pub struct Server {
+pub struct RemoteServer {
     /// For the commands that call a running server: its URL (`http://…` or `https://…`).
     #[arg(long, env = "TAKO_URL", default_value = "http://127.0.0.1:4000", global = true)]
     pub url: String,
@@ -61,7 +61,7 @@ pub enum UsersCommand {
 
 impl Remote {
     /// HTTPS through rustls (the public roots of `webpki-roots`, plus `ca_file`'s); no OpenSSL.
-    pub fn new(server: &Server, admin_token: Option<String>) -> anyhow::Result<Remote> {
+    pub fn new(server: &RemoteServer, admin_token: Option<String>) -> anyhow::Result<Remote> {
         let url = server.url.trim_end_matches('/').to_owned();
         let parsed = reqwest::Url::parse(&url).with_context(|| format!("TAKO_URL {url:?}"))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {

@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use tako::cli::{Remote, RemoteCommand, Server};
+use tako::cli::{Remote, RemoteCommand, RemoteServer};
 use tako::config::Config;
 use tako::startup::{self, Application};
 
@@ -16,7 +16,7 @@ struct Cli {
     #[command(flatten)]
     config: Config,
     #[command(flatten)]
-    server: Server,
+    server: RemoteServer,
 }
 
 #[derive(Debug, Subcommand)]

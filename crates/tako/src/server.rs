@@ -38,6 +38,9 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
+/// The longest pause after failed accepts (a pause stalls every client waiting to connect).
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// File descriptors kept back from the open-files limit for the database, logs and the like
 /// when the connection cap is derived from it.
 const RESERVED_FDS: usize = 64;
@@ -92,24 +95,25 @@ impl Registry {
     /// Room for one more: pushes out the connection idle the longest when full. `false` if
     /// every connection is busy (the new one is then refused).
     fn make_room(&self, max: usize) -> bool {
-        let conns = self.conns.lock();
+        let mut conns = self.conns.lock();
         if conns.len() < max {
             return true;
         }
         let now = Instant::now();
         let victim = conns
-            .values()
-            .filter_map(|c| c.idle_at().map(|at| (c.opened + Duration::from_millis(at), c)))
-            .min_by_key(|(since, _)| *since)
-            .map(|(since, c)| (now.saturating_duration_since(since), c.clone()));
-        drop(conns);
+            .iter()
+            .filter_map(|(id, c)| c.idle_at().map(|at| (c.opened + Duration::from_millis(at), *id)))
+            .min_by_key(|(since, _)| *since);
         match victim {
-            Some((idle_for, conn)) => {
-                tracing::debug!(
-                    ?idle_for,
-                    "connection limit reached: closing the longest idle one"
-                );
-                conn.evict.notify_one();
+            Some((since, id)) => {
+                // Out of the count at once (its task closes the descriptor right after), so the
+                // next accept picks another one rather than the same.
+                if let Some(conn) = conns.remove(&id) {
+                    conn.evict.notify_one();
+                }
+                drop(conns);
+                let idle_for = now.saturating_duration_since(since);
+                tracing::debug!(?idle_for, "connection limit reached: closed the longest idle one");
                 true
             }
             None => false,
@@ -221,7 +225,7 @@ pub async fn serve(
                 // than spinning on an accept that fails at once.
                 tracing::warn!(%error, retry_in = ?backoff, open = registry.len(), "accept failed");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
                 continue;
             }
         };

@@ -89,7 +89,7 @@ impl RallyStore for SqliteStore {
     async fn rally_secret(&self, generated: &str) -> Result<String, StoreError> {
         sqlx::query("INSERT INTO rally_secret (id, secret) VALUES (1, ?1) ON CONFLICT DO NOTHING")
             .bind(generated)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(sqlx::query_scalar("SELECT secret FROM rally_secret WHERE id = 1")
             .fetch_one(&self.pool)
@@ -113,7 +113,7 @@ impl RallyStore for SqliteStore {
         .bind(event.visible)
         .bind(event.inserted_at.as_micros())
         .bind(event.updated_at.as_micros())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(result.rows_affected() == 1)
     }
@@ -163,7 +163,7 @@ impl RallyStore for SqliteStore {
         .bind(Value::Object(event.metadata.clone()).to_string())
         .bind(event.visible)
         .bind(event.updated_at.as_micros())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(result.rows_affected() == 1)
     }
@@ -175,7 +175,7 @@ impl RallyStore for SqliteStore {
         )
         .bind(id.as_str())
         .bind(force)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if result.rows_affected() == 1 {
             return Ok(Deletion::Deleted);
@@ -205,7 +205,7 @@ impl RallyStore for SqliteStore {
         .bind(salt)
         .bind(stamp.inserted_at.as_micros())
         .bind(stamp.updated_at.as_micros())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(result.rows_affected() == 1)
     }
@@ -258,7 +258,7 @@ impl RallyStore for SqliteStore {
         .bind(stamp.nsfw)
         .bind(stamp.visible)
         .bind(stamp.updated_at.as_micros())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(result.rows_affected() == 1)
     }
@@ -270,7 +270,7 @@ impl RallyStore for SqliteStore {
         )
         .bind(id.to_string())
         .bind(force)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if result.rows_affected() == 1 {
             return Ok(Deletion::Deleted);
@@ -288,7 +288,7 @@ impl RallyStore for SqliteStore {
         .bind(scan.stamp_id.to_string())
         .bind(scan.event_id.as_str())
         .bind(scan.scanned_at.as_micros())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         let row = sqlx::query(
             "SELECT id, user_id, stamp_id, event_id, scanned_at,
@@ -320,7 +320,7 @@ impl RallyStore for SqliteStore {
         .bind(user.to_string())
         .bind(event.as_str())
         .bind(at.as_micros())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(result.rows_affected() == 1)
     }
