@@ -54,6 +54,14 @@ pub enum Command {
     /// Scenario 3 (targeted latency) with up to 50k online, on a Tako cluster whose idle sockets
     /// are held by `ballast` children (see online.rs).
     Online(OnlineArgs),
+    /// Issue 18's event-day soak on one Tako: RSS drift, fds, probe latency and delivery
+    /// exactness under churn (see soak.rs).
+    Soak(crate::soak::SoakArgs),
+    /// Three ways of taking concurrent SQLite writes, side by side (see sqlitewrites.rs).
+    SqliteWrites(crate::sqlitewrites::WritesArgs),
+    /// Scenario 5's default leaderboard (no `limit`: every ranked user up to 10,000) on
+    /// PostgreSQL, Tako against the minimal handler (see leaderboard.rs; needs wrk).
+    Leaderboard(LeaderboardArgs),
     /// Holds idle joined sockets for `online`: prints `ready <joined> <errors>`, answers `status`
     /// on stdin, exits when stdin closes.
     Ballast(BallastArgs),
@@ -184,6 +192,19 @@ impl OnlineArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct LeaderboardArgs {
+    /// Ranked users in the database.
+    #[arg(long, default_value_t = 100_000)]
+    pub users: u64,
+    /// Seconds of wrk load per server.
+    #[arg(long, default_value_t = 10)]
+    pub secs: u64,
+    /// Keep the work directory (the servers' logs).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct BallastArgs {
     /// Comma-separated `host:port` of the nodes to spread the sockets over.
     #[arg(long)]
@@ -229,6 +250,18 @@ mod tests {
     #[test]
     fn definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn leaderboard_flags() {
+        let Command::Leaderboard(args) = parse(&["leaderboard"]).unwrap() else { panic!() };
+        assert_eq!((args.users, args.secs, args.keep), (100_000, 10, false));
+        let Command::Leaderboard(args) =
+            parse(&["leaderboard", "--users", "5000", "--secs", "3", "--keep"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((args.users, args.secs, args.keep), (5000, 3, true));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Scenario 5's yardstick: a minimal axum + sqlx server doing Tako's two queries (register a
 //! user, read the leaderboard) with the same SQL and pool size, and no validation, auth,
-//! JSON:API negotiation or tracing.
+//! JSON:API negotiation or tracing. Like Tako, the leaderboard without `limit` is every ranked
+//! user up to 10,000 (Tako's `TAKO_LEADERBOARD_MAX` default); `limit` is 1 to 1000.
 
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ async fn leaderboard(
          ORDER BY stamps_collected DESC NULLS LAST, stamps_changed_at ASC NULLS LAST, id
          LIMIT $1",
     )
-    .bind(q.limit.unwrap_or(100).clamp(1, 1000))
+    .bind(q.limit.map_or(crate::leaderboard::ROWS as i64, |l| l.clamp(1, 1000)))
     .fetch_all(&pool)
     .await
     .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;

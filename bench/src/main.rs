@@ -5,6 +5,10 @@
 //! - `all`: scenarios 1–6; `ws`: 1–4 and 6 (unless `--no-cluster`); `http`: 5; `cluster`: 6
 //! - `online`: scenario 3 (targeted latency) with up to 50k online, on a Tako cluster with the
 //!   idle sockets held by `ballast` children (see online.rs)
+//! - `soak`: issue 18's event-day soak on one Tako (see soak.rs); `sqlite-writes`: three ways
+//!   of taking concurrent SQLite writes (see sqlitewrites.rs)
+//! - `leaderboard`: scenario 5's default leaderboard (every ranked user, no `limit`), Tako
+//!   against the minimal handler (see leaderboard.rs)
 //! - `ballast`, `floor`, `axum-floor`, `http-floor`: the processes the others start
 //!
 //! Every load is bounded in count and time, on loopback only; every server it starts is
@@ -15,9 +19,12 @@ mod cluster;
 mod floor;
 mod gen;
 mod httpfloor;
+mod leaderboard;
 mod online;
 mod proto;
 mod runner;
+mod soak;
+mod sqlitewrites;
 mod stats;
 
 use std::path::{Path, PathBuf};
@@ -299,6 +306,44 @@ async fn online_cmd(args: &OnlineArgs) -> anyhow::Result<()> {
     result
 }
 
+async fn leaderboard_cmd(args: &cli::LeaderboardArgs) -> anyhow::Result<()> {
+    let work = std::env::temp_dir().join(format!("tako-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let result = async {
+        let (tako, rev) = prepare_tako(&work, "HEAD")?;
+        let paths = Paths {
+            tako,
+            tako_baseline: None,
+            max_rss: 4096 * 1024 * 1024,
+            bench: std::env::current_exe()?,
+            socketio_dir: repo_root().join("bench/socketio"),
+            work: work.clone(),
+        };
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let started = chrono::Utc::now();
+        let rows = leaderboard::run(&paths, args.users, args.secs).await?;
+        println!(
+            "Date: {} · Tako {rev} · machine: {} · load average at start: {}",
+            started.format("%Y-%m-%d %H:%M UTC"),
+            machine(),
+            load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        );
+        println!(
+            "Command: `cargo run --release -p bench -- leaderboard --users {} --secs {}`",
+            args.users, args.secs
+        );
+        println!(
+            "Scenario 5, default leaderboard (no limit: {} rows) on PostgreSQL with {} ranked users (wrk -t1 -c16 -d{}s):\n",
+            leaderboard::ROWS, args.users, args.secs
+        );
+        println!("{}", leaderboard::report(&rows));
+        anyhow::Ok(())
+    }
+    .await;
+    clean_up(args.keep, &work);
+    result
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().into_command() {
@@ -309,6 +354,7 @@ async fn main() -> anyhow::Result<()> {
         cli::Command::Http(run) => all(&run, false, true, false).await,
         cli::Command::Cluster(run) => all(&run, false, false, true).await,
         cli::Command::Online(args) => online_cmd(&args).await,
+        cli::Command::Leaderboard(args) => leaderboard_cmd(&args).await,
         cli::Command::Ballast(b) => {
             let targets = online::parse_targets(&b.targets)?;
             let deadline = std::time::Duration::from_secs(b.deadline_secs);
@@ -319,5 +365,7 @@ async fn main() -> anyhow::Result<()> {
         cli::Command::HttpFloor { port, database_url } => {
             httpfloor::serve(port, &database_url).await
         }
+        cli::Command::Soak(args) => soak::command(&args).await,
+        cli::Command::SqliteWrites(args) => sqlitewrites::command(&args).await,
     }
 }

@@ -711,7 +711,12 @@ pub fn http_table(rows: &[HttpRow]) -> String {
 pub(crate) const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const PG_BENCH: &str = "postgres://postgres@127.0.0.1:5432/tako_bench";
 
-async fn wrk(paths: &Paths, url: &str, lua: Option<&str>, secs: u64) -> anyhow::Result<String> {
+pub(crate) async fn wrk(
+    paths: &Paths,
+    url: &str,
+    lua: Option<&str>,
+    secs: u64,
+) -> anyhow::Result<String> {
     let mut cmd = Command::new("wrk");
     cmd.args(["-t1", "-c16", &format!("-d{secs}s"), "--latency", "--timeout", "5s"]);
     if let Some(lua) = lua {

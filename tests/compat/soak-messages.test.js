@@ -256,7 +256,8 @@ async function soak(env) {
     assert.equal(duplicates, 0, "no message twice");
     assert.equal(lost, 0, `no message lost (missing: ${JSON.stringify(missing().slice(0, 5))})`);
     assert.equal(leftWaiting, 0, "no message left waiting after its user got it");
-    assert.ok(sent.size >= MESSAGES_PER_SECOND * SECONDS * 0.8, `messages sent: ${sent.size}`);
+    // A sanity check that load was there (not a rate target: the machine may be shared and busy).
+    assert.ok(sent.size >= MESSAGES_PER_SECOND * SECONDS * 0.3, `messages sent: ${sent.size}`);
     assert.match(tako.output, /^((?!panicked).)*$/s, "no panic in the log");
   } finally {
     await tako.cleanup();

@@ -18,7 +18,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 [ -x "$TAKO_BIN" ] || { echo "TAKO_BIN=$TAKO_BIN is not an executable" >&2; exit 2; }
 
 examples="${TAKO_FUZZ_EXAMPLES:-300}"
-deadline="${TAKO_FUZZ_DEADLINE:-100}"
+deadline="${TAKO_FUZZ_DEADLINE:-240}"
 
 # --- schemathesis, pinned with all its dependencies, in a reusable venv -----------------------
 # Reinstalled only when requirements.txt changed since the venv was made.

@@ -59,6 +59,19 @@ pub enum UsersCommand {
     },
 }
 
+/// What became of a message (`POST /api/messages`' answer).
+fn print_message_status(body: &Value) {
+    let id = body["id"].as_str().unwrap_or("?");
+    if body["delivered"] == Value::Bool(true) {
+        println!("delivered live (message {id})");
+    } else {
+        let expires = body["expires_at"].as_str().unwrap_or("?");
+        println!(
+            "stored: the user is offline; it waits for their next join until {expires} (message {id})"
+        );
+    }
+}
+
 impl Remote {
     /// HTTPS through rustls (the public roots of `webpki-roots`, plus `ca_file`'s); no OpenSSL.
     pub fn new(server: &RemoteServer, admin_token: Option<String>) -> anyhow::Result<Remote> {
@@ -149,13 +162,7 @@ impl Remote {
                 Some(json!({"user_id": user_id, "message": message})),
             )
             .await?;
-        let id = body["id"].as_str().unwrap_or("?");
-        if body["delivered"] == Value::Bool(true) {
-            println!("delivered live (message {id})");
-        } else {
-            let expires = body["expires_at"].as_str().unwrap_or("?");
-            println!("stored: the user is offline; it waits for their next join until {expires} (message {id})");
-        }
+        print_message_status(&body);
         Ok(())
     }
 
@@ -180,7 +187,12 @@ impl Remote {
                 Some(json!({"topic": topic, "event": event, "payload": payload})),
             )
             .await?;
-        println!("broadcast {event} on {topic} to {} subscriber(s)", body["subscribers"]);
+        // A `msg` with a `user_id` went to that user alone, as `tako send` does.
+        if body.get("delivered").is_some() {
+            print_message_status(&body);
+        } else {
+            println!("broadcast {event} on {topic} to {} subscriber(s)", body["subscribers"]);
+        }
         Ok(())
     }
 

@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://tako.db";
+/// The largest `TAKO_LEADERBOARD_MAX`: some 60 MB of JSON.
+pub const MAX_LEADERBOARD: u32 = 1_000_000;
 
 /// `TAKO_MAX_FRAME_BYTES` bounds: below 1 KiB a join with its token may not fit; above 256 MiB
 /// one socket could hold the machine's memory.
@@ -167,6 +169,16 @@ pub struct Config {
     #[arg(long, env = "TAKO_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
 
+    /// Comma-separated names no visitor may take, nor a look-alike of (the event's name, …),
+    /// besides the built-in admin, administrator, moderator, mod, staff, operator, official,
+    /// support, system, root and holoquest.
+    #[arg(long, env = "TAKO_RESERVED_NICKNAMES", value_delimiter = ',')]
+    pub reserved_nicknames: Vec<String>,
+
+    /// Rows of `GET /api/json/leaderboard` without `limit` at most (1 to 1,000,000).
+    #[arg(long, env = "TAKO_LEADERBOARD_MAX", default_value_t = 10_000)]
+    pub leaderboard_max: u32,
+
     /// `claimed`: clients set `stamps_collected` and push `collected` themselves (the
     /// Tako-era client). `verified`: only scans the server verified count.
     #[arg(long, env = "TAKO_STAMPS", value_enum, default_value_t = StampsMode::Claimed)]
@@ -209,6 +221,8 @@ pub enum ConfigError {
     Invalid(Vec<String>),
     #[error("HOLOQUEST_API_TOKEN and TAKO_ADMIN_TOKEN must differ: the client token is public")]
     SameTokens,
+    #[error("TAKO_LEADERBOARD_MAX must be from 1 to {MAX_LEADERBOARD}")]
+    LeaderboardMax,
     #[error("TAKO_ALLOWED_ORIGINS: {0}")]
     Origins(#[from] channels::InvalidOrigin),
     #[error("TAKO_DEFAULT_EVENT: an event id is 1 to 40 characters of a-z, 0-9 and `-`")]
@@ -230,10 +244,14 @@ impl Config {
         self.database_url = self.database_url.filter(|t| !t.is_empty());
         self.cors_origins.retain(|o| !o.trim().is_empty());
         self.allowed_origins.retain(|o| !o.trim().is_empty());
+        self.reserved_nicknames.retain(|n| !n.trim().is_empty());
         self.default_event = self.default_event.filter(|t| !t.is_empty());
         self.scan_url = self.scan_url.filter(|t| !t.is_empty());
         self.rally_secret = self.rally_secret.filter(|t| !t.is_empty());
         self.check_origin()?;
+        if !(1..=MAX_LEADERBOARD).contains(&self.leaderboard_max) {
+            return Err(ConfigError::LeaderboardMax);
+        }
         if self.default_event.as_deref().is_some_and(|e| crate::rally::EventId::parse(e).is_err()) {
             return Err(ConfigError::DefaultEvent);
         }
@@ -376,6 +394,8 @@ impl Config {
             max_http_connections: 0,
             metrics_bind: None,
             message_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
+            reserved_nicknames: Vec::new(),
+            leaderboard_max: 10_000,
             stamps: StampsMode::Claimed,
             default_event: None,
             code_step_secs: 30,

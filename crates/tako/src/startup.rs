@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::accounts::NicknamePolicy;
+use crate::api::leaderboard::LeaderboardCache;
 use crate::api::{self, auth::Tokens, ops::HttpLimits, AppState};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -95,6 +97,10 @@ impl Application {
                 config.registrations_per_minute,
                 config.trust_proxy.clone(),
             )),
+            nicknames: Arc::new(NicknamePolicy::new(
+                config.reserved_nicknames.iter().map(String::as_str),
+            )),
+            leaderboard: Arc::new(LeaderboardCache::new(config.leaderboard_max)),
             rally: Arc::new(api::scans::RallyState::new(rally, &config)),
         };
         let router = api::router(state.clone(), &config.cors_origins)

@@ -7,7 +7,7 @@ mod store;
 mod user;
 
 pub use crate::storage::StoreError;
-pub use nickname::{Nickname, NicknameError};
+pub use nickname::{Nickname, NicknameError, NicknamePolicy};
 pub use store::UserStore;
 pub use user::{LeaderboardEntry, StampCount, Timestamp, User, UserChanges, UserId};
 

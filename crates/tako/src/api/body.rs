@@ -81,6 +81,16 @@ where
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
+/// For optional fields that may be absent but not `null` (the schema says `nullable: false`):
+/// absent → `None`, a value → `Some`, `null` → a 400 pointing at the field.
+pub fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
 /// A whole number as JSON Schema counts one (`8` and `8.0`), within `u32`.
 pub fn whole_u32<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
     let number = serde_json::Number::deserialize(deserializer)?;

@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
 
 use super::auth::{require_admin, Role};
-use super::body::{nullable, some_whole_u32, whole_u32, Document};
+use super::body::{nullable, present, some_whole_u32, whole_u32, Document};
 use super::error::{ApiError, ErrorDocument};
 use super::jsonapi::{JsonApi, JsonApiVersion};
 use super::AppState;
@@ -244,7 +244,7 @@ pub struct EventCreateAttributes {
     #[schema(minimum = 1, maximum = 10000, example = 8)]
     stamps_required: u32,
     /// `notifications` (default) or `notifications:<name>`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false, pattern = r"^notifications(:[^\x00-\x1F\x7F-\x9F]{0,86})?$")]
     topic: Option<String>,
     #[serde(default)]
@@ -255,10 +255,10 @@ pub struct EventCreateAttributes {
     #[schema(pattern = r"^[^\x00]{0,10000}$")]
     description: Option<String>,
     /// Free JSON for the client (at most 16 KiB).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Object, nullable = false)]
     metadata: Option<Map<String, Value>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     visible: Option<bool>,
 }
@@ -285,7 +285,7 @@ pub struct EventCreateDocument {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventUpdateAttributes {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     #[schema(
         nullable = false,
         max_length = 200,
@@ -295,7 +295,7 @@ pub struct EventUpdateAttributes {
     #[serde(default, deserialize_with = "some_whole_u32")]
     #[schema(nullable = false, minimum = 1, maximum = 10000)]
     stamps_required: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false, pattern = r"^notifications(:[^\x00-\x1F\x7F-\x9F]{0,86})?$")]
     topic: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
@@ -307,10 +307,10 @@ pub struct EventUpdateAttributes {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>, pattern = r"^[^\x00]{0,10000}$")]
     description: Option<Option<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Object, nullable = false)]
     metadata: Option<Map<String, Value>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     visible: Option<bool>,
 }
@@ -322,7 +322,7 @@ pub struct EventUpdateResource {
     #[schema(value_type = EventType)]
     type_: String,
     /// Optional; when sent, the id in the path.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     id: Option<String>,
     attributes: EventUpdateAttributes,
@@ -358,14 +358,14 @@ pub struct StampCreateAttributes {
     #[serde(default)]
     #[schema(pattern = r"^https?://[^\x00-\x20\x7F-\x9F]{0,2040}$")]
     external_url: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     nsfw: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     visible: Option<bool>,
     /// `printed` (default) or `screen`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false, pattern = "^(printed|screen)$")]
     mode: Option<String>,
 }
@@ -389,7 +389,7 @@ pub struct StampCreateDocument {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StampUpdateAttributes {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     #[schema(
         nullable = false,
         max_length = 200,
@@ -408,10 +408,10 @@ pub struct StampUpdateAttributes {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>, pattern = r"^https?://[^\x00-\x20\x7F-\x9F]{0,2040}$")]
     external_url: Option<Option<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     nsfw: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     visible: Option<bool>,
 }
@@ -422,7 +422,7 @@ pub struct StampUpdateResource {
     #[serde(rename = "type")]
     #[schema(value_type = StampType)]
     type_: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false, format = "uuid")]
     id: Option<String>,
     attributes: StampUpdateAttributes,

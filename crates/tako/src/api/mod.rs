@@ -6,7 +6,7 @@ pub mod error;
 mod events;
 mod health;
 pub mod jsonapi;
-mod leaderboard;
+pub mod leaderboard;
 pub mod openapi;
 mod operators;
 pub mod ops;
@@ -28,6 +28,7 @@ use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
+use crate::accounts::NicknamePolicy;
 use crate::realtime::Realtime;
 use crate::storage::Store;
 use auth::Tokens;
@@ -44,6 +45,10 @@ pub struct AppState {
     pub realtime: Realtime,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub limits: Arc<ops::HttpLimits>,
+    /// The nickname rules, with this server's reserved names.
+    pub nicknames: Arc<NicknamePolicy>,
+    /// The default leaderboard, encoded once for every reader.
+    pub leaderboard: Arc<leaderboard::LeaderboardCache>,
     pub rally: Arc<scans::RallyState>,
 }
 

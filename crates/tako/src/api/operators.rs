@@ -3,6 +3,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -101,7 +102,8 @@ fn field_error(field: &str, detail: impl Into<String>) -> ApiError {
 #[utoipa::path(
     post, path = "/api/messages", tag = "operators",
     params(("Idempotency-Key" = Option<String>, Header,
-        description = "1 to 255 printable ASCII characters naming this message: a retry with the same key stores nothing and answers the message stored first (with `Idempotent-Replayed: true`); kept as long as the message is")),
+        min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]{1,255}$",
+        description = "1 to 255 printable ASCII characters without spaces naming this message: a retry with the same key stores nothing and answers the message stored first (with `Idempotent-Replayed: true`); kept as long as the message is")),
     request_body(content = SendMessage, content_type = "application/json",
         description = "Extra fields are passed along in the payload (not id, inserted_at)."),
     responses(
@@ -238,12 +240,16 @@ fn name(body: &mut Map<String, Value>, field: &str) -> Result<String, ApiError> 
     }
 }
 
-/// Broadcast any event to everyone on a topic.
+/// Broadcast any event to everyone on a topic. A `msg` whose payload names a `user_id` (the
+/// seed README's way to message one user) is a message to that user instead: stored,
+/// delivered only to their sockets and answered as `POST /api/messages` answers; no other
+/// broadcast may carry a `user_id`, since it would reach everyone on the topic.
 #[utoipa::path(
     post, path = "/api/broadcasts", tag = "operators",
     request_body(content = Broadcast, content_type = "application/json"),
     responses(
-        (status = 202, description = "Sent", body = BroadcastSent),
+        (status = 202, description = "Sent; for `msg` with a `user_id`, the stored message (as `POST /api/messages`)", body = BroadcastSent),
+        (status = 404, description = "`msg` to a user that does not exist", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 400, description = "Missing or wrong fields, a reserved event, or malformed JSON", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 401, description = "Missing or wrong token", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 403, description = "Not the admin token", body = ErrorDocument, content_type = "application/vnd.api+json"),
@@ -257,7 +263,7 @@ pub async fn broadcast(
     State(state): State<AppState>,
     Extension(role): Extension<Role>,
     JsonObject(mut body): JsonObject,
-) -> Result<(StatusCode, Json<BroadcastSent>), ApiError> {
+) -> Result<Response, ApiError> {
     require_admin(role)?;
     let topic = name(&mut body, "topic")?;
     let event = name(&mut body, "event")?;
@@ -278,9 +284,71 @@ pub async fn broadcast(
             format!("unknown field `{unknown}` (topic, event, payload)"),
         ));
     }
+    if let Value::Object(map) = &payload {
+        if map.contains_key("user_id") {
+            if event != "msg" {
+                return Err(field_error(
+                    "payload/user_id",
+                    "a user_id in a broadcast would reach everyone on the topic; \
+                     send event `msg` (or POST /api/messages) to message that user",
+                ));
+            }
+            let Value::Object(map) = payload else { unreachable!("matched above") };
+            let message = message_to_one_user(&state, map).await?;
+            return Ok((StatusCode::ACCEPTED, Json(MessageStatus::from(&message))).into_response());
+        }
+    }
     let subscribers = state.realtime.hub().subscriber_count(&topic);
     state.realtime.broadcast(&topic, &event, payload);
-    Ok((StatusCode::ACCEPTED, Json(BroadcastSent { topic, event, subscribers })))
+    Ok((StatusCode::ACCEPTED, Json(BroadcastSent { topic, event, subscribers })).into_response())
+}
+
+/// A broadcast `msg` payload `{"user_id", "message", …extra}` sent through the mailbox, as
+/// `POST /api/messages` sends it (errors point into `/payload`).
+async fn message_to_one_user(
+    state: &AppState,
+    mut payload: Map<String, Value>,
+) -> Result<Message, ApiError> {
+    let user: UserId = match payload.remove("user_id") {
+        Some(Value::String(id)) => id
+            .parse()
+            .map_err(|_| field_error("payload/user_id", "user_id must be a user's UUID"))?,
+        _ => {
+            return Err(field_error("payload/user_id", "user_id must be a string (a user's UUID)"))
+        }
+    };
+    let text = match payload.remove("message") {
+        Some(Value::String(text))
+            if !text.trim().is_empty() && text.chars().count() <= MAX_MESSAGE_CHARS =>
+        {
+            text
+        }
+        Some(Value::String(_)) => {
+            return Err(field_error(
+                "payload/message",
+                format!("message must be 1 to {MAX_MESSAGE_CHARS} characters, not blank"),
+            ))
+        }
+        Some(_) => return Err(field_error("payload/message", "message must be a string")),
+        None => return Err(field_error("payload/message", "message is required")),
+    };
+    if let Some(reserved) = RESERVED_FIELDS.iter().find(|f| payload.contains_key(**f)) {
+        return Err(field_error(
+            &format!("payload/{reserved}"),
+            format!("`{reserved}` is set by the server"),
+        ));
+    }
+    if state.store.get(user).await?.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "Not found",
+            "No user has this id",
+        )
+        .at_pointer("/payload/user_id"));
+    }
+    let (message, _) = state.realtime.send_message(user, text, payload, None).await?;
+    Ok(message)
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -16,7 +16,7 @@ use super::error::{ApiError, ErrorDocument};
 use super::jsonapi::{JsonApi, JsonApiVersion, ResourceObject};
 use super::ops::RegistrationAllowed;
 use super::AppState;
-use crate::accounts::{Nickname, StampCount, Timestamp, User, UserChanges, UserId};
+use crate::accounts::{NicknamePolicy, StampCount, Timestamp, User, UserChanges, UserId};
 
 pub const BASE: &str = "/api/json/accounts/users";
 const TYPE: &str = "user";
@@ -115,11 +115,13 @@ pub enum UserType {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)] // describes the request body for the OpenAPI document
 pub struct UserWriteAttributes {
-    /// Trimmed (Unicode whitespace); blank or null clears it; otherwise 3 to 20 characters
-    /// without control characters (the pattern says exactly that), and no profanity (which no
-    /// pattern can say: a profane nickname is refused with 400).
+    /// NFKC-normalised and trimmed (Unicode whitespace); blank or null clears it; otherwise 3
+    /// to 24 characters without control characters (the pattern says that much). No pattern
+    /// can say the rest, refused with 400: invisible, bidi or line-breaking characters, more
+    /// than 3 combining marks on a letter, a name that shows nothing, a look-alike of a
+    /// reserved name (admin, moderator, staff, …) and profanity.
     #[schema(
-        pattern = r"^[\t\n\x0B\x0C\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*(?:[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x1F\x7F-\x9F]{1,18}[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000])?[\t\n\x0B\x0C\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$",
+        pattern = r"^[\t\n\x0B\x0C\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*(?:[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x1F\x7F-\x9F]{1,22}[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000])?[\t\n\x0B\x0C\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$",
         example = "Cruel_KFP"
     )]
     nickname: Option<String>,
@@ -205,13 +207,16 @@ fn document(user: &User) -> UserDocument {
 }
 
 /// Reads the writable attributes, collecting every problem into one 400 document.
-fn changes(attributes: Map<String, Value>) -> Result<UserChanges, ApiError> {
+fn changes(
+    policy: &NicknamePolicy,
+    attributes: Map<String, Value>,
+) -> Result<UserChanges, ApiError> {
     let mut changes = UserChanges::default();
     let mut errors = Vec::new();
     for (name, value) in attributes {
         match (name.as_str(), value) {
             ("nickname", Value::Null) => changes.nickname = Some(None),
-            ("nickname", Value::String(s)) => match Nickname::parse(&s) {
+            ("nickname", Value::String(s)) => match policy.parse(&s) {
                 Ok(nick) => changes.nickname = Some(nick),
                 Err(e) => errors.push(ApiError::invalid_attribute("nickname", e.to_string())),
             },
@@ -286,7 +291,7 @@ pub async fn create(
         return Err(ApiError::forbidden("The server generates user ids; do not send one")
             .at_pointer("/data/id"));
     }
-    let changes = changes(body.attributes()?)?;
+    let changes = changes(&state.nicknames, body.attributes()?)?;
     state.rally.refuse_claims(changes.stamps_collected.is_some())?;
     let now = Timestamp::now();
     let user = User {
@@ -298,6 +303,9 @@ pub async fn create(
     };
     state.store.create(&user).await?;
     state.realtime.user_registered(user.id, user.nickname.clone());
+    if user.nickname.is_some() {
+        state.leaderboard.changed();
+    }
     let document = document(&user);
     let location = HeaderValue::from_str(&document.links.self_);
     let mut response = JsonApi(StatusCode::CREATED, document).into_response();
@@ -364,7 +372,7 @@ pub async fn update(
                 .at_pointer("/data/id"))
         }
     }
-    let changes = changes(body.attributes()?)?;
+    let changes = changes(&state.nicknames, body.attributes()?)?;
     state.rally.refuse_claims(changes.stamps_collected.is_some())?;
     let user = if changes.is_empty() {
         state.store.get(id).await?
@@ -372,6 +380,9 @@ pub async fn update(
         state.store.update(id, &changes).await?
     };
     let mut user = user.ok_or_else(ApiError::not_found)?;
+    if !changes.is_empty() {
+        state.leaderboard.changed();
+    }
     if changes.nickname.is_some() {
         state.realtime.nickname_changed(user.id, user.nickname.as_ref());
     }
@@ -489,6 +500,7 @@ pub async fn delete(
     if !state.store.delete(id).await? {
         return Err(ApiError::not_found());
     }
+    state.leaderboard.changed();
     let sockets = state.realtime.disconnect_user(id);
     tracing::info!(sockets, "user deleted");
     Ok(StatusCode::NO_CONTENT)

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::accounts::{Nickname, UserId, UserStore};
+use crate::accounts::{Nickname, StoreError, UserId, UserStore};
 
 /// More than this many remembered users and the memory is cleared (about 60 bytes each with a
 /// nickname: a million users is some 60 MB).
@@ -29,6 +29,7 @@ pub struct UserDirectory {
     lookups: mpsc::Sender<(UserId, Answer)>,
     /// Set while this node may miss deletions (cluster bus down): every connect asks.
     bypass: AtomicBool,
+    store: Arc<dyn UserStore>,
 }
 
 impl UserDirectory {
@@ -38,6 +39,7 @@ impl UserDirectory {
             known: Mutex::new(HashMap::new()),
             lookups: tx,
             bypass: AtomicBool::new(false),
+            store: store.clone(),
         });
         tokio::spawn(batcher(Arc::downgrade(&directory), store, rx));
         directory
@@ -60,6 +62,25 @@ impl UserDirectory {
     /// The nickname of a remembered user (`None` when the user is not remembered).
     pub fn nickname(&self, id: UserId) -> Option<Option<Nickname>> {
         self.known().get(&id).cloned()
+    }
+
+    /// The nickname the server knows for `id` (renames keep it current), from memory or else
+    /// from the database; `Ok(None)` when the user has none or no longer exists.
+    pub async fn stored_nickname(&self, id: UserId) -> Result<Option<Nickname>, StoreError> {
+        // While this node may miss other nodes' renames (bus down), ask the database.
+        if !self.bypass.load(Ordering::Acquire) {
+            if let Some(nickname) = self.nickname(id) {
+                return Ok(nickname);
+            }
+        }
+        let nickname = match self.store.get(id).await? {
+            Some(user) => {
+                self.remember(id, user.nickname.clone());
+                user.nickname
+            }
+            None => None,
+        };
+        Ok(nickname)
     }
 
     /// Remember a user known to exist (e.g. just registered).
@@ -145,7 +166,6 @@ mod tests {
 
     use super::*;
     use crate::accounts::{LeaderboardEntry, User, UserChanges};
-    use crate::storage::StoreError;
 
     /// Knows a fixed set of users and counts the lookups it is asked.
     struct CountingStore {

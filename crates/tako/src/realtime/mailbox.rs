@@ -48,8 +48,8 @@ const USERS_PER_ATTEMPT: usize = 500;
 const MESSAGES_PER_USER: u32 = 100;
 /// A claim older than this belongs to a node that died: the message may be claimed again.
 const LEASE: Duration = Duration::from_secs(300);
-/// How long an attempt waits for its sockets to confirm; a push still unconfirmed then counts
-/// as refused (well inside [`LEASE`]).
+/// How long one user's attempt waits for its sockets to confirm; a push still unconfirmed then
+/// counts as refused (well inside [`LEASE`]).
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(120);
 /// Refused attempts for a connected user before the server stops retrying (the next join
 /// tries again): 50 ms, 100 ms, … 3.2 s apart, about 6 s in all.
@@ -438,13 +438,14 @@ async fn push_in_window(
     let mut in_flight: VecDeque<(MessageId, usize, Confirmation)> = VecDeque::new();
     let mut bytes = 0;
     let mut refused = false;
+    // One deadline for the whole attempt, well inside the claim's lease.
+    let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
     let settle_oldest = |in_flight: &mut VecDeque<(MessageId, usize, Confirmation)>,
                          bytes: &mut usize| {
         let (id, size, confirmation) = in_flight.pop_front()?;
         *bytes -= size;
         Some(async move {
-            let written =
-                tokio::time::timeout(CONFIRM_TIMEOUT, confirmation).await.unwrap_or(false);
+            let written = tokio::time::timeout_at(deadline, confirmation).await.unwrap_or(false);
             (id, written)
         })
     };

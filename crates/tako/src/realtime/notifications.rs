@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use std::sync::Arc;
 
+use super::directory::UserDirectory;
 use super::mailbox::Mailbox;
 use super::presence::PresenceTracker;
 use super::sockets::SocketUser;
@@ -20,6 +21,8 @@ pub fn is_notifications_topic(topic: &str) -> bool {
 pub struct NotificationsChannel {
     mailbox: Arc<Mailbox>,
     presence: Arc<PresenceTracker>,
+    /// Who the sender is called: the nickname the server knows, not what a push claims.
+    directory: Arc<UserDirectory>,
     /// `TAKO_STAMPS=verified`: only the server announces stamps, so clients' `collected`,
     /// `rally-completed` and `shout` reach nobody.
     verified: bool,
@@ -32,9 +35,36 @@ impl NotificationsChannel {
     pub fn new(
         mailbox: Arc<Mailbox>,
         presence: Arc<PresenceTracker>,
+        directory: Arc<UserDirectory>,
         verified: bool,
     ) -> NotificationsChannel {
-        NotificationsChannel { mailbox, presence, verified }
+        NotificationsChannel { mailbox, presence, directory, verified }
+    }
+
+    /// Broadcasts `event` `{"nickname": …}` with the sender's stored nickname, whatever the
+    /// payload claims (the web client sends its own nickname, so it sees no difference); a
+    /// sender without a nickname gets an error reply and nobody hears anything.
+    async fn announce(
+        &self,
+        event: &str,
+        payload: &Payload,
+        ctx: &ChannelContext<SocketUser>,
+    ) -> HandleIn {
+        // The payload keeps the shape the original required, though its value is not used.
+        if let Err(reply) = claimed_nickname(payload) {
+            return reply;
+        }
+        match self.directory.stored_nickname(ctx.assigns().id).await {
+            Ok(Some(nick)) => {
+                ctx.broadcast(event, Payload::Json(json!({ "nickname": nick.as_str() })));
+                ok()
+            }
+            Ok(None) => error("set a nickname first"),
+            Err(e) => {
+                tracing::warn!(error = %e, "nickname lookup for a broadcast failed");
+                error("unavailable, try again")
+            }
+        }
     }
 }
 
@@ -47,7 +77,7 @@ fn ok() -> HandleIn {
 }
 
 /// `{"nickname": "<string>"}` or the reason it is not.
-fn nickname(payload: &Payload) -> Result<&str, HandleIn> {
+fn claimed_nickname(payload: &Payload) -> Result<&str, HandleIn> {
     match payload {
         Payload::Json(Value::Object(map)) => match map.get("nickname") {
             Some(Value::String(nick)) => Ok(nick),
@@ -85,23 +115,8 @@ impl Channel<SocketUser> for NotificationsChannel {
         }
         match event {
             // A stamp was scanned: everyone on the topic (the sender too) hears who.
-            "collected" => match nickname(&payload) {
-                Ok(nick) => {
-                    ctx.broadcast(
-                        "collected-broadcast",
-                        Payload::Json(json!({ "nickname": nick })),
-                    );
-                    ok()
-                }
-                Err(reply) => reply,
-            },
-            "rally-completed" => match nickname(&payload) {
-                Ok(nick) => {
-                    ctx.broadcast("rally-completed", Payload::Json(json!({ "nickname": nick })));
-                    ok()
-                }
-                Err(reply) => reply,
-            },
+            "collected" => self.announce("collected-broadcast", &payload, ctx).await,
+            "rally-completed" => self.announce("rally-completed", &payload, ctx).await,
             "ping" => HandleIn::Reply(Ok(payload)),
             // The client's answer to the server-wide ping.
             "pong" => HandleIn::NoReply,

@@ -28,8 +28,13 @@ impl TakoSockets {
         verified_stamps: bool,
     ) -> TakoSockets {
         TakoSockets {
+            notifications: Arc::new(NotificationsChannel::new(
+                mailbox,
+                presence,
+                directory.clone(),
+                verified_stamps,
+            )),
             directory,
-            notifications: Arc::new(NotificationsChannel::new(mailbox, presence, verified_stamps)),
         }
     }
 }

@@ -1,6 +1,8 @@
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, backends, update_body, TestApp};
+use sqlx::Connection;
+
+use crate::helpers::{assert_error, backends, update_body, Backend, TestApp};
 
 #[tokio::test]
 async fn best_first_ties_by_who_got_there_first_nameless_left_out() {
@@ -50,15 +52,94 @@ async fn best_first_ties_by_who_got_there_first_nameless_left_out() {
 }
 
 #[tokio::test]
-async fn defaults_to_100_entries() {
+async fn without_a_limit_every_ranked_user_up_to_the_setting() {
     for backend in backends() {
-        let app = TestApp::spawn(backend).await;
+        let app = TestApp::spawn(backend.clone()).await;
         for i in 0..105 {
             app.register(Some(&format!("Runner{i:03}"))).await;
         }
+        app.register(None).await;
         let body: Value = app.get("/api/json/leaderboard").await.json().await.unwrap();
         let rows = body["data"].as_array().unwrap();
-        assert_eq!(rows.len(), 100);
-        assert_eq!(rows[99]["rank"], 100);
+        assert_eq!(rows.len(), 105, "every named user, as the original answered");
+        assert_eq!(rows[104]["rank"], 105);
+
+        let capped = TestApp::spawn_with(backend, |c| c.leaderboard_max = 50).await;
+        for i in 0..60 {
+            capped.register(Some(&format!("Runner{i:03}"))).await;
+        }
+        let body: Value = capped.get("/api/json/leaderboard").await.json().await.unwrap();
+        assert_eq!(body["data"].as_array().unwrap().len(), 50);
+        // `limit` still asks for exactly that many, up to 1000.
+        let body: Value = capped.get("/api/json/leaderboard?limit=55").await.json().await.unwrap();
+        assert_eq!(body["data"].as_array().unwrap().len(), 55);
+    }
+}
+
+#[tokio::test]
+async fn etag_and_if_none_match_and_changes_show_at_once() {
+    for backend in backends() {
+        let app = TestApp::spawn(backend).await;
+        let ame = app.register_id(Some("Ame")).await;
+        app.register_id(Some("Gura")).await;
+
+        let first = app.get("/api/json/leaderboard").await;
+        assert_eq!(first.status(), 200);
+        assert_eq!(first.headers()["content-type"], "application/json");
+        let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+        assert!(etag.starts_with('"') && etag.ends_with('"') && etag.len() > 10, "{etag}");
+        let body: Value = first.json().await.unwrap();
+        assert_eq!(body["data"].as_array().unwrap().len(), 2);
+
+        // The same tag: 304, no body, the tag again.
+        for header in [etag.clone(), format!("W/{etag}"), format!("\"other\", {etag}")] {
+            let response = app
+                .request(reqwest::Method::GET, "/api/json/leaderboard")
+                .header("if-none-match", header)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 304);
+            assert_eq!(response.headers()["etag"].to_str().unwrap(), etag);
+            assert!(response.bytes().await.unwrap().is_empty());
+        }
+        let other = app
+            .request(reqwest::Method::GET, "/api/json/leaderboard")
+            .header("if-none-match", "\"stale\"")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(other.status(), 200);
+
+        // A change through the API shows on the very next request, with a new tag.
+        app.set_stamps(&ame, 3).await;
+        let response = app
+            .request(reqwest::Method::GET, "/api/json/leaderboard")
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let new_etag = response.headers()["etag"].to_str().unwrap().to_owned();
+        assert_ne!(new_etag, etag);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["data"][0], json!({"nickname": "Ame", "stamps_collected": 3, "rank": 1}));
+
+        // A change this node did not make (another node, an operator's SQL) shows within a
+        // second.
+        let sql = "UPDATE users SET stamps_collected = 9 WHERE nickname = 'Gura'";
+        match &app.backend {
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&app.database_url).await.unwrap();
+                sqlx::query(sql).execute(&mut conn).await.unwrap();
+            }
+            Backend::Postgres(_) => {
+                let mut conn = sqlx::PgConnection::connect(&app.database_url).await.unwrap();
+                sqlx::query(sql).execute(&mut conn).await.unwrap();
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let body: Value = app.get("/api/json/leaderboard").await.json().await.unwrap();
+        assert_eq!(body["data"][0]["nickname"], "Gura");
     }
 }

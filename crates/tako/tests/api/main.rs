@@ -1,9 +1,11 @@
 //! Black-box tests of the HTTP API: the real application, real HTTP, real databases.
 
 mod auth;
+mod broadcast_msg;
 mod helpers;
 mod jsonapi;
 mod leaderboard;
+mod nicknames;
 mod openapi;
 mod operators;
 mod ops;

@@ -158,7 +158,7 @@ async fn invalid_attributes_get_400_pointing_at_them() {
         let path = format!("/api/json/accounts/users/{id}");
         let cases = [
             (json!({"nickname": "ab"}), "nickname"),
-            (json!({"nickname": "x".repeat(21)}), "nickname"),
+            (json!({"nickname": "x".repeat(25)}), "nickname"),
             (json!({"nickname": "bad\u{0007}name"}), "nickname"),
             (json!({"nickname": "sh1thead"}), "nickname"),
             (json!({"nickname": "f.u.c.k"}), "nickname"),
