@@ -59,6 +59,9 @@ pub enum Command {
     Soak(crate::soak::SoakArgs),
     /// Three ways of taking concurrent SQLite writes, side by side (see sqlitewrites.rs).
     SqliteWrites(crate::sqlitewrites::WritesArgs),
+    /// Scenario 7 (issue 14): visitors scan stamps over HTTP (PostgreSQL), each scan broadcast
+    /// to every joined socket (see rally.rs).
+    Rally(RallyArgs),
     /// Scenario 5's default leaderboard (no `limit`: every ranked user up to 10,000) on
     /// PostgreSQL, Tako against the minimal handler (see leaderboard.rs; needs wrk).
     Leaderboard(LeaderboardArgs),
@@ -128,6 +131,25 @@ impl RunArgs {
             targeted_repeats: self.targeted,
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct RallyArgs {
+    /// Visitors scanning at once.
+    #[arg(long, default_value_t = 1000)]
+    pub visitors: usize,
+    /// Stamps each visitor scans, one after the other.
+    #[arg(long, default_value_t = 10)]
+    pub stamps: usize,
+    /// Sockets joined to the event's topic.
+    #[arg(long, default_value_t = 10_000)]
+    pub sockets: usize,
+    /// Sockets (among them) that time every broadcast.
+    #[arg(long, default_value_t = 20)]
+    pub observers: usize,
+    /// Keep the work directory (server logs).
+    #[arg(long)]
+    pub keep: bool,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,8 @@
 //! `bench <subcommand> --help` list the subcommands and their flags (defined in cli.rs):
 //!
 //! - `all`: scenarios 1–6; `ws`: 1–4 and 6 (unless `--no-cluster`); `http`: 5; `cluster`: 6
+//! - `rally`: scenario 7 (issue 14), scans over HTTP on PostgreSQL broadcast to every joined
+//!   socket (see rally.rs)
 //! - `online`: scenario 3 (targeted latency) with up to 50k online, on a Tako cluster with the
 //!   idle sockets held by `ballast` children (see online.rs)
 //! - `soak`: issue 18's event-day soak on one Tako (see soak.rs); `sqlite-writes`: three ways
@@ -22,6 +24,7 @@ mod httpfloor;
 mod leaderboard;
 mod online;
 mod proto;
+mod rally;
 mod runner;
 mod soak;
 mod sqlitewrites;
@@ -242,6 +245,38 @@ fn clean_up(keep: bool, work: &Path) {
     }
 }
 
+/// `bench rally`: scenario 7 (see rally.rs).
+async fn rally_cmd(args: &cli::RallyArgs) -> anyhow::Result<()> {
+    let plan = rally::RallyPlan {
+        visitors: args.visitors,
+        stamps: args.stamps,
+        sockets: args.sockets,
+        observers: args.observers,
+    };
+    let work = std::env::temp_dir().join(format!("tako-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let result = async {
+        let (tako, rev) = prepare_tako(&work, "HEAD")?;
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let report = rally::run(&tako, &work, plan).await?;
+        println!(
+            "Date: {} · Tako {rev} · machine: {} · load average at start: {}",
+            chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+            machine(),
+            load.trim()
+        );
+        println!(
+            "Command: `cargo run --release -p bench -- rally --visitors {} --stamps {} --sockets {} --observers {}`\n",
+            plan.visitors, plan.stamps, plan.sockets, plan.observers
+        );
+        println!("{report}");
+        anyhow::Ok(())
+    }
+    .await;
+    clean_up(args.keep, &work);
+    result
+}
+
 /// `bench online`: scenario 3 at up to 50k online (see online.rs).
 async fn online_cmd(args: &OnlineArgs) -> anyhow::Result<()> {
     let plan = online::OnlinePlan {
@@ -354,6 +389,7 @@ async fn main() -> anyhow::Result<()> {
         cli::Command::Http(run) => all(&run, false, true, false).await,
         cli::Command::Cluster(run) => all(&run, false, false, true).await,
         cli::Command::Online(args) => online_cmd(&args).await,
+        cli::Command::Rally(args) => rally_cmd(&args).await,
         cli::Command::Leaderboard(args) => leaderboard_cmd(&args).await,
         cli::Command::Ballast(b) => {
             let targets = online::parse_targets(&b.targets)?;

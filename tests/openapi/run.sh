@@ -92,6 +92,10 @@ args=(
   run "$base/api/json/open_api"
   --header "Authorization: Bearer $admin_token"
   --checks all
+  # The rally contract (docs/rally.md) answers a scan of an unknown code with 404 unknown_code;
+  # after a POST of a user, schemathesis reads that 404 on /users/{id}/scans as "the created
+  # resource is missing" (ST302). Every other check stays on.
+  --exclude-checks ensure_resource_availability
   --mode all
   --phases examples,coverage,fuzzing,stateful
   --max-examples "$examples"

@@ -9,6 +9,9 @@ use clap::{Args, Subcommand};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Map, Value};
 
+use crate::booths::{self, Booth};
+use crate::qr_sheet::{self, Card, CardCode};
+
 /// Where the commands find the running server. Global: given before or after the subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct RemoteServer {
@@ -47,6 +50,85 @@ pub enum RemoteCommand {
     Users {
         #[command(subcommand)]
         command: UsersCommand,
+    },
+    /// Manage the rally's events of a running server.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// Manage the stamps (booths) of an event of a running server.
+    Stamps {
+        #[command(subcommand)]
+        command: StampsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Create an event; its id (a-z, 0-9 and `-`, e.g. dokomi-2025) is how links name it.
+    Create {
+        id: String,
+        #[arg(long)]
+        name: String,
+        /// Distinct stamps that complete the rally.
+        #[arg(long)]
+        required: u32,
+        /// Scans count from then (RFC 3339, e.g. 2025-06-06T10:00:00+02:00).
+        #[arg(long)]
+        opens_at: Option<String>,
+        /// Scans count until then (RFC 3339).
+        #[arg(long)]
+        closes_at: Option<String>,
+        /// Where its announcements go: `notifications` (default) or `notifications:<name>`.
+        #[arg(long)]
+        topic: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Create it hidden from visitors.
+        #[arg(long)]
+        hidden: bool,
+    },
+    /// Draw prize winners among those who completed the event and were not drawn before
+    /// (recorded for good: drawing again draws other people).
+    Draw {
+        id: String,
+        #[arg(long, default_value_t = 1)]
+        winners: u32,
+    },
+    /// List the event's past draws and their winners.
+    Draws { id: String },
+    /// Print who completed the event as CSV (nickname, completed_at), in the order they did.
+    Completers {
+        id: String,
+        /// Add a user_id column (a user's id is their login secret: share the file with care).
+        #[arg(long)]
+        user_ids: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StampsCommand {
+    /// Create or update an event's stamps from a CSV of booths, and write the QR codes of the
+    /// printed ones (SVG, PNG and a printable index.html) into a folder.
+    Import {
+        /// Columns: name, booth_id (required), description, external_url, image_url, nsfw,
+        /// visible, mode (`printed` or `screen`).
+        file: PathBuf,
+        #[arg(long)]
+        event: String,
+        /// The folder for the QR codes (created when missing).
+        #[arg(long, default_value = "qr")]
+        out: PathBuf,
+    },
+    /// Print a new booth link for a `screen` booth (an earlier link of it stops working), or
+    /// revoke it: the page shows the booth's changing code as a full-screen QR code.
+    BoothLink {
+        booth_id: String,
+        #[arg(long)]
+        event: String,
+        /// Revoke the booth's link instead: its page stops showing codes.
+        #[arg(long)]
+        revoke: bool,
     },
 }
 
@@ -109,6 +191,8 @@ impl Remote {
             }
             RemoteCommand::Ping => self.ping().await,
             RemoteCommand::Users { command } => self.users(command).await,
+            RemoteCommand::Events { command } => self.events(command).await,
+            RemoteCommand::Stamps { command } => self.stamps(command).await,
         }
     }
 
@@ -218,5 +302,299 @@ impl Remote {
                 Ok(())
             }
         }
+    }
+}
+
+/// An existing stamp of the event, as the import matches it.
+struct Existing {
+    id: String,
+    mode: String,
+}
+
+fn path_segment(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// One draw: its time and count, then a line per winner (`user id<TAB>nickname`, ready for
+/// `tako send`).
+fn print_draw(draw: &Value) {
+    let a = &draw["attributes"];
+    let winners = a["winners"].as_array().cloned().unwrap_or_default();
+    println!(
+        "draw {} at {}: {} of {} asked",
+        draw["id"].as_str().unwrap_or("?"),
+        a["drawn_at"].as_str().unwrap_or("?"),
+        winners.len(),
+        a["requested"]
+    );
+    for winner in &winners {
+        println!(
+            "{}\t{}",
+            winner["user_id"].as_str().unwrap_or("?"),
+            winner["nickname"].as_str().unwrap_or("(no nickname)")
+        );
+    }
+}
+
+/// The attributes the file gives (all of them for a new stamp, whose others take defaults).
+fn stamp_attributes(booth: &Booth) -> Value {
+    let f = &booth.fields;
+    let all = json!({
+        "name": f.name,
+        "booth_id": f.booth_id,
+        "description": f.description,
+        "image_url": f.image_url,
+        "external_url": f.external_url,
+        "nsfw": f.nsfw,
+        "visible": f.visible,
+    });
+    let mut given = Map::new();
+    for column in &booth.columns {
+        if let Some(value) = all.get(*column) {
+            given.insert((*column).to_owned(), value.clone());
+        }
+    }
+    Value::Object(given)
+}
+
+impl Remote {
+    pub async fn events(&self, command: EventsCommand) -> anyhow::Result<()> {
+        match command {
+            EventsCommand::Create {
+                id,
+                name,
+                required,
+                opens_at,
+                closes_at,
+                topic,
+                description,
+                hidden,
+            } => {
+                let mut attributes = json!({"name": name, "stamps_required": required});
+                for (key, value) in [
+                    ("opens_at", opens_at),
+                    ("closes_at", closes_at),
+                    ("topic", topic),
+                    ("description", description),
+                ] {
+                    if let Some(value) = value {
+                        attributes[key] = Value::String(value);
+                    }
+                }
+                if hidden {
+                    attributes["visible"] = Value::Bool(false);
+                }
+                let body = json!({"data": {"type": "event", "id": id, "attributes": attributes}});
+                let created = self.call(Method::POST, "/api/json/events", Some(body)).await?;
+                let id = created["data"]["id"].as_str().unwrap_or("?");
+                println!("created event {id}");
+                Ok(())
+            }
+            EventsCommand::Draw { id, winners } => {
+                let path = format!("/api/json/events/{}/draws", path_segment(&id));
+                let body = json!({"data": {"type": "draw", "attributes": {"winners": winners}}});
+                let drawn = self.call(Method::POST, &path, Some(body)).await?;
+                print_draw(&drawn["data"]);
+                Ok(())
+            }
+            EventsCommand::Completers { id, user_ids } => {
+                let path = format!("/api/json/events/{}/completers", path_segment(&id));
+                let listed = self.call(Method::GET, &path, None).await?;
+                let mut out = csv::Writer::from_writer(std::io::stdout().lock());
+                let mut header = vec!["nickname", "completed_at"];
+                if user_ids {
+                    header.push("user_id");
+                }
+                out.write_record(&header)?;
+                for completer in listed["data"].as_array().into_iter().flatten() {
+                    let a = &completer["attributes"];
+                    let mut row = vec![
+                        a["nickname"].as_str().unwrap_or(""),
+                        a["completed_at"].as_str().unwrap_or(""),
+                    ];
+                    if user_ids {
+                        row.push(completer["id"].as_str().unwrap_or(""));
+                    }
+                    out.write_record(&row)?;
+                }
+                out.flush()?;
+                Ok(())
+            }
+            EventsCommand::Draws { id } => {
+                let path = format!("/api/json/events/{}/draws", path_segment(&id));
+                let listed = self.call(Method::GET, &path, None).await?;
+                let draws = listed["data"].as_array().cloned().unwrap_or_default();
+                if draws.is_empty() {
+                    println!("no draws yet");
+                }
+                for draw in &draws {
+                    print_draw(draw);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn stamps(&self, command: StampsCommand) -> anyhow::Result<()> {
+        match command {
+            StampsCommand::Import { file, event, out } => self.import(&file, &event, &out).await,
+            StampsCommand::BoothLink { booth_id, event, revoke } => {
+                self.booth_link(&booth_id, &event, revoke).await
+            }
+        }
+    }
+
+    /// The event's stamps by booth id (hidden ones too), and the event's name.
+    async fn event_stamps(
+        &self,
+        event: &str,
+    ) -> anyhow::Result<(String, std::collections::HashMap<String, Existing>)> {
+        let path = format!("/api/json/events/{}?include=stamps", path_segment(event));
+        let shown = self.call(Method::GET, &path, None).await.map_err(|e| {
+            anyhow::anyhow!("event {event:?}: {e} (create it first: tako events create)")
+        })?;
+        let event_name = shown["data"]["attributes"]["name"].as_str().unwrap_or(event).to_owned();
+        let mut existing = std::collections::HashMap::new();
+        for stamp in shown["included"].as_array().into_iter().flatten() {
+            let attributes = &stamp["attributes"];
+            if let (Some(booth), Some(id)) = (attributes["booth_id"].as_str(), stamp["id"].as_str())
+            {
+                let mode = attributes["mode"].as_str().unwrap_or("printed").to_owned();
+                existing.insert(booth.to_owned(), Existing { id: id.to_owned(), mode });
+            }
+        }
+        Ok((event_name, existing))
+    }
+
+    async fn booth_link(&self, booth_id: &str, event: &str, revoke: bool) -> anyhow::Result<()> {
+        let (_, stamps) = self.event_stamps(event).await?;
+        let Some(stamp) = stamps.get(booth_id) else {
+            bail!("event {event:?} has no booth {booth_id:?}");
+        };
+        if stamp.mode != "screen" {
+            bail!("booth {booth_id:?} is a {} stamp: only screen booths have a link", stamp.mode);
+        }
+        let path = format!("/api/json/stamps/{}/booth-key", path_segment(&stamp.id));
+        if revoke {
+            self.call(Method::DELETE, &path, None).await?;
+            println!("revoked: the page of booth {booth_id} stops showing codes");
+        } else {
+            let made = self.call(Method::POST, &path, None).await?;
+            let page = made["path"].as_str().context("the server gave no path")?;
+            println!("{}{page}", self.url);
+        }
+        Ok(())
+    }
+
+    /// Checks the whole CSV, then the event's stamps, before writing anything; then updates
+    /// the booths it knows (by booth id) and creates the others, writing each new printed
+    /// stamp's QR files as soon as the server answers (its code is shown only then).
+    async fn import(
+        &self,
+        file: &std::path::Path,
+        event: &str,
+        out: &std::path::Path,
+    ) -> anyhow::Result<()> {
+        let size = std::fs::metadata(file)
+            .with_context(|| format!("cannot read {}", file.display()))?
+            .len();
+        if size > booths::MAX_CSV_BYTES as u64 {
+            bail!(
+                "{}: {size} bytes; at most {} are accepted",
+                file.display(),
+                booths::MAX_CSV_BYTES
+            );
+        }
+        let bytes =
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let booths =
+            booths::read(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+
+        let (event_name, existing) = self.event_stamps(event).await?;
+        let conflicts: Vec<String> = booths
+            .iter()
+            .filter_map(|b| {
+                let known = existing.get(&b.booth_id)?;
+                (known.mode != b.mode.as_str()).then(|| {
+                    format!(
+                        "line {}: booth {:?} is a {} stamp; a stamp's mode cannot change (delete \
+                         it, or give the new one another booth_id)",
+                        b.line, b.booth_id, known.mode
+                    )
+                })
+            })
+            .collect();
+        if !conflicts.is_empty() {
+            bail!("{}: nothing was imported:\n  {}", file.display(), conflicts.join("\n  "));
+        }
+        std::fs::create_dir_all(out)
+            .with_context(|| format!("cannot create the folder {}", out.display()))?;
+        // A code is shown once: make sure it can be written before any stamp is created.
+        let probe = out.join(".tako-write-check");
+        std::fs::write(&probe, b"").with_context(|| {
+            format!("cannot write into {}; nothing was imported", out.display())
+        })?;
+        let _ = std::fs::remove_file(&probe);
+
+        let (mut created, mut updated) = (0, 0);
+        let mut cards = Vec::with_capacity(booths.len());
+        for booth in &booths {
+            let stamp_id = if let Some(known) = existing.get(&booth.booth_id) {
+                let body = json!({"data": {"type": "stamp", "id": known.id,
+                    "attributes": stamp_attributes(booth)}});
+                let path = format!("/api/json/stamps/{}", path_segment(&known.id));
+                self.call(Method::PATCH, &path, Some(body)).await.with_context(|| {
+                    format!("line {}: updating {:?}", booth.line, booth.booth_id)
+                })?;
+                updated += 1;
+                known.id.clone()
+            } else {
+                let mut attributes = stamp_attributes(booth);
+                attributes["mode"] = Value::String(booth.mode.as_str().to_owned());
+                let body = json!({"data": {"type": "stamp", "attributes": attributes}});
+                let path = format!("/api/json/events/{}/stamps", path_segment(event));
+                let made = self.call(Method::POST, &path, Some(body)).await.with_context(|| {
+                    format!("line {}: creating {:?}", booth.line, booth.booth_id)
+                })?;
+                let id = made["data"]["id"].as_str().context("the server gave no id")?.to_owned();
+                if let Some(qr) = made["meta"]["qr"].as_str() {
+                    qr_sheet::write_qr(out, &qr_sheet::file_stem(&booth.booth_id, &id), qr)
+                        .with_context(|| {
+                            format!(
+                                "booth {:?} was created but its QR code could not be written \
+                                 (delete that stamp and import again for a new code)",
+                                booth.booth_id
+                            )
+                        })?;
+                }
+                created += 1;
+                id
+            };
+            let code = if booth.mode == crate::rally::StampMode::Screen {
+                CardCode::Screen
+            } else {
+                let stem = qr_sheet::file_stem(&booth.booth_id, &stamp_id);
+                if out.join(format!("{stem}.svg")).exists() {
+                    CardCode::Printed { stem }
+                } else {
+                    CardCode::Elsewhere
+                }
+            };
+            cards.push(Card {
+                name: booth.fields.name.clone(),
+                booth_id: booth.booth_id.clone(),
+                code,
+            });
+        }
+        let index = qr_sheet::write_index(out, &event_name, &cards)?;
+        let elsewhere = cards.iter().filter(|c| c.code == CardCode::Elsewhere).count();
+        println!("{created} stamp(s) created, {updated} updated; print {}", index.display());
+        if elsewhere > 0 {
+            println!(
+                "{elsewhere} printed booth(s) got their code from an earlier import into another \
+                 folder: their QR files are there (codes are shown only when a stamp is created)"
+            );
+        }
+        Ok(())
     }
 }

@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod allocator;
 pub mod api;
+pub mod booths;
 pub mod cli;
 pub mod config;
 pub mod dashboard;
@@ -11,6 +12,7 @@ pub mod dashboard;
 pub mod fuzzing;
 pub mod messages;
 pub mod metrics;
+pub mod qr_sheet;
 pub mod rally;
 pub mod realtime;
 pub mod server;

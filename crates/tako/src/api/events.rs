@@ -454,7 +454,7 @@ fn invalid(error: RallyError) -> ApiError {
     )
 }
 
-fn expect_type(given: &str, expected: &str) -> Result<(), ApiError> {
+pub(super) fn expect_type(given: &str, expected: &str) -> Result<(), ApiError> {
     if given == expected {
         return Ok(());
     }
@@ -468,12 +468,12 @@ fn at(value: DateTime<Utc>) -> Timestamp {
     Timestamp::from_datetime(value)
 }
 
-fn event_id(path: Result<Path<String>, PathRejection>) -> Result<EventId, ApiError> {
+pub(super) fn event_id(path: Result<Path<String>, PathRejection>) -> Result<EventId, ApiError> {
     let Ok(Path(id)) = path else { return Err(ApiError::not_found()) };
     EventId::parse(&id).map_err(|_| ApiError::not_found())
 }
 
-fn stamp_id(path: Result<Path<String>, PathRejection>) -> Result<StampId, ApiError> {
+pub(super) fn stamp_id(path: Result<Path<String>, PathRejection>) -> Result<StampId, ApiError> {
     let Ok(Path(id)) = path else { return Err(ApiError::not_found()) };
     id.parse().map_err(|_| ApiError::not_found())
 }

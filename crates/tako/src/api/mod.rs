@@ -2,6 +2,8 @@
 
 pub mod auth;
 mod body;
+mod booth;
+mod draws;
 pub mod error;
 mod events;
 mod health;
@@ -68,11 +70,17 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
             get(events::show_event).patch(events::update_event).delete(events::delete_event),
         )
         .route(&format!("{}/{{id}}/stamps", events::EVENTS), post(events::create_stamp))
+        .route(&format!("{}/{{id}}/draws", events::EVENTS), get(draws::list).post(draws::create))
+        .route(&format!("{}/{{id}}/completers", events::EVENTS), get(draws::completers))
         .route(
             &format!("{}/{{id}}", events::STAMPS),
             patch(events::update_stamp).delete(events::delete_stamp),
         )
         .route(&format!("{}/{{id}}/code", events::STAMPS), get(events::screen_code))
+        .route(
+            &format!("{}/{{id}}/booth-key", events::STAMPS),
+            post(booth::create_key).delete(booth::revoke_key),
+        )
         .route("/api/json/leaderboard", get(leaderboard::leaderboard))
         .route("/api/json/open_api", get(openapi::open_api))
         .route("/api/messages", post(operators::send_message))
@@ -87,6 +95,8 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route(&format!("{}/{{key}}", booth::BOOTH), get(booth::page))
+        .route(&format!("{}/{{key}}/code", booth::BOOTH), get(booth::code))
         .merge(jsonapi)
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed().into_response() })

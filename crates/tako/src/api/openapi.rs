@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{error, events, leaderboard, operators, ops, presence, scans, users};
+use super::{booth, draws, error, events, leaderboard, operators, ops, presence, scans, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -14,6 +14,7 @@ use super::{error, events, leaderboard, operators, ops, presence, scans, users};
         operators::send_message, operators::message_status, operators::broadcast, operators::ping, ops::search_users, presence::list,
         events::list_events, events::show_event, events::create_event, events::update_event, events::delete_event,
         events::create_stamp, events::update_stamp, events::delete_stamp, events::screen_code, scans::scan, scans::list,
+        booth::create_key, booth::revoke_key, draws::create, draws::list, draws::completers,
     ),
     components(schemas(error::ErrorDocument)),
     modifiers(&BearerAuth),

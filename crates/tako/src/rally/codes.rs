@@ -73,6 +73,18 @@ impl RallySecret {
         (code, StampSecret::Printed { code_hash })
     }
 
+    /// What the database keeps of a booth key (the secret in a screen booth's link).
+    pub fn booth_key_hash(&self, key: &str) -> String {
+        hex(&self.mac(b"tako-rally booth key v1\0", key.as_bytes()))
+    }
+
+    /// A new booth key (128 random bits, base64url) and what to store for it.
+    pub fn new_booth_key(&self) -> (String, String) {
+        let key = URL_SAFE_NO_PAD.encode(random::<16>());
+        let hash = self.booth_key_hash(&key);
+        (key, hash)
+    }
+
     /// What to store for a new screen stamp.
     pub fn new_screen(&self) -> StampSecret {
         StampSecret::Screen { salt: hex(&random::<16>()) }
@@ -98,6 +110,15 @@ impl RallySecret {
         let Ok(given) = URL_SAFE_NO_PAD.decode(&code.mac) else { return false };
         given.len() == expected.len() && bool::from(given.ct_eq(&expected))
     }
+}
+
+/// The length of a booth key.
+pub const BOOTH_KEY_CHARS: usize = 22;
+
+/// Whether `key` could be a booth key (checked before any lookup).
+pub fn booth_key_well_formed(key: &str) -> bool {
+    key.len() == BOOTH_KEY_CHARS
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
 }
 
 fn random<const N: usize>() -> [u8; N] {
@@ -228,6 +249,19 @@ mod tests {
         // Another secret, another hash: the table alone tests no guess.
         assert_ne!(code_hash, RallySecret::new(b"another".to_vec()).printed_hash(&code));
         assert_ne!(secret().new_printed().0, code);
+    }
+
+    #[test]
+    fn booth_keys_are_random_and_stored_keyed() {
+        let (key, hash) = secret().new_booth_key();
+        assert_eq!(key.len(), BOOTH_KEY_CHARS);
+        assert_eq!(hash, secret().booth_key_hash(&key));
+        assert_ne!(hash, secret().printed_hash(&key), "another domain than printed codes");
+        assert_ne!(secret().new_booth_key().0, key);
+        assert!(booth_key_well_formed(&key));
+        assert!(
+            !booth_key_well_formed("short") && !booth_key_well_formed(&format!("{}/", &key[1..]))
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! sockets; the API checks requests into these types and announces what a scan returns.
 
 mod codes;
+mod draw;
 mod event;
 mod postgres;
 mod scan;
@@ -10,8 +11,10 @@ mod stamp;
 mod store;
 
 pub use codes::{
-    qr_content, CodeStep, RallySecret, StampCode, MAX_SCANNED_CHARS, MIN_SECRET_CHARS,
+    booth_key_well_formed, qr_content, CodeStep, RallySecret, StampCode, MAX_SCANNED_CHARS,
+    MIN_SECRET_CHARS,
 };
+pub use draw::{Completer, Draw, Winner, MAX_WINNERS};
 pub use event::{Event, EventChanges, EventDraft, EventId, RallyError, MAX_EVENT_ID};
 pub use scan::{CurrentCode, Progress, Rally, ScanError, ScanOutcome};
 pub use stamp::{Stamp, StampChanges, StampDraft, StampFields, StampId, StampMode, StampSecret};

@@ -89,6 +89,16 @@ impl Rally {
         self.step
     }
 
+    /// A new booth key for a screen stamp's page, and what to store for it.
+    pub fn new_booth_key(&self) -> (String, String) {
+        self.secret.new_booth_key()
+    }
+
+    /// What the database keeps of `key`.
+    pub fn booth_key_hash(&self, key: &str) -> String {
+        self.secret.booth_key_hash(key)
+    }
+
     /// What a QR code shows for `code`.
     pub fn qr(&self, code: &str) -> String {
         qr_content(self.scan_url.as_deref(), code)

@@ -5,7 +5,10 @@ use serde_json::{Map, Value};
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-use super::{Deletion, Event, EventId, RallyStore, Recorded, Scan, Stamp, StampId, StampSecret};
+use super::{
+    Completer, Deletion, Draw, Event, EventId, RallyStore, Recorded, Scan, Stamp, StampId,
+    StampSecret, Winner,
+};
 use crate::accounts::{LeaderboardEntry, Nickname, StampCount, Timestamp, UserId};
 use crate::storage::{SqliteStore, StoreError};
 
@@ -263,6 +266,25 @@ impl RallyStore for SqliteStore {
         Ok(result.rows_affected() == 1)
     }
 
+    async fn set_booth_key(&self, id: StampId, hash: Option<&str>) -> Result<bool, StoreError> {
+        let result = sqlx::query("UPDATE rally_stamps SET booth_key_hash = ?2 WHERE id = ?1")
+            .bind(id.to_string())
+            .bind(hash)
+            .execute(&self.writer)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn stamp_by_booth_key(&self, hash: &str) -> Result<Option<Stamp>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {STAMP_COLUMNS} FROM rally_stamps WHERE booth_key_hash = ?1"
+        ))
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(stamp_from_row).transpose()?)
+    }
+
     async fn delete_stamp(&self, id: StampId, force: bool) -> Result<Deletion, StoreError> {
         let result = sqlx::query(
             "DELETE FROM rally_stamps WHERE id = ?1
@@ -374,5 +396,115 @@ impl RallyStore for SqliteStore {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
+    }
+
+    async fn completers(&self, event: &EventId, limit: u32) -> Result<Vec<Completer>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.user_id AS user_id, u.nickname AS nickname, c.completed_at AS completed_at
+             FROM rally_completions c JOIN users u ON u.id = c.user_id
+             WHERE c.event_id = ?1 ORDER BY c.completed_at, c.user_id LIMIT ?2",
+        )
+        .bind(event.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut completers = Vec::with_capacity(rows.len());
+        for row in &rows {
+            completers.push(Completer {
+                user: row.try_get::<String, _>("user_id")?.parse().map_err(decode)?,
+                nickname: row.try_get("nickname")?,
+                completed_at: Timestamp::from_micros(row.try_get("completed_at")?),
+            });
+        }
+        Ok(completers)
+    }
+
+    async fn undrawn_completers(&self, event: &EventId) -> Result<Vec<UserId>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.user_id AS user_id FROM rally_completions c
+             WHERE c.event_id = ?1 AND NOT EXISTS (
+                 SELECT 1 FROM rally_draw_winners w
+                 WHERE w.event_id = c.event_id AND w.user_id = c.user_id)
+             ORDER BY c.completed_at, c.user_id",
+        )
+        .bind(event.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        let users: Result<Vec<UserId>, sqlx::Error> = rows
+            .iter()
+            .map(|row| row.try_get::<String, _>("user_id")?.parse().map_err(decode))
+            .collect();
+        Ok(users?)
+    }
+
+    async fn record_draw(&self, draw: &Draw) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO rally_draws (id, event_id, drawn_at, requested) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(draw.id.to_string())
+        .bind(draw.event_id.as_str())
+        .bind(draw.drawn_at.as_micros())
+        .bind(i64::from(draw.requested))
+        .execute(&mut *tx)
+        .await?;
+        for winner in &draw.winners {
+            let user = winner.user;
+            let result = sqlx::query(
+                "INSERT INTO rally_draw_winners (draw_id, event_id, user_id) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(draw.id.to_string())
+            .bind(draw.event_id.as_str())
+            .bind(user.to_string())
+            .execute(&mut *tx)
+            .await?;
+            if result.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn draws(&self, event: &EventId) -> Result<Vec<Draw>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, drawn_at, requested FROM rally_draws WHERE event_id = ?1
+             ORDER BY drawn_at, id",
+        )
+        .bind(event.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut draws = Vec::with_capacity(rows.len());
+        for row in &rows {
+            draws.push(Draw {
+                id: row.try_get::<String, _>("id")?.parse().map_err(decode)?,
+                event_id: event.clone(),
+                drawn_at: Timestamp::from_micros(row.try_get("drawn_at")?),
+                requested: row.try_get::<i64, _>("requested")?.clamp(0, i64::from(u32::MAX)) as u32,
+                winners: Vec::new(),
+            });
+        }
+        let rows = sqlx::query(
+            "SELECT w.draw_id AS draw_id, w.user_id AS user_id, u.nickname AS nickname
+             FROM rally_draw_winners w JOIN users u ON u.id = w.user_id
+             WHERE w.event_id = ?1 ORDER BY u.nickname, w.user_id",
+        )
+        .bind(event.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &rows {
+            let draw_id =
+                row.try_get::<String, _>("draw_id")?.parse::<uuid::Uuid>().map_err(decode)?;
+            let winner = Winner {
+                user: row.try_get::<String, _>("user_id")?.parse().map_err(decode)?,
+                nickname: row.try_get("nickname")?,
+            };
+            if let Some(draw) = draws.iter_mut().find(|d| d.id == draw_id) {
+                draw.winners.push(winner);
+            }
+        }
+        Ok(draws)
     }
 }

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::{Event, EventId, Stamp, StampId};
+use super::{Completer, Draw, Event, EventId, Stamp, StampId};
 use crate::accounts::{LeaderboardEntry, Timestamp, UserId};
 use crate::storage::StoreError;
 
@@ -65,6 +65,11 @@ pub trait RallyStore: Send + Sync + 'static {
         -> Result<Vec<Stamp>, StoreError>;
     /// Writes the public fields of `stamp` (found by id); false when it is gone.
     async fn save_stamp(&self, stamp: &Stamp) -> Result<bool, StoreError>;
+    /// Sets (replacing any earlier one) or clears the keyed hash of the stamp's booth key;
+    /// false when the stamp is gone.
+    async fn set_booth_key(&self, id: StampId, hash: Option<&str>) -> Result<bool, StoreError>;
+    /// The stamp whose booth key has this keyed hash.
+    async fn stamp_by_booth_key(&self, hash: &str) -> Result<Option<Stamp>, StoreError>;
     /// With `force`, its scans go too.
     async fn delete_stamp(&self, id: StampId, force: bool) -> Result<Deletion, StoreError>;
 
@@ -89,4 +94,14 @@ pub trait RallyStore: Send + Sync + 'static {
         event: &EventId,
         limit: u32,
     ) -> Result<Vec<LeaderboardEntry>, StoreError>;
+
+    /// Who completed `event`, in the order they did, at most `limit`.
+    async fn completers(&self, event: &EventId, limit: u32) -> Result<Vec<Completer>, StoreError>;
+    /// Who completed `event` and was not drawn in it before.
+    async fn undrawn_completers(&self, event: &EventId) -> Result<Vec<UserId>, StoreError>;
+    /// Records the draw and its winners at once; false (nothing recorded) when one of them was
+    /// drawn by another draw meanwhile.
+    async fn record_draw(&self, draw: &Draw) -> Result<bool, StoreError>;
+    /// The event's draws, oldest first, with their winners (and their nicknames).
+    async fn draws(&self, event: &EventId) -> Result<Vec<Draw>, StoreError>;
 }

@@ -142,6 +142,14 @@ async fn operators_manage_events_and_clients_read_the_visible_ones() {
                 "/data/attributes/colour",
             ),
             (
+                json!({"name": "X", "stamps_required": 1, "visible": null}),
+                "/data/attributes/visible",
+            ),
+            (
+                json!({"name": "X", "stamps_required": 1, "metadata": null}),
+                "/data/attributes/metadata",
+            ),
+            (
                 json!({"name": "X", "stamps_required": 1, "topic": "room:lobby"}),
                 "/data/attributes/topic",
             ),
@@ -986,5 +994,184 @@ async fn codes_survive_a_restart_with_the_generated_secret() {
     let app = TestApp::start_config(config, Backend::Sqlite, url).await;
     let user = register(&app, Some("Gura")).await;
     assert_error(scan(&app, &user, code.as_deref().unwrap()).await, 404, "unknown_code").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_booth_key_reads_its_one_screen_stamp_until_revoked() {
+    for backend in backends() {
+        let app = spawn(backend, |_| {}).await;
+        create_event(&app, "ev", json!({"name": "Ev", "stamps_required": 2})).await;
+        let (a, _) =
+            create_stamp(&app, "ev", json!({"name": "Stage A", "booth_id": "A", "mode": "screen"}))
+                .await;
+        let (b, _) = create_stamp(&app, "ev", json!({"name": "Stage B", "mode": "screen"})).await;
+        let (printed, _) = create_stamp(&app, "ev", json!({"name": "Paper"})).await;
+        let make = |stamp: String| {
+            let app = &app;
+            async move {
+                let path = format!("/api/json/stamps/{stamp}/booth-key");
+                let response = admin(app, Method::POST, &path, None).await;
+                assert_eq!(response.status(), 201);
+                let body: Value = response.json().await.unwrap();
+                let key = body["key"].as_str().unwrap().to_owned();
+                assert_eq!(body["path"], format!("/booth/{key}"));
+                key
+            }
+        };
+        let code = |key: String| {
+            let app = &app;
+            async move { app.client.get(app.url(&format!("/booth/{key}/code"))).send().await.unwrap() }
+        };
+        let key_a = make(a.clone()).await;
+        let key_b = make(b.clone()).await;
+        assert_ne!(key_a, key_b);
+
+        // Each key reads its own stamp's current code, which scans.
+        let response = code(key_a.clone()).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["cache-control"], "no-store");
+        let shown: Value = response.json().await.unwrap();
+        assert_eq!(
+            (shown["name"].as_str(), shown["booth_id"].as_str()),
+            (Some("Stage A"), Some("A"))
+        );
+        let user = register(&app, Some("Booth_Fan")).await;
+        let scanned = scan(&app, &user, shown["qr"].as_str().unwrap()).await;
+        assert_eq!(scanned.status(), 201);
+        let scanned: Value = scanned.json().await.unwrap();
+        assert_eq!(scanned["data"]["relationships"]["stamp"]["data"]["id"], a.as_str());
+        let shown_b: Value = code(key_b.clone()).await.json().await.unwrap();
+        assert_eq!(shown_b["name"], "Stage B");
+
+        // Only operators make keys, only for screen stamps of this server.
+        let path = format!("/api/json/stamps/{a}/booth-key");
+        assert_eq!(client(&app, Method::POST, &path, None).await.status(), 403);
+        assert_eq!(send(&app, &key_a, Method::POST, &path, None).await.status(), 401);
+        let printed_path = format!("/api/json/stamps/{printed}/booth-key");
+        assert_error(admin(&app, Method::POST, &printed_path, None).await, 409, "conflict").await;
+        let missing = format!("/api/json/stamps/{}/booth-key", uuid::Uuid::new_v4());
+        assert_eq!(admin(&app, Method::POST, &missing, None).await.status(), 404);
+        assert_eq!(admin(&app, Method::DELETE, &missing, None).await.status(), 404);
+
+        // A new key replaces the old one; revoking stops it; deleting the stamp stops its key.
+        let newer = make(a.clone()).await;
+        assert_eq!(code(key_a.clone()).await.status(), 404);
+        assert_eq!(code(newer.clone()).await.status(), 200);
+        assert_eq!(admin(&app, Method::DELETE, &path, None).await.status(), 204);
+        assert_eq!(code(newer.clone()).await.status(), 404);
+        let page = app.client.get(app.url(&format!("/booth/{newer}"))).send().await.unwrap();
+        assert_eq!(page.status(), 404);
+        assert_eq!(code(key_b.clone()).await.status(), 200, "other booths keep theirs");
+        let delete = format!("/api/json/stamps/{b}");
+        assert_eq!(admin(&app, Method::DELETE, &delete, None).await.status(), 204);
+        assert_eq!(code(key_b).await.status(), 404);
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn draws_pick_completers_never_twice_and_are_kept() {
+    for backend in backends() {
+        let app = spawn(backend, |_| {}).await;
+        create_event(&app, "ev", json!({"name": "Ev", "stamps_required": 1})).await;
+        let (_, code) = create_stamp(&app, "ev", json!({"name": "A"})).await;
+        let code = code.unwrap();
+        let mut completers = Vec::new();
+        for n in 0..5 {
+            let user = register(&app, Some(&format!("Winner_{n}"))).await;
+            assert_eq!(scan(&app, &user, &code).await.status(), 201);
+            completers.push(user);
+        }
+        // Registered but never completed: never drawn, not listed.
+        let idle = register(&app, Some("Idle")).await;
+        let listed = "/api/json/events/ev/completers";
+        assert_eq!(client(&app, Method::GET, listed, None).await.status(), 403);
+        let response = admin(&app, Method::GET, listed, None).await;
+        assert_eq!(response.status(), 200);
+        let doc: Value = response.json().await.unwrap();
+        let ids: Vec<&str> =
+            doc["data"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+        assert_eq!(
+            ids,
+            completers.iter().map(String::as_str).collect::<Vec<_>>(),
+            "in completion order"
+        );
+        assert_eq!(doc["data"][0]["attributes"]["nickname"], "Winner_0");
+        let path = "/api/json/events/ev/draws";
+        let draw = |n: u32| {
+            let app = &app;
+            async move {
+                let body = json!({"data": {"type": "draw", "attributes": {"winners": n}}});
+                admin(app, Method::POST, path, Some(body)).await
+            }
+        };
+        let winners = |doc: &Value| -> Vec<String> {
+            doc["attributes"]["winners"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w["user_id"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let first = draw(3).await;
+        assert_eq!(first.status(), 201);
+        let first: Value = first.json().await.unwrap();
+        let first = winners(&first["data"]);
+        assert_eq!(first.len(), 3);
+        let second: Value = draw(3).await.json().await.unwrap();
+        assert_eq!(second["data"]["attributes"]["requested"], 3);
+        let second = winners(&second["data"]);
+        assert_eq!(second.len(), 2, "only two were left");
+        let mut all: Vec<String> = first.iter().chain(&second).cloned().collect();
+        assert!(all.iter().all(|w| completers.contains(w) && *w != idle));
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 5, "nobody drawn twice");
+        assert_error(draw(1).await, 409, "nobody_to_draw").await;
+        assert_error(draw(0).await, 400, "invalid_attribute").await;
+        let body = json!({"data": {"type": "draw", "attributes": {"winners": 1}}});
+        assert_eq!(client(&app, Method::POST, path, Some(body)).await.status(), 403);
+        assert_eq!(client(&app, Method::GET, path, None).await.status(), 403);
+        let missing = json!({"data": {"type": "draw", "attributes": {"winners": 1}}});
+        let response =
+            admin(&app, Method::POST, "/api/json/events/nope/draws", Some(missing)).await;
+        assert_eq!(response.status(), 404);
+
+        // Listed, oldest first, with nicknames.
+        let listed: Value = admin(&app, Method::GET, path, None).await.json().await.unwrap();
+        let draws = listed["data"].as_array().unwrap();
+        assert_eq!(draws.len(), 2);
+        assert_eq!(winners(&draws[0]).len(), 3);
+        assert!(draws[0]["attributes"]["winners"][0]["nickname"]
+            .as_str()
+            .unwrap()
+            .starts_with("Winner_"));
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_draw_survives_a_restart_and_is_not_rerolled() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("tako.db").display());
+    let start = || {
+        let mut config = Config::for_database(&url);
+        tokens(&mut config);
+        config
+    };
+    let app = TestApp::start_config(start(), Backend::Sqlite, url.clone()).await;
+    create_event(&app, "ev", json!({"name": "Ev", "stamps_required": 1})).await;
+    let (_, code) = create_stamp(&app, "ev", json!({"name": "A"})).await;
+    let user = register(&app, Some("Only_One")).await;
+    assert_eq!(scan(&app, &user, code.as_deref().unwrap()).await.status(), 201);
+    let body = json!({"data": {"type": "draw", "attributes": {"winners": 1}}});
+    let path = "/api/json/events/ev/draws";
+    assert_eq!(admin(&app, Method::POST, path, Some(body.clone())).await.status(), 201);
+    app.stop().await;
+    let app = TestApp::start_config(start(), Backend::Sqlite, url.clone()).await;
+    let listed: Value = admin(&app, Method::GET, path, None).await.json().await.unwrap();
+    assert_eq!(listed["data"][0]["attributes"]["winners"][0]["user_id"], user.as_str());
+    assert_error(admin(&app, Method::POST, path, Some(body)).await, 409, "nobody_to_draw").await;
     app.stop().await;
 }
