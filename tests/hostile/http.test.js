@@ -61,7 +61,9 @@ test("slowloris: 400 stalled partial requests with 256 fds are closed within the
     assert.equal(trickling, 0, "a request trickling bytes is closed on the same timeout");
     if (bad.length) t.diagnostic(`/healthz: ${timings.join(" ")}`);
     assert.equal(bad.length, 0, "/healthz answered every time (within 2 s)");
-    assert.ok(!/Too many open files/.test(server.output), "no accept error from fd exhaustion");
+    const emfile = server.output.split("\n").filter((l) => /Too many open files/.test(l));
+    if (emfile.length) t.diagnostic(`${emfile.length} accept errors, first: ${emfile[0].replace(/\x1b\[[0-9;]*m/g, "")}`);
+    assert.equal(emfile.length, 0, "no accept error from fd exhaustion (the connection cap stays under the fd limit)");
     await assertSurvived(t, assert, server, h, { peak: watch.stop(), rssBound: 100 * MiB, label: "slowloris" });
     conns.forEach((c) => c.sock.destroy());
     h.close();

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::channel::Payload;
 use crate::serializer::{Frame, Serializer, Status};
-use crate::transport::frames::{Inbound, Reader, Violation};
+use crate::transport::frames::{Inbound, Outgoing, Reader, Violation};
 use crate::transport::longpoll;
 
 /// Frame size limits the frame target picks from: the smallest ones make every length check
@@ -99,6 +99,154 @@ fn poll_once<F: std::future::Future>(future: F) -> Option<F::Output> {
     match pin!(future).poll(&mut cx) {
         Poll::Ready(output) => Some(output),
         Poll::Pending => None,
+    }
+}
+
+/// Writes frames through [`Outgoing`] to a writer that takes a fuzzer-chosen number of bytes
+/// per call (0: not ready now), as a slow client's socket does. The first byte is the number of
+/// frames (up to 40, so batches of 32 split); each frame then takes three bytes: text or binary
+/// and a length (under 512, or 65,536 more for one frame in eight; its bytes are made up); the
+/// rest are the write sizes, used in turn.
+///
+/// Properties: no panic; the bytes written are exactly each frame's server header and payload,
+/// in order; `completed()` counts exactly the frames whose last byte was taken.
+pub fn outgoing(data: &[u8]) {
+    let [count, rest @ ..] = data else { return };
+    let count = (*count as usize % 41).min(rest.len() / 3);
+    let (specs, sizes) = rest.split_at(count * 3);
+    let frames: Vec<Frame> = specs
+        .chunks_exact(3)
+        .enumerate()
+        .map(|(i, spec)| {
+            let len = u16::from_be_bytes([spec[1], spec[2]]) as usize;
+            // Lengths past 65,535 need the 64-bit header: one frame in eight gets one, the
+            // others stay small so that runs stay fast.
+            let len = if i % 8 == 3 { len + 65_536 } else { len % 512 };
+            if spec[0] % 2 == 0 {
+                Frame::Text(String::from_utf8(vec![b'a' + (i % 26) as u8; len]).unwrap().into())
+            } else {
+                Frame::Binary(Bytes::from(vec![i as u8; len]))
+            }
+        })
+        .collect();
+    let mut expected = Vec::new();
+    let mut ends = Vec::new();
+    for frame in &frames {
+        let (opcode, payload) = match frame {
+            Frame::Text(text) => (0x81u8, text.as_bytes()),
+            Frame::Binary(data) => (0x82u8, &data[..]),
+        };
+        expected.push(opcode);
+        match payload.len() {
+            n if n < 126 => expected.push(n as u8),
+            n if n <= 0xffff => {
+                expected.push(126);
+                expected.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                expected.push(127);
+                expected.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        expected.extend_from_slice(payload);
+        ends.push(expected.len());
+    }
+    let mut out = Outgoing::new(frames.into_iter().collect());
+    let mut io = Trickle { out: Vec::new(), sizes, next: 0 };
+    let mut cx = Context::from_waker(Waker::noop());
+    // Every size 0 would never finish; a bound on the calls keeps each run short (a big frame
+    // written a byte at a time is checked as far as it gets).
+    let mut checked = 0;
+    for _ in 0..2_000 {
+        let done = out.poll_write(&mut cx, &mut io);
+        let written = io.out.len();
+        assert!(written <= expected.len(), "more bytes written than the frames hold");
+        assert_eq!(io.out[checked..], expected[checked..written], "bytes {checked}..{written}");
+        checked = written;
+        let whole = ends.iter().take_while(|end| **end <= written).count();
+        assert_eq!(out.completed(), whole, "frames counted as written vs written whole");
+        match done {
+            Poll::Ready(Ok(())) => {
+                assert_eq!(io.out, expected);
+                assert_eq!(out.completed(), ends.len());
+                return;
+            }
+            Poll::Ready(Err(e)) => panic!("an in-memory write failed: {e}"),
+            Poll::Pending => {}
+        }
+    }
+}
+
+/// A writer taking `sizes[i]` bytes on its i-th call, cycling (`Pending` for 0); everything
+/// when no sizes were given.
+struct Trickle<'a> {
+    out: Vec<u8>,
+    sizes: &'a [u8],
+    next: usize,
+}
+
+impl Trickle<'_> {
+    fn take(&mut self, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        let mut left = match self.sizes {
+            [] => usize::MAX,
+            sizes => {
+                let size = sizes[self.next % sizes.len()] as usize;
+                self.next += 1;
+                if size == 0 {
+                    return Poll::Pending;
+                }
+                // Small writes mostly, a large one now and then.
+                if size > 250 {
+                    size * 1024
+                } else {
+                    size
+                }
+            }
+        };
+        let mut n = 0;
+        for buf in bufs {
+            let take = buf.len().min(left);
+            self.out.extend_from_slice(&buf[..take]);
+            left -= take;
+            n += take;
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl tokio::io::AsyncWrite for Trickle<'_> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.get_mut().take(&[std::io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.get_mut().take(bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -272,6 +420,11 @@ mod tests {
     #[test]
     fn frame_seeds() {
         seeds("frames").iter().for_each(|seed| super::frames(seed));
+    }
+
+    #[test]
+    fn outgoing_seeds() {
+        seeds("outgoing").iter().for_each(|seed| super::outgoing(seed));
     }
 
     #[test]
