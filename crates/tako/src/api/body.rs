@@ -31,6 +31,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Document<T> {
 
 /// `bytes` as `T`, or a 400 pointing at the first thing that is wrong.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    require_objects(bytes)?;
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let pointer = pointer(error.path());
@@ -54,6 +55,26 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         .end()
         .map_err(|e| ApiError::invalid_body(format!("The body is not valid JSON: {e}")))?;
     Ok(value)
+}
+
+/// JSON:API's `data` and `data.attributes` are objects. serde's derived structs also accept
+/// a JSON array (fields by position), so `"attributes": []` would read as "nothing to change":
+/// refused here, with the pointer, before the typed parse.
+fn require_objects(bytes: &[u8]) -> Result<(), ApiError> {
+    let Ok(serde_json::Value::Object(document)) = serde_json::from_slice(bytes) else {
+        return Ok(()); // the typed parse says what is wrong
+    };
+    let not_object = |pointer: &str| {
+        ApiError::invalid_body(format!("{pointer} must be a JSON object")).at_pointer(pointer)
+    };
+    match document.get("data") {
+        Some(serde_json::Value::Object(data)) => match data.get("attributes") {
+            Some(serde_json::Value::Object(_)) | None => Ok(()),
+            Some(_) => Err(not_object("/data/attributes")),
+        },
+        Some(serde_json::Value::Null) | None => Ok(()),
+        Some(_) => Err(not_object("/data")),
+    }
 }
 
 /// A JSON pointer (RFC 6901) from a serde path.
@@ -140,6 +161,17 @@ mod tests {
         let response = axum::response::IntoResponse::into_response(error);
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
         format!("{response:?}")
+    }
+
+    #[test]
+    fn attributes_given_as_an_array_are_refused() {
+        for body in [
+            json!({"data": {"attributes": []}}),
+            json!({"data": {"attributes": ["x", null, 8]}}),
+            json!({"data": []}),
+        ] {
+            assert!(parse::<Doc>(body.to_string().as_bytes()).is_err(), "{body}");
+        }
     }
 
     #[test]
