@@ -371,6 +371,24 @@ mod tests {
     }
 
     #[test]
+    fn soak_prints_the_command_line_that_reproduces_it() {
+        let Command::Soak(s) =
+            parse(&["soak", "--db", "postgres", "--scale", "5", "--keep"]).unwrap()
+        else {
+            panic!()
+        };
+        let line = s.command_line();
+        assert!(
+            line.contains("--db postgres")
+                && line.contains("--scale 5")
+                && line.ends_with(" --keep")
+        );
+        let argv: Vec<&str> = std::iter::once("soak").chain(line.split(' ')).collect();
+        let Command::Soak(again) = parse(&argv).unwrap() else { panic!() };
+        assert_eq!(again.command_line(), line);
+    }
+
+    #[test]
     fn online_and_its_command_line() {
         let Command::Online(o) = parse(&["online"]).unwrap() else { panic!() };
         assert_eq!(o.sizes, vec![1000, 50_000]);

@@ -84,6 +84,29 @@ pub struct SoakArgs {
     pub keep: bool,
 }
 
+impl SoakArgs {
+    /// The flags that reproduce this run, every one spelled out (as `OnlineArgs::command_line`).
+    pub fn command_line(&self) -> String {
+        format!(
+            "--secs {} --db {} --scale {} --sockets {} --stable {} --users {} --reconnects {} \
+             --broadcasts {} --messages {} --probe {} --registrations {} --leaderboard {}{}",
+            self.secs,
+            self.db,
+            self.scale,
+            self.sockets,
+            self.stable,
+            self.users,
+            self.reconnects,
+            self.broadcasts,
+            self.messages,
+            self.probe,
+            self.registrations,
+            self.leaderboard,
+            if self.keep { " --keep" } else { "" }
+        )
+    }
+}
+
 impl Plan {
     pub fn from_args(a: &SoakArgs) -> anyhow::Result<Plan> {
         let plan = Plan {
@@ -571,8 +594,7 @@ pub async fn command(args: &SoakArgs) -> anyhow::Result<()> {
             crate::machine(),
             load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
         );
-        let argv: Vec<String> = std::env::args().skip(2).collect();
-        println!("Command: `cargo run --release -p bench -- soak {}`\n", argv.join(" "));
+        println!("Command: `cargo run --release -p bench -- soak {}`\n", args.command_line());
         println!("{HEADER}\n{row}");
         anyhow::Ok(())
     }

@@ -163,11 +163,10 @@ pub struct WritesArgs {
 
 pub async fn command(args: &WritesArgs) -> anyhow::Result<()> {
     let (secs, writers) = (args.secs.max(1), args.writers.max(1));
-    let rest: Vec<String> = std::env::args().skip(2).collect();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "Command: `cargo run --release -p bench -- sqlite-writes {}` · load average at start: {}\n",
-        rest.join(" "),
+        format_args!("--secs {} --writers {}", args.secs, args.writers),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
     println!("| way | write cycles/s | failed cycles | write p50 / p99 | read p50 / p99 |");
