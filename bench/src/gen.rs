@@ -316,7 +316,10 @@ impl Clients {
         let (tx, rx) = mpsc::channel(1024);
         let control_task = tokio::spawn(control(control_ws, target.proto, rx));
         shared.expected.store(joined as u32, Ordering::SeqCst);
-        let http = reqwest::Client::builder().pool_max_idle_per_host(4).build()?;
+        let http = reqwest::Client::builder().pool_max_idle_per_host(4)
+        // Tako closes keep-alive connections idle for TAKO_HEADER_TIMEOUT (10 s); a client
+        // that keeps them longer races the close and loses requests (status 0).
+        .pool_idle_timeout(crate::runner::CLIENT_IDLE_TIMEOUT).build()?;
         let clients = Clients {
             shared,
             tasks,

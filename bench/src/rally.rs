@@ -179,7 +179,10 @@ async fn run_on(tako: &Path, work: &Path, plan: RallyPlan, url: &str) -> anyhow:
 
 async fn measure(port: u16, plan: RallyPlan) -> anyhow::Result<String> {
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::builder().pool_max_idle_per_host(plan.visitors).build()?;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(plan.visitors)
+        // Tako closes keep-alive connections idle for TAKO_HEADER_TIMEOUT (10 s); a client
+        // that keeps them longer races the close and loses requests (status 0).
+        .pool_idle_timeout(crate::runner::CLIENT_IDLE_TIMEOUT).build()?;
     let api = Arc::new(Api { http, base: base.clone() });
     let quiet = api.event("quiet", "notifications:quiet", plan.stamps).await?;
     let loud = api.event("loud", "notifications", plan.stamps).await?;

@@ -12,6 +12,10 @@ use crate::gen::{Clients, Target};
 use crate::proto::{user_id, Proto};
 use crate::stats::{fmt_bytes, fmt_duration, fmt_rate, quantiles, rss_of_tree, Quantiles};
 
+/// How long the harness's HTTP clients keep an idle keep-alive connection: under Tako's
+/// `TAKO_HEADER_TIMEOUT` (10 s), after which the server closes it.
+pub const CLIENT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// "Tako <rev> (…)" for the baseline build, set once by main.
 pub static BASELINE_LABEL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
 pub static TAKO_LABEL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();

@@ -255,7 +255,10 @@ async fn soak(paths: &Paths, plan: &Plan, database_url: &str) -> anyhow::Result<
     let server = runner::start(runner::Kind::Tako, paths, database_url).await?;
     let (port, pid) = (server.port, server.pid);
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(64)
+        // Tako closes keep-alive connections idle for TAKO_HEADER_TIMEOUT (10 s); a client
+        // that keeps them longer races the close and loses requests (status 0).
+        .pool_idle_timeout(crate::runner::CLIENT_IDLE_TIMEOUT).build()?;
     let tally: Shared = Arc::default();
 
     // Users (the last one is the probe).

@@ -63,8 +63,13 @@ impl Delivery {
         self.tracker.written.load(Ordering::Acquire)
     }
 
-    async fn outcome(self) -> bool {
-        let tracker = self.tracker;
+    /// Resolves as the delivery itself does, without consuming it (so the sender can still
+    /// [`withdraw`](crate::Hub::withdraw) it).
+    pub fn outcome(&self) -> impl Future<Output = bool> + Send + 'static {
+        Self::resolve(self.tracker.clone())
+    }
+
+    async fn resolve(tracker: Arc<Tracker>) -> bool {
         loop {
             let notified = tracker.notify.notified();
             tokio::pin!(notified);
@@ -86,7 +91,7 @@ impl IntoFuture for Delivery {
     type IntoFuture = Pin<Box<dyn Future<Output = bool> + Send>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.outcome())
+        Box::pin(Self::resolve(self.tracker))
     }
 }
 
@@ -100,6 +105,11 @@ impl std::fmt::Debug for Delivery {
 }
 
 impl Ack {
+    /// Whether this is a copy of `delivery`.
+    pub(crate) fn is_of(&self, delivery: &Delivery) -> bool {
+        Arc::ptr_eq(&self.tracker, &delivery.tracker)
+    }
+
     /// The frame's bytes are out: the delivery resolves `true`.
     pub(crate) fn confirm(self) {
         self.tracker.written.store(true, Ordering::Release);

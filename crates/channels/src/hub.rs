@@ -8,6 +8,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::future::{Future, IntoFuture};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -231,6 +232,21 @@ impl Hub {
         observer.fanout(started.elapsed(), count);
         observer.outbound(event, count);
         delivery
+    }
+
+    /// Stops waiting politely on a confirmed push: every socket on this node still holding an
+    /// unconfirmed copy of it (a client that stopped reading) is closed as a slow consumer, its
+    /// queue dropped, and the result resolves to whether a copy was written after all (a frame
+    /// already being written gets the transport's short close grace to finish). So a sender
+    /// that gives up after a deadline learns the truth instead of guessing: a copy that was
+    /// not written is never written later. Returns how many sockets were closed with it.
+    pub fn withdraw(&self, delivery: Delivery) -> (usize, impl Future<Output = bool> + Send) {
+        let holders: Vec<Arc<SocketShared>> = self.inner.sockets.read().values().cloned().collect();
+        let closed = holders.iter().filter(|s| s.outbox.cut_off_holding(&delivery)).count();
+        if closed > 0 {
+            self.inner.metrics.slow_consumers.fetch_add(closed as u64, Ordering::Relaxed);
+        }
+        (closed, delivery.into_future())
     }
 
     /// Close (normally, code 1000) every socket whose id is `socket_id`; returns how many.

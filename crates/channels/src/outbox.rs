@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use smallvec::SmallVec;
 
-use crate::delivery::Ack;
+use crate::delivery::{Ack, Delivery};
 use crate::serializer::Frame;
 
 /// Frames taken from an outbox, in order.
@@ -86,6 +86,16 @@ struct State {
 }
 
 impl State {
+    /// Gives up on the client as a slow consumer: what is queued is dropped (its acks lost),
+    /// what the transport took may still finish, and the socket is asked to close with 1013.
+    fn cut_off(&mut self) {
+        self.queue = Frames::new();
+        self.queued_bytes = 0;
+        let taken = self.taken;
+        self.lose_acks_from(taken);
+        self.close = Some(Close::SLOW_CONSUMER);
+    }
+
     /// Drops the acknowledgements of frames that will never be written (sequence ≥ `from`).
     fn lose_acks_from(&mut self, from: u64) {
         let keep = self.acks.partition_point(|(seq, _)| *seq < from);
@@ -123,11 +133,7 @@ impl Outbox {
         // its way out: the budget bounds what piles up, not what the server itself sends.
         let over_bytes = held > 0 && held.saturating_add(size) > self.capacity.bytes;
         if state.queue.len() >= self.capacity.frames || over_bytes {
-            state.queue = Frames::new();
-            state.queued_bytes = 0;
-            let taken = state.taken;
-            state.lose_acks_from(taken);
-            state.close = Some(Close::SLOW_CONSUMER);
+            state.cut_off();
             drop(state);
             self.notify.notify_one();
             return Pushed::Overflow;
@@ -154,6 +160,21 @@ impl Outbox {
             return false;
         }
         state.close = Some(close);
+        drop(state);
+        self.notify.notify_one();
+        true
+    }
+
+    /// If a copy of `delivery` is here unconfirmed (queued, or taken and still being written),
+    /// closes the socket as a slow consumer: the queue is dropped with its acks, and a frame
+    /// under way gets the transport's close grace to finish. Returns whether it did.
+    pub(crate) fn cut_off_holding(&self, delivery: &Delivery) -> bool {
+        let mut state = self.state.lock();
+        if !state.acks.iter().any(|(_, ack)| ack.is_of(delivery)) {
+            return false;
+        }
+        // Acks of frames dropped here are lost when `state` is released below.
+        state.cut_off();
         drop(state);
         self.notify.notify_one();
         true

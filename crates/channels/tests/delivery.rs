@@ -133,6 +133,66 @@ async fn slow_consumer_is_disconnected_without_blocking_others() {
     assert!(end.is_none() || end == Some(1013), "unexpected close {end:?}");
 }
 
+/// A confirmed push to a client that stopped reading stays unconfirmed; withdrawing it closes
+/// that socket and resolves to the truth: not written, and never written afterwards (the
+/// exactly-once guarantee of a sender that gives up after a deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_push_is_never_written_later() {
+    let server = Server::start_with(EndpointConfig {
+        outbound_queue: 100_000,
+        outbound_queue_bytes: 256 * 1024 * 1024,
+        ..Default::default()
+    })
+    .await;
+    let hub = server.endpoint.hub();
+    let mut stalled = server.v2("user=alice").await;
+    stalled.join("room:a", "1").await;
+    // The client reads no more: 64 MiB of broadcasts fill the kernel's buffers both ways.
+    let chunk = "x".repeat(64 * 1024);
+    for i in 0..1024 {
+        hub.broadcast("room:a", "blob", json!({"i": i, "pad": chunk}).into());
+    }
+    let delivery = hub.send_to_user_confirmed(
+        "alice",
+        TopicMatch::Exact("room:a".into()),
+        "msg",
+        json!({"m": 1}).into(),
+    );
+    assert_eq!(delivery.pending(), 1);
+    let waited = tokio::time::timeout(Duration::from_millis(300), delivery.outcome()).await;
+    assert!(waited.is_err(), "a client that does not read cannot have taken it");
+
+    let (closed, outcome) = hub.withdraw(delivery);
+    assert_eq!(closed, 1);
+    let written = tokio::time::timeout(Duration::from_secs(5), outcome).await.expect("resolves");
+    assert!(!written);
+    assert_eq!(hub.slow_consumer_disconnects(), 1);
+    // Whatever the client reads now, the withdrawn push is not in it.
+    let (texts, _) = stalled.drain().await;
+    assert!(texts.iter().all(|t| !t.contains("\"msg\"")), "the withdrawn push arrived");
+}
+
+/// Withdrawing a push a socket already wrote closes nothing and says it was written.
+#[tokio::test]
+async fn withdrawing_a_written_push_changes_nothing() {
+    let server = Server::start().await;
+    let hub = server.endpoint.hub();
+    let mut alice = server.v2("user=alice").await;
+    alice.join("room:a", "1").await;
+    let delivery = hub.send_to_user_confirmed(
+        "alice",
+        TopicMatch::Exact("room:a".into()),
+        "msg",
+        json!({"m": 1}).into(),
+    );
+    assert_eq!(alice.json().await, json!([null, null, "room:a", "msg", {"m": 1}]));
+    assert!(tokio::time::timeout(Duration::from_secs(5), delivery.outcome()).await.unwrap());
+    let (closed, outcome) = hub.withdraw(delivery);
+    assert_eq!(closed, 0);
+    assert!(outcome.await);
+    alice.heartbeat("h").await;
+}
+
 #[tokio::test]
 async fn shutdown_closes_with_1001_and_refuses_new_sockets() {
     let server = Server::start_with(EndpointConfig {

@@ -113,6 +113,12 @@ pub struct Config {
     #[arg(long, env = "TAKO_MESSAGE_TTL", default_value = "7d", value_parser = humantime::parse_duration)]
     pub message_ttl: std::time::Duration,
 
+    /// Seconds a message handed to a user's socket may stay unwritten (a client that keeps its
+    /// connection alive but stopped reading) before that socket is closed and the message waits
+    /// for the user's next connection.
+    #[arg(long, env = "TAKO_MESSAGE_WRITE_TIMEOUT", default_value_t = 120)]
+    pub message_write_timeout_secs: u64,
+
     /// Presence changes of a topic within this many milliseconds go out as one `presence_diff`
     /// (0: one diff per change).
     #[arg(long, env = "TAKO_PRESENCE_INTERVAL_MS", default_value_t = 50)]
@@ -328,6 +334,8 @@ impl Config {
         check("TAKO_MAX_FRAME_BYTES", self.max_frame_bytes as u64, MIN_FRAME..=MAX_FRAME, "bytes");
         check("TAKO_MAX_CHANNELS", self.max_channels as u64, 1..=100_000, "channels");
         check("TAKO_HEADER_TIMEOUT", self.header_timeout_secs, 1..=3600, "seconds");
+        // Well inside a message claim's lease (300 s), so no other attempt takes it meanwhile.
+        check("TAKO_MESSAGE_WRITE_TIMEOUT", self.message_write_timeout_secs, 1..=240, "seconds");
         let queued = self.max_queued_bytes as u64;
         check("TAKO_MAX_QUEUED_BYTES", queued, MIN_FRAME..=1024 * 1024 * 1024, "bytes");
         if !(1..=3650 * DAY).contains(&self.message_ttl.as_secs()) {
@@ -407,6 +415,7 @@ impl Config {
             max_http_connections: 0,
             metrics_bind: None,
             message_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
+            message_write_timeout_secs: 120,
             reserved_nicknames: Vec::new(),
             leaderboard_max: 10_000,
             stamps: StampsMode::Claimed,

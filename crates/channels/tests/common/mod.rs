@@ -353,6 +353,23 @@ impl Client {
         }
     }
 
+    /// As [`Client::ended`], also returning the text frames read on the way.
+    pub async fn drain(&mut self) -> (Vec<String>, Option<u16>) {
+        let mut texts = Vec::new();
+        loop {
+            let msg =
+                tokio::time::timeout(WAIT, self.ws.next()).await.expect("connection stayed open");
+            match msg {
+                Some(Ok(Message::Text(text))) => texts.push(text.as_str().to_owned()),
+                Some(Ok(Message::Close(frame))) => {
+                    return (texts, frame.map(|f| u16::from(f.code)))
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return (texts, None),
+            }
+        }
+    }
+
     /// v2 join; returns the reply frame.
     pub async fn join(&mut self, topic: &str, join_ref: &str) -> Value {
         self.send(json!([join_ref, join_ref, topic, "phx_join", {}])).await;

@@ -24,7 +24,6 @@
 //! node looks for waiting messages of the users it holds.)
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -48,9 +47,10 @@ const USERS_PER_ATTEMPT: usize = 500;
 const MESSAGES_PER_USER: u32 = 100;
 /// A claim older than this belongs to a node that died: the message may be claimed again.
 const LEASE: Duration = Duration::from_secs(300);
-/// How long one user's attempt waits for its sockets to confirm; a push still unconfirmed then
-/// counts as refused (well inside [`LEASE`]).
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a withdrawal may take (the transport gives a frame under way 1 s to finish). Past
+/// it, the outcome is unknown: the message stays claimed and is delivered again only once the
+/// claim's lease ends (at least once rather than lost).
+const WITHDRAW_TIMEOUT: Duration = Duration::from_secs(30);
 /// Refused attempts for a connected user before the server stops retrying (the next join
 /// tries again): 50 ms, 100 ms, … 3.2 s apart, about 6 s in all.
 const MAX_RETRIES: u32 = 7;
@@ -58,20 +58,48 @@ const RETRY_BASE: Duration = Duration::from_millis(50);
 /// How long `send` waits to tell whether its message reached a socket.
 const SEND_WAIT: Duration = Duration::from_secs(2);
 
-/// Resolves to whether at least one socket on this node wrote the frame.
-type Confirmation = <Delivery as IntoFuture>::IntoFuture;
-
 /// Pushes `msg` to `user`'s notifications sockets on this node only (each node pushes to its
 /// own sockets, so a message is pushed by the one node whose attempt claimed it), confirmed
 /// once a socket wrote it to the kernel (or a LongPoll response carried it).
-fn push(hub: &Hub, user: UserId, payload: Value) -> Confirmation {
+fn push(hub: &Hub, user: UserId, payload: Value) -> Delivery {
     hub.send_to_user_confirmed(
         &user.to_string(),
         notifications_topics(),
         "msg",
         Payload::Json(payload),
     )
-    .into_future()
+}
+
+/// What became of one claimed message in an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// A socket wrote it: marked delivered.
+    Written,
+    /// No socket wrote it: released to wait again.
+    Refused,
+    /// Withdrawn without an answer in time: left claimed until its lease ends.
+    Unknown,
+}
+
+/// Waits for a push's confirmation until `deadline`, then withdraws it (see
+/// [`Mailbox::write_timeout`]).
+async fn confirmed(hub: &Hub, delivery: Delivery, deadline: tokio::time::Instant) -> Outcome {
+    if let Ok(written) = tokio::time::timeout_at(deadline, delivery.outcome()).await {
+        return if written { Outcome::Written } else { Outcome::Refused };
+    }
+    let (closed, outcome) = hub.withdraw(delivery);
+    tracing::info!(
+        sockets = closed,
+        "a message stayed unwritten too long; closing the sockets holding it"
+    );
+    match tokio::time::timeout(WITHDRAW_TIMEOUT, outcome).await {
+        Ok(true) => Outcome::Written,
+        Ok(false) => Outcome::Refused,
+        Err(_) => {
+            tracing::warn!("a withdrawn message got no answer; it waits for its claim to lapse");
+            Outcome::Unknown
+        }
+    }
 }
 
 /// Someone waiting to learn whether a message was delivered.
@@ -97,8 +125,8 @@ struct AttemptUser {
     waiters: Vec<Waiter>,
     /// The user's `waiting` generation when claimed.
     generation: u64,
-    /// Claimed messages and whether a socket wrote each.
-    results: Vec<(MessageId, bool)>,
+    /// Claimed messages and what became of each.
+    results: Vec<(MessageId, Outcome)>,
 }
 
 pub struct Mailbox {
@@ -118,6 +146,12 @@ pub struct Mailbox {
     hub: OnceLock<Hub>,
     /// Bytes of one user's messages pushed but not yet written, at most.
     window: usize,
+    /// How long one user's attempt waits for its sockets to confirm (`TAKO_MESSAGE_WRITE_TIMEOUT`,
+    /// well inside [`LEASE`]). A push still unconfirmed then is withdrawn: the sockets sitting on
+    /// it (clients that stopped reading while still sending heartbeats) are closed, and it counts
+    /// as written only if a copy got out during the close; either way the answer is exact, so a
+    /// withdrawn message is never received twice.
+    write_timeout: Duration,
 }
 
 impl Mailbox {
@@ -128,6 +162,7 @@ impl Mailbox {
         ttl: Duration,
         clustered: bool,
         max_queued_bytes: usize,
+        write_timeout: Duration,
     ) -> Arc<Mailbox> {
         let mailbox = Arc::new(Mailbox {
             store,
@@ -140,6 +175,7 @@ impl Mailbox {
             wake: Arc::new(Notify::new()),
             hub: OnceLock::new(),
             window: (max_queued_bytes / 4).max(1),
+            write_timeout: write_timeout.min(LEASE / 2),
         });
         tokio::spawn(purge_expired(Arc::downgrade(&mailbox), purge_interval(ttl)));
         // In a cluster another node's send reaches this set only through Redis, which may be
@@ -418,9 +454,10 @@ async fn attempt(
     for ((user, waiters), generation) in here.into_iter().zip(generations) {
         let messages = by_user.remove(&user).unwrap_or_default();
         let attempt = AttemptUser { user, waiters, generation, results: Vec::new() };
-        let (hub, settled, window) = (hub.clone(), settled.clone(), mailbox.window);
+        let (hub, settled) = (hub.clone(), settled.clone());
+        let (window, write_timeout) = (mailbox.window, mailbox.write_timeout);
         tokio::spawn(async move {
-            let attempt = push_in_window(&hub, attempt, messages, window).await;
+            let attempt = push_in_window(&hub, attempt, messages, window, write_timeout).await;
             let _ = settled.send(attempt);
         });
     }
@@ -434,41 +471,34 @@ async fn push_in_window(
     mut attempt: AttemptUser,
     messages: Vec<Message>,
     window: usize,
+    write_timeout: Duration,
 ) -> AttemptUser {
-    let mut in_flight: VecDeque<(MessageId, usize, Confirmation)> = VecDeque::new();
+    let mut in_flight: VecDeque<(MessageId, usize, Delivery)> = VecDeque::new();
     let mut bytes = 0;
     let mut refused = false;
     // One deadline for the whole attempt, well inside the claim's lease.
-    let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
-    let settle_oldest = |in_flight: &mut VecDeque<(MessageId, usize, Confirmation)>,
-                         bytes: &mut usize| {
-        let (id, size, confirmation) = in_flight.pop_front()?;
-        *bytes -= size;
-        Some(async move {
-            let written = tokio::time::timeout_at(deadline, confirmation).await.unwrap_or(false);
-            (id, written)
-        })
-    };
+    let deadline = tokio::time::Instant::now() + write_timeout;
     for message in messages {
         let payload = message.payload();
         // The frame is a little more than its payload: topic, event and refs.
         let size = payload.to_string().len() + 64;
         while !refused && !in_flight.is_empty() && bytes + size > window {
-            if let Some(oldest) = settle_oldest(&mut in_flight, &mut bytes) {
-                let (id, written) = oldest.await;
-                refused |= !written;
-                attempt.results.push((id, written));
+            if let Some((id, size, delivery)) = in_flight.pop_front() {
+                bytes -= size;
+                let outcome = confirmed(hub, delivery, deadline).await;
+                refused |= outcome != Outcome::Written;
+                attempt.results.push((id, outcome));
             }
         }
         if refused {
-            attempt.results.push((message.id, false));
+            attempt.results.push((message.id, Outcome::Refused));
             continue;
         }
         in_flight.push_back((message.id, size, push(hub, attempt.user, payload)));
         bytes += size;
     }
-    while let Some(oldest) = settle_oldest(&mut in_flight, &mut bytes) {
-        attempt.results.push(oldest.await);
+    while let Some((id, _, delivery)) = in_flight.pop_front() {
+        attempt.results.push((id, confirmed(hub, delivery, deadline).await));
     }
     attempt
 }
@@ -488,11 +518,11 @@ async fn settle(mailbox: Weak<Mailbox>, mut attempts: mpsc::UnboundedReceiver<At
         let users = batch;
         let (mut delivered, mut released) = (Vec::new(), Vec::new());
         for user in &users {
-            for (id, written) in &user.results {
-                if *written {
-                    delivered.push(*id);
-                } else {
-                    released.push(*id);
+            for (id, outcome) in &user.results {
+                match outcome {
+                    Outcome::Written => delivered.push(*id),
+                    Outcome::Refused => released.push(*id),
+                    Outcome::Unknown => {}
                 }
             }
         }
@@ -524,11 +554,26 @@ async fn settle(mailbox: Weak<Mailbox>, mut attempts: mpsc::UnboundedReceiver<At
 /// After an attempt's settling write: tells its waiters, asks again where something is left.
 fn finish(mailbox: &Arc<Mailbox>, attempt: AttemptUser, at: Timestamp) {
     let AttemptUser { user, waiters, generation, results } = attempt;
-    let refused = results.iter().any(|(_, written)| !written);
+    let refused = results.iter().any(|(_, outcome)| *outcome != Outcome::Written);
     let full = results.len() >= MESSAGES_PER_USER as usize;
     for waiter in waiters {
-        let written = results.iter().any(|(id, written)| *id == waiter.message && *written);
+        let written = results
+            .iter()
+            .any(|(id, outcome)| *id == waiter.message && *outcome == Outcome::Written);
         let _ = waiter.reply.send(written.then_some(at));
+    }
+    if results.iter().any(|(_, outcome)| *outcome == Outcome::Unknown) {
+        // Nothing of this user goes out before that claim lapses: a later message would pass
+        // the one left claimed. The user stays in flight until then.
+        let mailbox = Arc::downgrade(mailbox);
+        tokio::spawn(async move {
+            tokio::time::sleep(LEASE + Duration::from_secs(1)).await;
+            if let Some(mailbox) = mailbox.upgrade() {
+                mailbox.queue().in_flight.remove(&user);
+                mailbox.request(user, None);
+            }
+        });
+        return;
     }
     {
         let mut queue = mailbox.queue();

@@ -58,8 +58,13 @@ impl Realtime {
             RedisBus::new(bus)
         });
         let store_for_resync = store.clone();
-        let mailbox =
-            Mailbox::spawn(store, config.message_ttl, cluster.is_some(), config.max_queued_bytes);
+        let mailbox = Mailbox::spawn(
+            store,
+            config.message_ttl,
+            cluster.is_some(),
+            config.max_queued_bytes,
+            Duration::from_secs(config.message_write_timeout_secs),
+        );
         let verified = config.stamps == crate::config::StampsMode::Verified;
         let handler = TakoSockets::new(directory.clone(), mailbox.clone(), tracker, verified);
         let endpoint_config = EndpointConfig {
