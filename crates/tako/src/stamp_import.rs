@@ -53,19 +53,16 @@ pub enum ImportError {
     /// Nothing was imported.
     #[error("{0}")]
     Invalid(CsvErrors),
+    /// The database failed before anything was written.
+    #[error(transparent)]
+    Unavailable(#[from] StoreError),
     /// The database failed part way: the booths before `line` were imported.
     #[error("line {line}: {source}")]
-    Store {
+    Partial {
         line: u64,
         #[source]
         source: StoreError,
     },
-}
-
-impl From<StoreError> for ImportError {
-    fn from(source: StoreError) -> ImportError {
-        ImportError::Store { line: 0, source }
-    }
 }
 
 /// What an update of a known booth changes: the file's columns, nothing else.
@@ -142,7 +139,7 @@ pub async fn import<S: RallyStore + ?Sized>(
     for (index, (booth, update)) in plan.into_iter().enumerate() {
         // Created in the file's order (stamps are listed by creation time).
         let now = Timestamp::from_micros(now.as_micros() + index as i64);
-        let at_line = |source| ImportError::Store { line: booth.line, source };
+        let at_line = |source| ImportError::Partial { line: booth.line, source };
         let entry = match update {
             Some(stamp) => {
                 if !store.save_stamp(&stamp).await.map_err(at_line)? {

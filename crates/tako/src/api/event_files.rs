@@ -224,7 +224,8 @@ fn import_failed(error: ImportError) -> ApiError {
                 details,
             )
         }
-        ImportError::Store { line, source } => {
+        ImportError::Unavailable(source) => ApiError::from(source),
+        ImportError::Partial { line, source } => {
             tracing::error!(error = %source, line, "booth import failed part way");
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
