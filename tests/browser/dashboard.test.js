@@ -1,111 +1,19 @@
 // The operators' dashboard in a real headless Chromium: sign in, watch an npm client come
 // online, message it from the form, and check it got the message. The server runs with known
 // tokens and debug logs in JSON; afterwards no log line may hold a token or the user's UUID.
-import { test, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
-import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
 import { Socket } from "phoenix";
 import WebSocket from "ws";
-
-const TAKO_BIN = process.env.TAKO_BIN;
-if (!TAKO_BIN) throw new Error("TAKO_BIN must name the tako binary (scripts/test sets it)");
-const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
-const ARTIFACTS = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "artifacts");
-const ADMIN = "admin-" + Math.random().toString(36).slice(2) + Date.now().toString(36);
-const CLIENT = "client-" + Math.random().toString(36).slice(2) + Date.now().toString(36);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-    srv.on("error", reject);
-  });
-}
-
-const cleanups = [];
-after(async () => {
-  for (const f of cleanups.reverse()) await f();
-});
-
-async function startTako() {
-  const dir = mkdtempSync(join(tmpdir(), "tako-browser-"));
-  const port = await freePort();
-  const server = { url: `http://127.0.0.1:${port}`, output: "" };
-  server.proc = spawn(TAKO_BIN, [], {
-    env: {
-      ...process.env,
-      PORT: String(port),
-      DATABASE_URL: `sqlite://${join(dir, "tako.db")}`,
-      HOLOQUEST_API_TOKEN: CLIENT,
-      TAKO_ADMIN_TOKEN: ADMIN,
-      TAKO_LOG: "debug,sqlx=warn,hyper=info,tower=info,h2=info",
-      TAKO_LOG_FORMAT: "json",
-    },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  server.proc.stdout.on("data", (d) => (server.output += d));
-  server.proc.stderr.on("data", (d) => (server.output += d));
-  cleanups.push(async () => {
-    if (server.proc.exitCode === null) {
-      const exited = new Promise((r) => server.proc.once("exit", r));
-      server.proc.kill("SIGTERM");
-      await exited;
-    }
-    rmSync(dir, { recursive: true, force: true });
-  });
-  const deadline = Date.now() + 15000;
-  while (Date.now() < deadline) {
-    if (server.proc.exitCode !== null) throw new Error(`tako exited: ${server.output}`);
-    try {
-      if ((await fetch(`${server.url}/readyz`)).status === 200) return server;
-    } catch {}
-    await sleep(50);
-  }
-  throw new Error(`tako did not become ready: ${server.output}`);
-}
-
-async function register(server, nickname) {
-  const res = await fetch(`${server.url}/api/json/accounts/users`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${CLIENT}`, "content-type": "application/vnd.api+json" },
-    body: JSON.stringify({ data: { type: "user", attributes: { nickname } } }),
-  });
-  assert.equal(res.status, 201);
-  return (await res.json()).data.id;
-}
+import { ADMIN, CLIENT, artifact, cleanup, openBrowser, register, sleep, startTako } from "./harness.js";
 
 test("the dashboard shows a client coming online and messages it; logs hold no secrets", { timeout: 90000 }, async () => {
-  const server = await startTako();
+  const server = await startTako({
+    TAKO_LOG: "debug,sqlx=warn,hyper=info,tower=info,h2=info",
+    TAKO_LOG_FORMAT: "json",
+  });
   const userId = await register(server, "Booth_Visitor");
-
-  const profile = mkdtempSync(join(tmpdir(), "tako-chromium-"));
-  // A fresh profile each run (Playwright passes it as --user-data-dir).
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    args: [
-      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    ],
-    viewport: { width: 390, height: 844 },
-    deviceScaleFactor: 2,
-  });
-  cleanups.push(async () => {
-    await context.close();
-    rmSync(profile, { recursive: true, force: true });
-  });
-  const page = context.pages()[0] ?? (await context.newPage());
-  const pageErrors = [];
-  page.on("pageerror", (e) => pageErrors.push(String(e)));
+  const { page, pageErrors } = await openBrowser({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2 });
 
   await page.goto(`${server.url}/dashboard`);
   // A wrong token is refused and nothing is kept.
@@ -124,7 +32,7 @@ test("the dashboard shows a client coming online and messages it; logs hold no s
   // The web client connects, as HoloQuest does.
   const socket = new Socket(`${server.url.replace("http", "ws")}/socket`, { transport: WebSocket, params: { userToken: userId } });
   socket.connect();
-  cleanups.push(async () => socket.disconnect());
+  cleanup(async () => socket.disconnect());
   const channel = socket.channel("notifications");
   const received = [];
   channel.on("msg", (payload) => received.push(payload));
@@ -161,11 +69,10 @@ test("the dashboard shows a client coming online and messages it; logs hold no s
   await page.waitForFunction(() => document.getElementById("rate-out").textContent !== "");
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
   assert.ok(overflow <= 0, `no horizontal scroll on a phone (overflow ${overflow}px)`);
-  mkdirSync(ARTIFACTS, { recursive: true });
-  await page.screenshot({ path: join(ARTIFACTS, "dashboard-phone.png"), fullPage: true });
+  await page.screenshot({ path: artifact("dashboard-phone.png"), fullPage: true });
   await page.setViewportSize({ width: 1280, height: 900 });
   await sleep(300);
-  await page.screenshot({ path: join(ARTIFACTS, "dashboard-desktop.png"), fullPage: true });
+  await page.screenshot({ path: artifact("dashboard-desktop.png"), fullPage: true });
   assert.deepEqual(pageErrors, [], "no JavaScript errors");
 
   // Logs: plenty of them (debug), one JSON object a line, request ids, and no secrets.

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Map, Value};
 
-use crate::booths::{self, Booth};
+use crate::booths;
 use crate::qr_sheet::{self, Card, CardCode};
 
 /// Where the commands find the running server. Global: given before or after the subcommand.
@@ -197,13 +197,27 @@ impl Remote {
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let body = body.map(|b| ("application/json", b.to_string().into_bytes()));
+        let bytes = self.request(method, path, "application/json", body).await?;
+        let text = String::from_utf8_lossy(&bytes);
+        Ok(serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.into_owned())))
+    }
+
+    /// One request; a refusal becomes an error naming every problem the server listed.
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        accept: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> anyhow::Result<bytes::Bytes> {
         let url = format!("{}{path}", self.url);
-        let mut request = self.client.request(method, &url).header("accept", "application/json");
+        let mut request = self.client.request(method, &url).header("accept", accept);
         if let Some(token) = self.admin_token.as_deref().filter(|t| !t.is_empty()) {
             request = request.bearer_auth(token);
         }
-        if let Some(body) = body {
-            request = request.header("content-type", "application/json").body(body.to_string());
+        if let Some((content_type, body)) = body {
+            request = request.header("content-type", content_type).body(body);
         }
         let response = request.send().await.map_err(|error| {
             // reqwest's own message is "error sending request"; the cause (refused, TLS) is
@@ -221,15 +235,19 @@ impl Remote {
             )
         })?;
         let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        let bytes = response.bytes().await.unwrap_or_default();
         if status.is_success() {
-            return Ok(body);
+            return Ok(bytes);
         }
-        let detail = body["errors"][0]["detail"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| body.to_string());
+        let text = String::from_utf8_lossy(&bytes);
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.into_owned()));
+        let details: Vec<&str> = body["errors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["detail"].as_str())
+            .collect();
+        let detail = if details.is_empty() { body.to_string() } else { details.join("\n  ") };
         match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 bail!("{status}: {detail} (set TAKO_ADMIN_TOKEN to the server's admin token)")
@@ -336,27 +354,6 @@ fn print_draw(draw: &Value) {
     }
 }
 
-/// The attributes the file gives (all of them for a new stamp, whose others take defaults).
-fn stamp_attributes(booth: &Booth) -> Value {
-    let f = &booth.fields;
-    let all = json!({
-        "name": f.name,
-        "booth_id": f.booth_id,
-        "description": f.description,
-        "image_url": f.image_url,
-        "external_url": f.external_url,
-        "nsfw": f.nsfw,
-        "visible": f.visible,
-    });
-    let mut given = Map::new();
-    for column in &booth.columns {
-        if let Some(value) = all.get(*column) {
-            given.insert((*column).to_owned(), value.clone());
-        }
-    }
-    Value::Object(given)
-}
-
 impl Remote {
     pub async fn events(&self, command: EventsCommand) -> anyhow::Result<()> {
         match command {
@@ -398,25 +395,13 @@ impl Remote {
                 Ok(())
             }
             EventsCommand::Completers { id, user_ids } => {
-                let path = format!("/api/json/events/{}/completers", path_segment(&id));
-                let listed = self.call(Method::GET, &path, None).await?;
-                let mut out = csv::Writer::from_writer(std::io::stdout().lock());
-                let mut header = vec!["nickname", "completed_at"];
-                if user_ids {
-                    header.push("user_id");
-                }
-                out.write_record(&header)?;
-                for completer in listed["data"].as_array().into_iter().flatten() {
-                    let a = &completer["attributes"];
-                    let mut row = vec![
-                        a["nickname"].as_str().unwrap_or(""),
-                        a["completed_at"].as_str().unwrap_or(""),
-                    ];
-                    if user_ids {
-                        row.push(completer["id"].as_str().unwrap_or(""));
-                    }
-                    out.write_record(&row)?;
-                }
+                // The server writes the CSV (crate::prize_csv), as for the dashboard's download.
+                let path =
+                    format!("/api/events/{}/completers.csv?user_ids={user_ids}", path_segment(&id));
+                let csv = self.request(Method::GET, &path, "text/csv", None).await?;
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                out.write_all(&csv)?;
                 out.flush()?;
                 Ok(())
             }
@@ -486,9 +471,10 @@ impl Remote {
         Ok(())
     }
 
-    /// Checks the whole CSV, then the event's stamps, before writing anything; then updates
-    /// the booths it knows (by booth id) and creates the others, writing each new printed
-    /// stamp's QR files as soon as the server answers (its code is shown only then).
+    /// Sends the CSV to the server, which checks the whole file and the event's stamps before
+    /// writing anything, then updates the booths it knows (by booth id) and creates the others
+    /// (crate::stamp_import, as for the dashboard's upload); writes each new printed stamp's QR
+    /// files from the answer (its code is shown only then) and the printable index.
     async fn import(
         &self,
         file: &std::path::Path,
@@ -507,26 +493,6 @@ impl Remote {
         }
         let bytes =
             std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-        let booths =
-            booths::read(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-
-        let (event_name, existing) = self.event_stamps(event).await?;
-        let conflicts: Vec<String> = booths
-            .iter()
-            .filter_map(|b| {
-                let known = existing.get(&b.booth_id)?;
-                (known.mode != b.mode.as_str()).then(|| {
-                    format!(
-                        "line {}: booth {:?} is a {} stamp; a stamp's mode cannot change (delete \
-                         it, or give the new one another booth_id)",
-                        b.line, b.booth_id, known.mode
-                    )
-                })
-            })
-            .collect();
-        if !conflicts.is_empty() {
-            bail!("{}: nothing was imported:\n  {}", file.display(), conflicts.join("\n  "));
-        }
         std::fs::create_dir_all(out)
             .with_context(|| format!("cannot create the folder {}", out.display()))?;
         // A code is shown once: make sure it can be written before any stamp is created.
@@ -536,59 +502,58 @@ impl Remote {
         })?;
         let _ = std::fs::remove_file(&probe);
 
-        let (mut created, mut updated) = (0, 0);
-        let mut cards = Vec::with_capacity(booths.len());
-        for booth in &booths {
-            let stamp_id = if let Some(known) = existing.get(&booth.booth_id) {
-                let body = json!({"data": {"type": "stamp", "id": known.id,
-                    "attributes": stamp_attributes(booth)}});
-                let path = format!("/api/json/stamps/{}", path_segment(&known.id));
-                self.call(Method::PATCH, &path, Some(body)).await.with_context(|| {
-                    format!("line {}: updating {:?}", booth.line, booth.booth_id)
-                })?;
-                updated += 1;
-                known.id.clone()
-            } else {
-                let mut attributes = stamp_attributes(booth);
-                attributes["mode"] = Value::String(booth.mode.as_str().to_owned());
-                let body = json!({"data": {"type": "stamp", "attributes": attributes}});
-                let path = format!("/api/json/events/{}/stamps", path_segment(event));
-                let made = self.call(Method::POST, &path, Some(body)).await.with_context(|| {
-                    format!("line {}: creating {:?}", booth.line, booth.booth_id)
-                })?;
-                let id = made["data"]["id"].as_str().context("the server gave no id")?.to_owned();
-                if let Some(qr) = made["meta"]["qr"].as_str() {
-                    qr_sheet::write_qr(out, &qr_sheet::file_stem(&booth.booth_id, &id), qr)
-                        .with_context(|| {
-                            format!(
-                                "booth {:?} was created but its QR code could not be written \
-                                 (delete that stamp and import again for a new code)",
-                                booth.booth_id
-                            )
-                        })?;
-                }
-                created += 1;
-                id
-            };
-            let code = if booth.mode == crate::rally::StampMode::Screen {
-                CardCode::Screen
-            } else {
-                let stem = qr_sheet::file_stem(&booth.booth_id, &stamp_id);
-                if out.join(format!("{stem}.svg")).exists() {
-                    CardCode::Printed { stem }
+        let path = format!("/api/events/{}/stamps/import", path_segment(event));
+        let answer = self
+            .request(Method::POST, &path, "application/json", Some(("text/csv", bytes)))
+            .await
+            .map_err(|e| {
+                let text = e.to_string();
+                if text.starts_with("404") {
+                    anyhow::anyhow!("event {event:?}: {text} (create it first: tako events create)")
+                } else if text.starts_with("400") {
+                    anyhow::anyhow!("{}: nothing was imported:\n  {}", file.display(), text)
                 } else {
-                    CardCode::Elsewhere
+                    anyhow::anyhow!("{}: {text}", file.display())
                 }
+            })?;
+        let answer: Value =
+            serde_json::from_slice(&answer).context("the server's answer is not JSON")?;
+        let a = &answer["data"]["attributes"];
+        let event_name = a["event_name"].as_str().unwrap_or(event).to_owned();
+        let mut cards = Vec::new();
+        for booth in a["booths"].as_array().into_iter().flatten() {
+            let booth_id = booth["booth_id"].as_str().unwrap_or_default().to_owned();
+            let stamp_id = booth["stamp_id"].as_str().unwrap_or_default();
+            let stem = qr_sheet::file_stem(&booth_id, stamp_id);
+            if let Some(qr) = booth["qr"].as_str() {
+                qr_sheet::write_qr(out, &stem, qr).with_context(|| {
+                    format!(
+                        "booth {booth_id:?} was created but its QR code could not be written \
+                         (delete that stamp and import again for a new code)"
+                    )
+                })?;
+            }
+            let code = if booth["mode"] == "screen" {
+                CardCode::Screen
+            } else if out.join(format!("{stem}.svg")).exists() {
+                CardCode::Printed { stem }
+            } else {
+                CardCode::Elsewhere
             };
             cards.push(Card {
-                name: booth.fields.name.clone(),
-                booth_id: booth.booth_id.clone(),
+                name: booth["name"].as_str().unwrap_or_default().to_owned(),
+                booth_id,
                 code,
             });
         }
         let index = qr_sheet::write_index(out, &event_name, &cards)?;
         let elsewhere = cards.iter().filter(|c| c.code == CardCode::Elsewhere).count();
-        println!("{created} stamp(s) created, {updated} updated; print {}", index.display());
+        println!(
+            "{} stamp(s) created, {} updated; print {}",
+            a["created"],
+            a["updated"],
+            index.display()
+        );
         if elsewhere > 0 {
             println!(
                 "{elsewhere} printed booth(s) got their code from an earlier import into another \

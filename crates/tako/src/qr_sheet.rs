@@ -28,18 +28,26 @@ fn qr(content: &str) -> anyhow::Result<QrCode> {
         .with_context(|| format!("{} characters do not fit a QR code", content.len()))
 }
 
-/// Writes `<stem>.svg` and `<stem>.png` holding `content` into `dir`.
-pub fn write_qr(dir: &Path, stem: &str, content: &str) -> anyhow::Result<()> {
+/// A QR code holding `content`, as an SVG document and a PNG file.
+pub fn images(content: &str) -> anyhow::Result<(String, Vec<u8>)> {
     let code = qr(content)?;
-    let image = code.render::<svg::Color>().min_dimensions(256, 256).build();
-    let svg_path = dir.join(format!("{stem}.svg"));
-    std::fs::write(&svg_path, image).with_context(|| format!("writing {}", svg_path.display()))?;
-    let png_path = dir.join(format!("{stem}.png"));
+    let svg = code.render::<svg::Color>().min_dimensions(256, 256).build();
+    let mut png = Vec::new();
     code.render::<image::Luma<u8>>()
         .min_dimensions(PNG_PIXELS, PNG_PIXELS)
         .build()
-        .save_with_format(&png_path, image::ImageFormat::Png)
-        .with_context(|| format!("writing {}", png_path.display()))?;
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .context("encoding a PNG")?;
+    Ok((svg, png))
+}
+
+/// Writes `<stem>.svg` and `<stem>.png` holding `content` into `dir`.
+pub fn write_qr(dir: &Path, stem: &str, content: &str) -> anyhow::Result<()> {
+    let (svg, png) = images(content)?;
+    let svg_path = dir.join(format!("{stem}.svg"));
+    std::fs::write(&svg_path, svg).with_context(|| format!("writing {}", svg_path.display()))?;
+    let png_path = dir.join(format!("{stem}.png"));
+    std::fs::write(&png_path, png).with_context(|| format!("writing {}", png_path.display()))?;
     Ok(())
 }
 
@@ -76,8 +84,16 @@ fn escape(text: &str) -> String {
     out
 }
 
-/// Writes `index.html`: one card per booth, two columns on A4, no card split across pages.
+/// Writes `index.html` (see `index_html`) into `dir`.
 pub fn write_index(dir: &Path, event_name: &str, cards: &[Card]) -> anyhow::Result<PathBuf> {
+    let path = dir.join("index.html");
+    std::fs::write(&path, index_html(event_name, cards))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// The printable sheet: one card per booth, two columns on A4, no card split across pages.
+pub fn index_html(event_name: &str, cards: &[Card]) -> String {
     let mut body = String::new();
     for card in cards {
         let (picture, instruction) = match &card.code {
@@ -87,12 +103,13 @@ pub fn write_index(dir: &Path, event_name: &str, cards: &[Card]) -> anyhow::Resu
             ),
             CardCode::Elsewhere => (
                 r#"<div class="missing">QR code issued by an earlier import</div>"#.to_owned(),
-                "This booth's code was written to the folder of the import that created it.",
+                "This booth's code is on the QR sheet of the import that created it \
+                 (codes are shown only once).",
             ),
             CardCode::Screen => (
                 r#"<div class="missing">Screen booth</div>"#.to_owned(),
-                "This booth shows a changing code on a screen: open its booth link \
-                 (tako stamps booth-link) on a phone or tablet.",
+                "This booth shows a changing code on a screen: open its booth link (from the \
+                 dashboard, or tako stamps booth-link) on a phone or tablet.",
             ),
         };
         body.push_str(&format!(
@@ -103,7 +120,7 @@ pub fn write_index(dir: &Path, event_name: &str, cards: &[Card]) -> anyhow::Resu
         ));
     }
     let title = escape(event_name);
-    let html = format!(
+    format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <title>{title}: booth QR codes</title><style>\
          body{{font-family:sans-serif;margin:1cm}}\
@@ -115,10 +132,37 @@ pub fn write_index(dir: &Path, event_name: &str, cards: &[Card]) -> anyhow::Resu
          border:1px solid #ccc;color:#666}}\
          @media print{{h1{{display:none}}body{{margin:0}}}}\
          </style></head><body><h1>{title}</h1><div class=\"cards\">\n{body}</div></body></html>\n"
-    );
-    let path = dir.join("index.html");
-    std::fs::write(&path, html).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+    )
+}
+
+/// A new printed stamp's QR code for the sheet: its file name stem and what it holds.
+pub struct NewCode {
+    pub stem: String,
+    pub content: String,
+}
+
+/// The QR sheet as a zip archive (deflate): `index.html`, and `<stem>.svg` and `<stem>.png`
+/// for each of `codes` (the cards of those stamps should be `CardCode::Printed`).
+pub fn zip(event_name: &str, cards: &[Card], codes: &[NewCode]) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut archive = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .unix_permissions(0o644);
+    archive.start_file("index.html", options)?;
+    archive.write_all(index_html(event_name, cards).as_bytes())?;
+    for code in codes {
+        let (svg, png) = images(&code.content)?;
+        archive.start_file(format!("{}.svg", code.stem), options)?;
+        archive.write_all(svg.as_bytes())?;
+        // A PNG is compressed already.
+        archive.start_file(
+            format!("{}.png", code.stem),
+            options.compression_method(zip::CompressionMethod::Stored),
+        )?;
+        archive.write_all(&png)?;
+    }
+    Ok(archive.finish()?.into_inner())
 }
 
 #[cfg(test)]

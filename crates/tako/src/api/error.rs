@@ -65,6 +65,18 @@ impl ApiError {
         ApiError { status, errors }
     }
 
+    /// One error object per detail, all of one kind (e.g. each bad line of an uploaded file).
+    pub fn lines(
+        status: StatusCode,
+        code: &'static str,
+        title: &'static str,
+        details: Vec<String>,
+    ) -> ApiError {
+        let errors =
+            details.into_iter().map(|d| ErrorObject::new(status, code, title, d)).collect();
+        ApiError { status, errors }
+    }
+
     pub fn at_pointer(mut self, pointer: impl Into<String>) -> ApiError {
         let pointer = pointer.into();
         for error in &mut self.errors {

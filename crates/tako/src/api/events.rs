@@ -352,11 +352,15 @@ pub struct StampCreateAttributes {
     description: Option<String>,
     /// An http(s) URL.
     #[serde(default)]
-    #[schema(pattern = r"^https?://[^\x00-\x20\x7F-\x9F]{0,2040}$")]
+    #[schema(
+        pattern = r"^https?://[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]{0,2040}$"
+    )]
     image_url: Option<String>,
     /// An http(s) URL.
     #[serde(default)]
-    #[schema(pattern = r"^https?://[^\x00-\x20\x7F-\x9F]{0,2040}$")]
+    #[schema(
+        pattern = r"^https?://[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]{0,2040}$"
+    )]
     external_url: Option<String>,
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
@@ -403,10 +407,10 @@ pub struct StampUpdateAttributes {
     #[schema(value_type = Option<String>, pattern = r"^[^\x00]{0,10000}$")]
     description: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>, pattern = r"^https?://[^\x00-\x20\x7F-\x9F]{0,2040}$")]
+    #[schema(value_type = Option<String>, pattern = r"^https?://[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]{0,2040}$")]
     image_url: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>, pattern = r"^https?://[^\x00-\x20\x7F-\x9F]{0,2040}$")]
+    #[schema(value_type = Option<String>, pattern = r"^https?://[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]{0,2040}$")]
     external_url: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]

@@ -5,6 +5,7 @@ mod body;
 mod booth;
 mod draws;
 pub mod error;
+mod event_files;
 mod events;
 mod health;
 pub mod jsonapi;
@@ -15,6 +16,7 @@ pub mod ops;
 mod presence;
 mod scan_limits;
 pub mod scans;
+mod stats;
 mod users;
 
 use std::sync::Arc;
@@ -72,6 +74,7 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .route(&format!("{}/{{id}}/stamps", events::EVENTS), post(events::create_stamp))
         .route(&format!("{}/{{id}}/draws", events::EVENTS), get(draws::list).post(draws::create))
         .route(&format!("{}/{{id}}/completers", events::EVENTS), get(draws::completers))
+        .route(&format!("{}/{{id}}/stats", events::EVENTS), get(stats::show))
         .route(
             &format!("{}/{{id}}", events::STAMPS),
             patch(events::update_stamp).delete(events::delete_stamp),
@@ -90,6 +93,13 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .route("/api/users/search", get(ops::search_users))
         .route("/api/presence/{topic}", get(presence::list))
         .route_layer(from_fn_with_state(state.tokens.clone(), guard));
+    // Files, not JSON:API documents: the token only (each handler negotiates its own media
+    // types and reads its own body, up to its own limit).
+    let files = Router::new()
+        .route("/api/events/{id}/completers.csv", get(event_files::completers))
+        .route("/api/events/{id}/draws.csv", get(event_files::draws))
+        .route("/api/events/{id}/stamps/import", post(event_files::import))
+        .route_layer(from_fn_with_state(state.tokens.clone(), token_only));
 
     Router::new()
         .route("/healthz", get(health::healthz))
@@ -98,6 +108,7 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .route(&format!("{}/{{key}}", booth::BOOTH), get(booth::page))
         .route(&format!("{}/{{key}}/code", booth::BOOTH), get(booth::code))
         .merge(jsonapi)
+        .merge(files)
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed().into_response() })
         // One layer, not three: each `Router::layer` boxes every route once more, and axum
@@ -126,6 +137,18 @@ async fn guard(State(tokens): State<Arc<Tokens>>, mut request: Request, next: Ne
     next.run(request).await
 }
 
+/// The file routes: the token (401, else the caller's `Role`), nothing else.
+async fn token_only(
+    State(tokens): State<Arc<Tokens>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if let Err(refused) = auth::authorize(&tokens, &mut request) {
+        return refused.into_response();
+    }
+    next.run(request).await
+}
+
 /// As the original: any origin unless `TAKO_CORS_ORIGINS` names some.
 fn cors(origins: &[String]) -> CorsLayer {
     let allow_origin = if origins.is_empty() {
@@ -142,6 +165,11 @@ fn cors(origins: &[String]) -> CorsLayer {
             header::ACCEPT,
             HeaderName::from_static("x-phoenix-authtoken"),
         ])
-        .expose_headers([header::LOCATION])
+        .expose_headers([
+            header::LOCATION,
+            header::CONTENT_DISPOSITION,
+            HeaderName::from_static(event_files::CREATED_HEADER),
+            HeaderName::from_static(event_files::UPDATED_HEADER),
+        ])
         .max_age(Duration::from_secs(3600))
 }

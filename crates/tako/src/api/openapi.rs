@@ -4,7 +4,10 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{booth, draws, error, events, leaderboard, operators, ops, presence, scans, users};
+use super::{
+    booth, draws, error, event_files, events, leaderboard, operators, ops, presence, scans, stats,
+    users,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,6 +18,7 @@ use super::{booth, draws, error, events, leaderboard, operators, ops, presence, 
         events::list_events, events::show_event, events::create_event, events::update_event, events::delete_event,
         events::create_stamp, events::update_stamp, events::delete_stamp, events::screen_code, scans::scan, scans::list,
         booth::create_key, booth::revoke_key, draws::create, draws::list, draws::completers,
+        stats::show, event_files::completers, event_files::draws, event_files::import,
     ),
     components(schemas(error::ErrorDocument)),
     modifiers(&BearerAuth),

@@ -8,6 +8,7 @@ mod postgres;
 mod scan;
 mod sqlite;
 mod stamp;
+mod stats;
 mod store;
 
 pub use codes::{
@@ -18,4 +19,5 @@ pub use draw::{Completer, Draw, Winner, MAX_WINNERS};
 pub use event::{Event, EventChanges, EventDraft, EventId, RallyError, MAX_EVENT_ID};
 pub use scan::{CurrentCode, Progress, Rally, ScanError, ScanOutcome};
 pub use stamp::{Stamp, StampChanges, StampDraft, StampFields, StampId, StampMode, StampSecret};
+pub use stats::{MinuteScans, ScanStats, StampScans, StatsWindow, MAX_STATS_MINUTES};
 pub use store::{Deletion, RallyStore, Recorded, Scan};

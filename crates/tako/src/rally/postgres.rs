@@ -8,8 +8,8 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::{
-    Completer, Deletion, Draw, Event, EventId, RallyStore, Recorded, Scan, Stamp, StampId,
-    StampSecret, Winner,
+    Completer, Deletion, Draw, Event, EventId, MinuteScans, RallyStore, Recorded, Scan, ScanStats,
+    Stamp, StampId, StampScans, StampSecret, StatsWindow, Winner,
 };
 use crate::accounts::{LeaderboardEntry, Nickname, StampCount, Timestamp, UserId};
 use crate::storage::postgres::{naive, timestamp};
@@ -500,5 +500,50 @@ impl RallyStore for PostgresStore {
             }
         }
         Ok(draws)
+    }
+
+    async fn scan_stats(
+        &self,
+        event: &EventId,
+        window: StatsWindow,
+    ) -> Result<ScanStats, StoreError> {
+        let rows = sqlx::query(
+            "SELECT st.id AS id,
+                    (SELECT count(*) FROM rally_scans s WHERE s.stamp_id = st.id) AS scans
+             FROM rally_stamps st WHERE st.event_id = $1 ORDER BY st.inserted_at, st.id",
+        )
+        .bind(event.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut per_stamp = Vec::with_capacity(rows.len());
+        for row in &rows {
+            per_stamp.push(StampScans {
+                stamp: StampId::from(row.try_get::<Uuid, _>("id")?),
+                scans: row.try_get::<i64, _>("scans")?.max(0) as u64,
+            });
+        }
+        let rows = sqlx::query(
+            "SELECT date_trunc('minute', scanned_at) AS minute, count(*) AS scans
+             FROM rally_scans WHERE event_id = $1 AND scanned_at >= $2 AND scanned_at < $3
+             GROUP BY 1 ORDER BY 1",
+        )
+        .bind(event.as_str())
+        .bind(naive(window.since))
+        .bind(naive(window.until))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut per_minute = Vec::with_capacity(rows.len());
+        for row in &rows {
+            per_minute.push(MinuteScans {
+                minute: timestamp(row.try_get::<NaiveDateTime, _>("minute")?),
+                scans: row.try_get::<i64, _>("scans")?.max(0) as u64,
+            });
+        }
+        let completers: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM rally_completions WHERE event_id = $1")
+                .bind(event.as_str())
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(ScanStats { per_stamp, per_minute, completers: completers.max(0) as u64 })
     }
 }

@@ -6,8 +6,8 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
 use super::{
-    Completer, Deletion, Draw, Event, EventId, RallyStore, Recorded, Scan, Stamp, StampId,
-    StampSecret, Winner,
+    Completer, Deletion, Draw, Event, EventId, MinuteScans, RallyStore, Recorded, Scan, ScanStats,
+    Stamp, StampId, StampScans, StampSecret, StatsWindow, Winner,
 };
 use crate::accounts::{LeaderboardEntry, Nickname, StampCount, Timestamp, UserId};
 use crate::storage::{SqliteStore, StoreError};
@@ -506,5 +506,51 @@ impl RallyStore for SqliteStore {
             }
         }
         Ok(draws)
+    }
+
+    async fn scan_stats(
+        &self,
+        event: &EventId,
+        window: StatsWindow,
+    ) -> Result<ScanStats, StoreError> {
+        let rows = sqlx::query(
+            "SELECT st.id AS id,
+                    (SELECT count(*) FROM rally_scans s WHERE s.stamp_id = st.id) AS scans
+             FROM rally_stamps st WHERE st.event_id = ?1 ORDER BY st.inserted_at, st.id",
+        )
+        .bind(event.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut per_stamp = Vec::with_capacity(rows.len());
+        for row in &rows {
+            per_stamp.push(StampScans {
+                stamp: row.try_get::<String, _>("id")?.parse().map_err(decode)?,
+                scans: row.try_get::<i64, _>("scans")?.max(0) as u64,
+            });
+        }
+        // Microseconds since the epoch: whole minutes by integer division.
+        let rows = sqlx::query(
+            "SELECT scanned_at / 60000000 AS minute, count(*) AS scans FROM rally_scans
+             WHERE event_id = ?1 AND scanned_at >= ?2 AND scanned_at < ?3
+             GROUP BY minute ORDER BY minute",
+        )
+        .bind(event.as_str())
+        .bind(window.since.as_micros())
+        .bind(window.until.as_micros())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut per_minute = Vec::with_capacity(rows.len());
+        for row in &rows {
+            per_minute.push(MinuteScans {
+                minute: Timestamp::from_micros(row.try_get::<i64, _>("minute")? * 60_000_000),
+                scans: row.try_get::<i64, _>("scans")?.max(0) as u64,
+            });
+        }
+        let completers: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM rally_completions WHERE event_id = ?1")
+                .bind(event.as_str())
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(ScanStats { per_stamp, per_minute, completers: completers.max(0) as u64 })
     }
 }

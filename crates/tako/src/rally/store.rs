@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::{Completer, Draw, Event, EventId, Stamp, StampId};
+use super::{Completer, Draw, Event, EventId, ScanStats, Stamp, StampId, StatsWindow};
 use crate::accounts::{LeaderboardEntry, Timestamp, UserId};
 use crate::storage::StoreError;
 
@@ -104,4 +104,12 @@ pub trait RallyStore: Send + Sync + 'static {
     async fn record_draw(&self, draw: &Draw) -> Result<bool, StoreError>;
     /// The event's draws, oldest first, with their winners (and their nicknames).
     async fn draws(&self, event: &EventId) -> Result<Vec<Draw>, StoreError>;
+
+    /// Scans per stamp of `event` (all time), scans per minute within `window` (minutes with
+    /// none left out) and how many completed it; counted by the database.
+    async fn scan_stats(
+        &self,
+        event: &EventId,
+        window: StatsWindow,
+    ) -> Result<ScanStats, StoreError>;
 }

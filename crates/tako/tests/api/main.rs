@@ -2,6 +2,7 @@
 
 mod auth;
 mod broadcast_msg;
+mod event_dashboard;
 mod helpers;
 mod jsonapi;
 mod leaderboard;
