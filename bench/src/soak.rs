@@ -560,8 +560,9 @@ async fn soak(paths: &Paths, plan: &Plan, database_url: &str) -> anyhow::Result<
         fds_idle,
         p(50.0),
         p(99.0),
-        // Expected minus received over the stable sockets: missed (or, negative, twice).
-        (t.broadcasts_sent * plan.stable as u64) as i64 - t.broadcasts_received as i64,
+        // Expected minus received over the stable sockets (and the probe's, which never
+        // churns either): missed (or, negative, twice).
+        (t.broadcasts_sent * (plan.stable as u64 + 1)) as i64 - t.broadcasts_received as i64,
         statuses,
     ))
 }
