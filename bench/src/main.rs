@@ -84,8 +84,12 @@ fn prepare_tako(work: &Path, rev: &str) -> anyhow::Result<(PathBuf, String)> {
         .args(["archive", "--format=tar", &rev])
         .stdout(std::process::Stdio::piped())
         .spawn()?;
+    // `-m`: the files get the time of extraction, not the commit's. With the commit's (older
+    // than the last build in the shared target directory), cargo took the previous build of
+    // whatever tree was built last as fresh and the "baseline" was that binary.
     let status = Command::new("tar")
         .arg("-x")
+        .arg("-m")
         .arg("-C")
         .arg(&src)
         .stdin(archive.stdout.expect("piped"))

@@ -10,7 +10,7 @@ use tokio::process::{Child, Command};
 
 use crate::gen::{Clients, Target};
 use crate::proto::{user_id, Proto};
-use crate::stats::{fmt_bytes, fmt_duration, fmt_rate, quantiles, rss_of_tree, Quantiles};
+use crate::stats::{anon_of, fmt_bytes, fmt_duration, fmt_rate, quantiles, rss_of_tree, Quantiles};
 
 /// How long the harness's HTTP clients keep an idle keep-alive connection: under Tako's
 /// `TAKO_HEADER_TIMEOUT` (10 s), after which the server closes it.
@@ -313,6 +313,7 @@ pub async fn run_ws(kind: Kind, n: usize, paths: &Paths, plan: &WsPlan) -> anyho
         warm.close().await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         row.rss_before = rss_of_tree(server.pid).unwrap_or(0);
+        let anon_before = anon_of(server.pid).unwrap_or(0);
         let (mut clients, joined) = Clients::connect(target.clone(), n, Some(64)).await?;
         row.joined = joined.joined;
         if joined.errors > 0 {
@@ -320,11 +321,15 @@ pub async fn run_ws(kind: Kind, n: usize, paths: &Paths, plan: &WsPlan) -> anyho
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
         row.rss_after = rss_of_tree(server.pid).unwrap_or(0);
+        let anon_after = anon_of(server.pid).unwrap_or(0);
         eprintln!(
-            "  [{kind:?} n={n}] joined {} rss {} → {}",
+            "  [{kind:?} n={n}] joined {} rss {} → {}; anonymous {} → {} ({} per socket)",
             row.joined,
             fmt_bytes(row.rss_before as f64),
-            fmt_bytes(row.rss_after as f64)
+            fmt_bytes(row.rss_after as f64),
+            fmt_bytes(anon_before as f64),
+            fmt_bytes(anon_after as f64),
+            fmt_bytes((anon_after as f64 - anon_before as f64) / row.joined.max(1) as f64)
         );
 
         let (firsts, lasts, incomplete) = clients.broadcast_latency(plan.repeats).await?;

@@ -33,8 +33,13 @@ pub fn quantiles(samples: &[Duration]) -> Option<Quantiles> {
 
 /// `VmRSS` in bytes from the text of `/proc/<pid>/status`.
 pub fn parse_vmrss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let mut parts = line["VmRSS:".len()..].split_whitespace();
+    parse_status_bytes(status, "VmRSS:")
+}
+
+/// A size field (`VmRSS:`, `RssAnon:`…) of `/proc/<pid>/status`, in bytes.
+pub fn parse_status_bytes(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let mut parts = line[field.len()..].split_whitespace();
     let value: u64 = parts.next()?.parse().ok()?;
     let unit = parts.next().unwrap_or("kB");
     let factor = match unit {
@@ -48,6 +53,12 @@ pub fn parse_vmrss(status: &str) -> Option<u64> {
 
 pub fn rss_of(pid: u32) -> Option<u64> {
     parse_vmrss(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+/// The anonymous part of a process's RSS (its heap and stacks, without the pages of its binary
+/// and libraries, which vary with what code ran and what the page cache holds).
+pub fn anon_of(pid: u32) -> Option<u64> {
+    parse_status_bytes(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?, "RssAnon:")
 }
 
 /// Sum of VmRSS over a process and all its descendants (Node's workers, npm wrappers).

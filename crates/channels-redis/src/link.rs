@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use channels::{Hub, Presence, PresenceChange, PresenceEntry};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use tokio::sync::mpsc;
 
@@ -21,6 +21,9 @@ const SHARE_EVERY: Duration = Duration::from_millis(50);
 const MAX_CHANGE_ENTRIES: usize = 500;
 /// Commands sent to Redis in one pipeline at most.
 const PIPELINE: usize = 512;
+/// Messages already arrived from Redis that are read before a node is declared silent (its
+/// last heartbeat may be among them).
+const DRAIN_BEFORE_EXPIRY: usize = 1024;
 
 /// Shared with [`crate::RedisBus::status`].
 #[derive(Debug)]
@@ -201,7 +204,20 @@ impl Link {
         let mut beat = tokio::time::interval(self.config.heartbeat);
         let mut share = tokio::time::interval(SHARE_EVERY);
         share.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Fires at the moment the quietest node's silence reaches the node timeout, so a dead
+        // node's presences leave within the timeout of its last message, not up to a
+        // heartbeat later.
+        let expiry = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(expiry);
+        let mut armed: Option<Instant> = None;
         loop {
+            let due = self.next_expiry();
+            if due != armed {
+                if let Some(due) = due {
+                    expiry.as_mut().reset(tokio::time::Instant::from_std(due));
+                }
+                armed = due;
+            }
             tokio::select! {
                 command = rx.recv() => {
                     let command = command?;
@@ -227,8 +243,23 @@ impl Link {
                         return Some(error);
                     }
                 }
-                _ = beat.tick() => {
+                _ = &mut expiry, if armed.is_some() => {
+                    armed = None;
+                    // What already arrived counts as heard: read it before judging silence.
+                    let mut replies = Vec::new();
+                    for _ in 0..DRAIN_BEFORE_EXPIRY {
+                        match stream.next().now_or_never() {
+                            Some(Some(message)) => self.receive(message.get_payload_bytes(), &mut replies),
+                            Some(None) => return Some("connection closed".into()),
+                            None => break,
+                        }
+                    }
                     self.expire_nodes();
+                    if let Err(error) = self.send(&mut conn, replies).await {
+                        return Some(error);
+                    }
+                }
+                _ = beat.tick() => {
                     let mut beat = vec![(self.channel("presence"), wire::heartbeat(self.node))];
                     if std::mem::take(&mut self.resync) {
                         tracing::info!("cluster bus: a presence change was missed; asking for shares");
@@ -310,7 +341,12 @@ impl Link {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             self.expire_nodes();
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
+            let wake = match self.next_expiry() {
+                Some(due) => deadline.min(tokio::time::Instant::from_std(due)),
+                None => deadline,
+            };
+            match tokio::time::timeout_at(wake, rx.recv()).await {
+                Err(_) if wake < deadline => continue,
                 Err(_) => return true,
                 Ok(None) => return false,
                 Ok(Some(Command::Subscribe(channel))) => {
@@ -389,6 +425,12 @@ impl Link {
         }
     }
 
+    /// When the node heard from least recently reaches the node timeout, if any is known.
+    fn next_expiry(&self) -> Option<Instant> {
+        let oldest = lock(&self.state).nodes.values().min().copied()?;
+        Some(oldest + self.config.node_timeout)
+    }
+
     fn expire_nodes(&mut self) {
         let now = Instant::now();
         let gone: Vec<u64> = {
@@ -396,7 +438,7 @@ impl Link {
             let gone: Vec<u64> = state
                 .nodes
                 .iter()
-                .filter(|(_, seen)| now.duration_since(**seen) > self.config.node_timeout)
+                .filter(|(_, seen)| now.duration_since(**seen) >= self.config.node_timeout)
                 .map(|(n, _)| *n)
                 .collect();
             for node in &gone {
