@@ -25,6 +25,15 @@ use crate::config::{Config, StampsMode};
 use crate::rally::{EventId, Progress, Rally, Scan, ScanError, ScanOutcome, MAX_SCANNED_CHARS};
 use crate::storage::Store;
 
+/// Scans in progress at once (twice the database pool); the others wait their turn, first come
+/// first served. A scan makes several queries, each waiting for a pooled connection: without
+/// this bound a thousand scans at once each queued behind all the others at every query, and
+/// under a busy fan-out the pool's 5 s wait ran out half-way through (503 after part of the
+/// work).
+const SCANS_AT_ONCE: usize = 32;
+/// How long a scan waits for its turn before it is refused with 503 and `Retry-After`.
+const SCAN_TURN_WAIT: Duration = Duration::from_secs(15);
+
 /// The rally's share of the HTTP state: its rules, the mode, and the failed-scan limits.
 pub struct RallyState {
     pub rally: Rally,
@@ -33,6 +42,7 @@ pub struct RallyState {
     per_user: Option<FailureLimiter<UserId>>,
     per_address: Option<FailureLimiter<IpAddr>>,
     trust_proxy: channels::TrustedProxies,
+    turns: tokio::sync::Semaphore,
 }
 
 impl RallyState {
@@ -44,6 +54,7 @@ impl RallyState {
             per_user: FailureLimiter::per_minute(config.failed_scans_per_minute),
             per_address: FailureLimiter::per_minute(config.failed_scans_per_minute_per_ip),
             trust_proxy: config.trust_proxy.clone(),
+            turns: tokio::sync::Semaphore::new(SCANS_AT_ONCE),
         }
     }
 
@@ -255,6 +266,22 @@ fn rate_limited(state: &AppState, wait: Duration) -> Response {
     response
 }
 
+fn too_busy() -> Response {
+    let mut response = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "busy",
+        "Too many scans at once",
+        format!(
+            "More than {SCANS_AT_ONCE} scans were in progress for {} s; nothing was recorded, \
+             retry shortly",
+            SCAN_TURN_WAIT.as_secs()
+        ),
+    )
+    .into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(2));
+    response
+}
+
 /// The realtime half of a new scan: `collected-broadcast` (and `rally-completed` the first
 /// time the user reaches the count) on the event's topic, with the stored nickname.
 fn announce(state: &AppState, user: &User, outcome: &ScanOutcome) {
@@ -288,7 +315,7 @@ fn announce(state: &AppState, user: &User, outcome: &ScanOutcome) {
         (status = 413, description = "Body over 64 KiB", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 415, description = "Unsupported Content-Type", body = ErrorDocument, content_type = "application/vnd.api+json"),
         (status = 429, description = "Too many failed scans by this user or address; see Retry-After", body = ErrorDocument, content_type = "application/vnd.api+json"),
-        (status = 503, description = "Database unavailable", body = ErrorDocument, content_type = "application/vnd.api+json"),
+        (status = 503, description = "Database unavailable, or `busy`: too many scans at once for 15 s (see Retry-After); nothing recorded", body = ErrorDocument, content_type = "application/vnd.api+json"),
     ),
     security(("bearer" = []))
 )]
@@ -320,6 +347,9 @@ pub async fn scan(
         .at_pointer("/data/attributes/code")
         .into_response());
     }
+    let Ok(Ok(_turn)) = tokio::time::timeout(SCAN_TURN_WAIT, rally.turns.acquire()).await else {
+        return Err(too_busy());
+    };
     let store = &*state.store;
     let Some(stored_user) = store.get(user).await.map_err(|e| ApiError::from(e).into_response())?
     else {
