@@ -140,20 +140,21 @@ pub async fn import<S: RallyStore + ?Sized>(
         // Created in the file's order (stamps are listed by creation time).
         let now = Timestamp::from_micros(now.as_micros() + index as i64);
         let at_line = |source| ImportError::Partial { line: booth.line, source };
+        let imported_as = |stamp: &Stamp, created: bool, qr: Option<String>| ImportedBooth {
+            line: booth.line,
+            booth_id: booth.booth_id.clone(),
+            name: stamp.name.clone(),
+            stamp: stamp.id,
+            mode: booth.mode,
+            created,
+            qr,
+        };
         let entry = match update {
             Some(stamp) => {
                 if !store.save_stamp(&stamp).await.map_err(at_line)? {
                     return Err(ImportError::NoEvent);
                 }
-                ImportedBooth {
-                    line: booth.line,
-                    booth_id: booth.booth_id.clone(),
-                    name: stamp.name.clone(),
-                    stamp: stamp.id,
-                    mode: booth.mode,
-                    created: false,
-                    qr: None,
-                }
+                imported_as(&stamp, false, None)
             }
             None => {
                 let f = booth.fields.clone();
@@ -176,15 +177,7 @@ pub async fn import<S: RallyStore + ?Sized>(
                 if !store.create_stamp(&stamp).await.map_err(at_line)? {
                     return Err(ImportError::NoEvent);
                 }
-                ImportedBooth {
-                    line: booth.line,
-                    booth_id: booth.booth_id.clone(),
-                    name: stamp.name.clone(),
-                    stamp: stamp.id,
-                    mode: booth.mode,
-                    created: true,
-                    qr: code.as_deref().map(|c| rally.qr(c)),
-                }
+                imported_as(&stamp, true, code.as_deref().map(|c| rally.qr(c)))
             }
         };
         imported.push(entry);

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use tako::config::Config;
 
 use crate::helpers::{assert_error, backends, Backend, TestApp, JSONAPI};
+use crate::rally::{admin, send};
 
 const CLIENT: &str = "client-token";
 const ADMIN: &str = "admin-token";
@@ -22,25 +23,6 @@ async fn spawn(backend: Backend) -> TestApp {
         c.scan_url = Some(SCAN_URL.into());
     })
     .await
-}
-
-async fn send(
-    app: &TestApp,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> Response {
-    let mut request =
-        app.client.request(method, app.url(path)).header("accept", JSONAPI).bearer_auth(token);
-    if let Some(body) = body {
-        request = request.header("content-type", JSONAPI).body(body.to_string());
-    }
-    request.send().await.unwrap()
-}
-
-async fn admin(app: &TestApp, method: Method, path: &str, body: Option<Value>) -> Response {
-    send(app, ADMIN, method, path, body).await
 }
 
 async fn create_event(app: &TestApp, id: &str, required: u32) {

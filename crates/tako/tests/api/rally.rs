@@ -25,7 +25,7 @@ async fn spawn(backend: Backend, configure: impl FnOnce(&mut Config)) -> TestApp
     .await
 }
 
-async fn send(
+pub(crate) async fn send(
     app: &TestApp,
     token: &str,
     method: Method,
@@ -40,7 +40,12 @@ async fn send(
     request.send().await.unwrap()
 }
 
-async fn admin(app: &TestApp, method: Method, path: &str, body: Option<Value>) -> Response {
+pub(crate) async fn admin(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Response {
     send(app, ADMIN, method, path, body).await
 }
 
