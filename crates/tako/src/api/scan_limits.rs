@@ -62,9 +62,68 @@ impl<K: Eq + Hash + Clone> FailureLimiter<K> {
     }
 }
 
+/// Turns for work that queues for a small resource (scans for the database pool): at most
+/// `at_once` in progress, the others served first come first served, each waiting at most
+/// `wait` for its turn.
+pub struct Turns {
+    permits: tokio::sync::Semaphore,
+    at_once: usize,
+    wait: Duration,
+}
+
+impl Turns {
+    pub fn new(at_once: usize, wait: Duration) -> Turns {
+        Turns { permits: tokio::sync::Semaphore::new(at_once), at_once, wait }
+    }
+
+    /// A turn, held until dropped; `None` when none came within the wait.
+    pub async fn take(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        tokio::time::timeout(self.wait, self.permits.acquire()).await.ok()?.ok()
+    }
+
+    pub fn at_once(&self) -> usize {
+        self.at_once
+    }
+
+    pub fn wait(&self) -> Duration {
+        self.wait
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn turns_are_bounded_served_in_order_and_refused_after_the_wait() {
+        let wait = Duration::from_millis(200);
+        let turns = std::sync::Arc::new(Turns::new(2, wait));
+        let (a, b) = (turns.take().await.unwrap(), turns.take().await.unwrap());
+        // A third waits; it is refused once the wait is over.
+        let started = Instant::now();
+        assert!(turns.take().await.is_none());
+        assert!(started.elapsed() >= wait);
+        // Waiting ones are served in the order they came when turns are given back.
+        let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut waiting = Vec::new();
+        for n in 0..3 {
+            let (turns, order) = (turns.clone(), order.clone());
+            waiting.push(tokio::spawn(async move {
+                let turn = turns.take().await;
+                order.lock().unwrap().push(n);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                turn.is_some()
+            }));
+            // Each is queued before the next one starts.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(a);
+        drop(b);
+        for w in waiting {
+            assert!(w.await.unwrap(), "every waiting one got its turn");
+        }
+        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
+    }
 
     #[test]
     fn the_budget_is_spent_by_failures_and_refills() {

@@ -18,7 +18,7 @@ use super::body::Document;
 use super::error::{ApiError, ErrorDocument};
 use super::events::{stamp_resource, StampResource};
 use super::jsonapi::{JsonApi, JsonApiVersion};
-use super::scan_limits::FailureLimiter;
+use super::scan_limits::{FailureLimiter, Turns};
 use super::AppState;
 use crate::accounts::{StampCount, Timestamp, User, UserId};
 use crate::config::{Config, StampsMode};
@@ -42,7 +42,7 @@ pub struct RallyState {
     per_user: Option<FailureLimiter<UserId>>,
     per_address: Option<FailureLimiter<IpAddr>>,
     trust_proxy: channels::TrustedProxies,
-    turns: tokio::sync::Semaphore,
+    turns: Turns,
 }
 
 impl RallyState {
@@ -54,7 +54,7 @@ impl RallyState {
             per_user: FailureLimiter::per_minute(config.failed_scans_per_minute),
             per_address: FailureLimiter::per_minute(config.failed_scans_per_minute_per_ip),
             trust_proxy: config.trust_proxy.clone(),
-            turns: tokio::sync::Semaphore::new(SCANS_AT_ONCE),
+            turns: Turns::new(SCANS_AT_ONCE, SCAN_TURN_WAIT),
         }
     }
 
@@ -266,15 +266,15 @@ fn rate_limited(state: &AppState, wait: Duration) -> Response {
     response
 }
 
-fn too_busy() -> Response {
+fn too_busy(turns: &Turns) -> Response {
     let mut response = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "busy",
         "Too many scans at once",
         format!(
-            "More than {SCANS_AT_ONCE} scans were in progress for {} s; nothing was recorded, \
-             retry shortly",
-            SCAN_TURN_WAIT.as_secs()
+            "{} scans were in progress for {} s; nothing was recorded, retry shortly",
+            turns.at_once(),
+            turns.wait().as_secs()
         ),
     )
     .into_response();
@@ -347,8 +347,8 @@ pub async fn scan(
         .at_pointer("/data/attributes/code")
         .into_response());
     }
-    let Ok(Ok(_turn)) = tokio::time::timeout(SCAN_TURN_WAIT, rally.turns.acquire()).await else {
-        return Err(too_busy());
+    let Some(_turn) = rally.turns.take().await else {
+        return Err(too_busy(&rally.turns));
     };
     let store = &*state.store;
     let Some(stored_user) = store.get(user).await.map_err(|e| ApiError::from(e).into_response())?
