@@ -221,7 +221,11 @@ pub async fn serve(
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            // Outside the runtime's co-operative budget: in a connect storm this task takes
+            // every pending connection when it runs, instead of 128 and then waiting a whole
+            // round of the (then thousands of) busy tasks while the kernel's listen queue
+            // overflows and clients retry a second later.
+            accepted = tokio::task::unconstrained(listener.accept()) => accepted,
             _ = accepting.wait_for(|open| !*open) => break,
         };
         let (stream, peer) = match accepted {
