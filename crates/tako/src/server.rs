@@ -223,12 +223,12 @@ pub async fn serve(
     let registry = Arc::new(Registry::default());
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut backoff = Duration::from_millis(5);
-    let mut turns = 0_usize;
+    let mut accepts = 0_usize;
     loop {
         // Unconstrained below, so this loop yields by itself now and then: a flood of
         // connections cannot keep a worker thread to it.
-        turns += 1;
-        if turns % ACCEPTS_PER_TURN == 0 {
+        accepts += 1;
+        if accepts % ACCEPTS_PER_TURN == 0 {
             tokio::task::yield_now().await;
         }
         let accepted = tokio::select! {
