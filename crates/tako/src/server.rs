@@ -228,7 +228,8 @@ pub async fn serve(
         // Unconstrained below, so this loop yields by itself now and then: a flood of
         // connections cannot keep a worker thread to it.
         accepts += 1;
-        if accepts % ACCEPTS_PER_TURN == 0 {
+        if accepts == ACCEPTS_PER_TURN {
+            accepts = 0;
             tokio::task::yield_now().await;
         }
         let accepted = tokio::select! {
