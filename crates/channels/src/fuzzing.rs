@@ -102,6 +102,9 @@ fn poll_once<F: std::future::Future>(future: F) -> Option<F::Output> {
     }
 }
 
+/// The longest frame [`outgoing`] makes: a 16-bit length plus 65,536 (the 64-bit header case).
+const MAX_OUTGOING_LEN: usize = u16::MAX as usize + 65_536;
+
 /// Writes frames through [`Outgoing`] to a writer that takes a fuzzer-chosen number of bytes
 /// per call (0: not ready now), as a slow client's socket does. The first byte is the number of
 /// frames (up to 40, so batches of 32 split); each frame then takes three bytes: text or binary
@@ -121,7 +124,7 @@ pub fn outgoing(data: &[u8]) {
             let len = u16::from_be_bytes([spec[1], spec[2]]) as usize;
             // Lengths past 65,535 need the 64-bit header: one frame in eight gets one, the
             // others stay small so that runs stay fast.
-            let len = if i % 8 == 3 { len + 65_536 } else { len % 512 };
+            let len = if i % 8 == 3 { len + 65_536 } else { len % 512 }.min(MAX_OUTGOING_LEN);
             if spec[0] % 2 == 0 {
                 Frame::Text(String::from_utf8(vec![b'a' + (i % 26) as u8; len]).unwrap().into())
             } else {
