@@ -6,11 +6,12 @@
 //! server-side messages through the [`Hub`].
 //!
 //! Layout: `serializer` (bytes ⇄ messages), `session` (the per-socket protocol state machine,
-//! transport-agnostic), `transport` (WebSocket), `outbox` (bounded per-socket queue), `hub`
+//! transport-agnostic), `transport` (WebSocket and LongPoll), `outbox` (bounded per-socket queue), `hub`
 //! (indexes and fan-out), `bus` (the seam to other nodes), `presence` (above the hub: who is on
-//! a topic, and the frames of those who asked), `endpoint` (routes and shutdown). Modules call
-//! downward only: `payload` ← `serializer` ← `outbox` ← `bus` ← `hub` ← `presence` ← `channel` ←
-//! `session` ← `transport` ← `endpoint`.
+//! a topic, and the frames of those who asked), `mount` (what the transports share: the handler,
+//! its hub and presence, the gate new sockets pass), `endpoint` (routes and shutdown). Modules
+//! call downward only: `payload` ← `serializer` ← `outbox` ← `bus` ← `hub` ← `presence` ←
+//! `channel` ← `session` ← `mount` ← `transport` ← `endpoint`.
 
 mod bus;
 mod channel;
@@ -22,6 +23,7 @@ mod endpoint;
 pub mod fuzzing;
 mod hub;
 mod limits;
+mod mount;
 mod observer;
 mod outbox;
 mod payload;

@@ -35,9 +35,9 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::endpoint::{Admitted, Endpoint};
 use crate::hub::{Hub, SocketShared};
 use crate::limits::Refused;
+use crate::mount::{Admitted, Mount};
 use crate::outbox::Close;
 use crate::serializer::{Frame, Serializer};
 use crate::session::Session;
@@ -68,6 +68,24 @@ pub(crate) enum Inbound {
 struct Live {
     commands: mpsc::Sender<Command>,
     socket: Arc<SocketShared>,
+}
+
+/// What the LongPoll routes share: the mounted handler and its live sessions.
+pub(crate) struct LongPollState<H: SocketHandler> {
+    mount: Arc<Mount<H>>,
+    sessions: Arc<Sessions>,
+}
+
+impl<H: SocketHandler> LongPollState<H> {
+    pub(crate) fn new(mount: Arc<Mount<H>>, sessions: Arc<Sessions>) -> Self {
+        LongPollState { mount, sessions }
+    }
+}
+
+impl<H: SocketHandler> Clone for LongPollState<H> {
+    fn clone(&self) -> Self {
+        LongPollState { mount: self.mount.clone(), sessions: self.sessions.clone() }
+    }
 }
 
 /// The live sessions of one endpoint, by token.
@@ -167,16 +185,16 @@ pub(crate) async fn other_method() -> Response {
 
 /// `GET`: poll a live session, or start one.
 pub(crate) async fn poll<H: SocketHandler>(
-    State(endpoint): State<Arc<Endpoint<H>>>,
+    State(state): State<LongPollState<H>>,
     request: Request,
 ) -> Response {
-    if endpoint.check_origin(request.headers()).is_err() {
+    if state.mount.check_origin(request.headers()).is_err() {
         return forbidden_origin();
     }
     let Some(params) = query(&request) else { return bad(StatusCode::BAD_REQUEST) };
     let token = params.iter().rev().find(|(k, _)| k == "token").map(|(_, v)| v.clone());
     if let Some(token) = &token {
-        if let Some(session) = endpoint.longpoll.get(token) {
+        if let Some(session) = state.sessions.get(token) {
             let (tx, rx) = oneshot::channel();
             if session.send(Command::Poll(tx)).await.is_ok() {
                 match rx.await {
@@ -194,7 +212,7 @@ pub(crate) async fn poll<H: SocketHandler>(
         }
     }
     // No live session for this token: a new one (as Phoenix does), or a refusal.
-    connect(endpoint, request, params).await
+    connect(state, request, params).await
 }
 
 /// How a frame travels in `messages`: text as is, binary as base64.
@@ -208,11 +226,12 @@ fn frame_json(frame: Frame) -> Value {
 }
 
 async fn connect<H: SocketHandler>(
-    endpoint: Arc<Endpoint<H>>,
+    state: LongPollState<H>,
     request: Request,
     pairs: Vec<(String, String)>,
 ) -> Response {
-    if endpoint.lifecycle.is_shutting_down() {
+    let mount = &state.mount;
+    if mount.lifecycle.is_shutting_down() {
         // The client retries on 500 (there is no status for "unavailable" it understands).
         return status_json(500, json!({}));
     }
@@ -227,7 +246,7 @@ async fn connect<H: SocketHandler>(
     let auth_token =
         parts.headers.get(AUTH_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let peer = super::peer(&parts);
-    let guard = match endpoint.admit(&parts.headers, peer) {
+    let guard = match mount.admit(&parts.headers, peer) {
         Ok(admitted) => admitted,
         // The client retries on 500 (it knows no status for "busy").
         Err(refused) => {
@@ -239,7 +258,7 @@ async fn connect<H: SocketHandler>(
         }
     };
     let info = ConnectInfo { params, auth_token, headers: parts.headers, peer };
-    let connection = match endpoint.handler.connect(&info).await {
+    let connection = match mount.handler.connect(&info).await {
         Ok(connection) => connection,
         Err(refusal) => {
             tracing::debug!(?peer, ?refusal, "longpoll connect refused");
@@ -254,53 +273,49 @@ async fn connect<H: SocketHandler>(
         tracing::error!("no randomness for a longpoll token");
         return status_json(500, json!({}));
     };
-    endpoint.start_sweeper();
+    mount.start_sweeper();
     let (tx, rx) = mpsc::channel(COMMANDS);
-    let hub = endpoint.hub.clone();
+    let hub = mount.hub.clone();
     let socket = hub.register(
         serializer,
         connection.id.clone(),
         connection.user.clone(),
-        endpoint.config.outbox_capacity(),
+        mount.config.outbox_capacity(),
     );
-    endpoint
-        .longpoll
-        .live
-        .lock()
-        .insert(token.clone(), Live { commands: tx, socket: socket.clone() });
-    if endpoint.lifecycle.is_shutting_down() {
+    state.sessions.live.lock().insert(token.clone(), Live { commands: tx, socket: socket.clone() });
+    if mount.lifecycle.is_shutting_down() {
         socket.outbox.close(Close::GOING_AWAY);
     }
     tracing::debug!(conn = socket.conn, ?serializer, "longpoll session started");
-    tokio::spawn(run(endpoint, connection, socket, token.clone(), rx, guard));
+    tokio::spawn(run(state, connection, socket, token.clone(), rx, guard));
     status_json(410, json!({ "token": token, "messages": [] }))
 }
 
 /// `POST`: frames from the client.
 pub(crate) async fn publish<H: SocketHandler>(
-    State(endpoint): State<Arc<Endpoint<H>>>,
+    State(state): State<LongPollState<H>>,
     request: Request,
 ) -> Response {
-    if endpoint.check_origin(request.headers()).is_err() {
+    if state.mount.check_origin(request.headers()).is_err() {
         return forbidden_origin();
     }
     let Some(params) = query(&request) else { return bad(StatusCode::BAD_REQUEST) };
     let token = params.iter().rev().find(|(k, _)| k == "token").map(|(_, v)| v.clone());
-    let Some(session) = token.as_deref().and_then(|t| endpoint.longpoll.get(t)) else {
+    let Some(session) = token.as_deref().and_then(|t| state.sessions.get(t)) else {
         return status_json(410, json!({}));
     };
     let ndjson =
         request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(
             |v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case(NDJSON)),
         );
-    let limit = endpoint.config.max_frame_bytes;
+    let limit = state.mount.config.max_frame_bytes;
     let body = match axum::body::to_bytes(request.into_body(), limit).await {
         Ok(body) => body,
         Err(_) => {
             // Like a WebSocket frame over the limit (1009): the session ends.
             tracing::debug!("longpoll body over the limit");
             if let Some(token) = &token {
-                endpoint.longpoll.close(token, Close::TOO_BIG);
+                state.sessions.close(token, Close::TOO_BIG);
             }
             return bad(StatusCode::PAYLOAD_TOO_LARGE);
         }
@@ -349,41 +364,42 @@ fn trim_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-/// Removes the session from the endpoint and the hub however its task ends (even by a panic in
+/// Removes the session from the live sessions and the hub however its task ends (even by a panic in
 /// a channel callback).
-struct Registration<'a, H: SocketHandler> {
-    endpoint: &'a Endpoint<H>,
+struct Registration<'a> {
+    sessions: &'a Sessions,
     hub: Hub,
     socket: Arc<SocketShared>,
     token: String,
 }
 
-impl<H: SocketHandler> Drop for Registration<'_, H> {
+impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        self.endpoint.longpoll.live.lock().remove(&self.token);
+        self.sessions.live.lock().remove(&self.token);
         self.hub.unregister(&self.socket);
     }
 }
 
 async fn run<H: SocketHandler>(
-    endpoint: Arc<Endpoint<H>>,
+    state: LongPollState<H>,
     connection: Connection<H::Assigns>,
     socket: Arc<SocketShared>,
     token: String,
     mut commands: mpsc::Receiver<Command>,
     _guard: Admitted,
 ) {
-    let hub = endpoint.hub.clone();
+    let mount = &state.mount;
+    let hub = mount.hub.clone();
     let registration =
-        Registration { endpoint: &endpoint, hub: hub.clone(), socket: socket.clone(), token };
-    let config = &endpoint.config;
+        Registration { sessions: &state.sessions, hub: hub.clone(), socket: socket.clone(), token };
+    let config = &mount.config;
     let window = config.longpoll_window.min(config.heartbeat_timeout / 2);
     let mut session = Session::new(
-        endpoint.handler.clone(),
+        mount.handler.clone(),
         connection.assigns,
         socket.clone(),
         hub,
-        endpoint.presence.clone(),
+        mount.presence.clone(),
         config.max_channels,
     )
     .with_inbound_rate(config.inbound_rate)

@@ -24,8 +24,8 @@ use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::frames::{Inbound, Outbound, Outgoing, Reader, WireFrame};
-use crate::endpoint::{Admitted, Endpoint};
 use crate::hub::SocketShared;
+use crate::mount::{Admitted, Mount};
 use crate::outbox::Close;
 use crate::serializer::Serializer;
 use crate::session::Session;
@@ -39,10 +39,10 @@ const TOKEN_PREFIX: &str = "base64url.bearer.phx.";
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 pub(crate) async fn upgrade<H: SocketHandler>(
-    State(endpoint): State<Arc<Endpoint<H>>>,
+    State(mount): State<Arc<Mount<H>>>,
     request: Request,
 ) -> Response {
-    if endpoint.lifecycle.is_shutting_down() {
+    if mount.lifecycle.is_shutting_down() {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
     let (mut parts, _body) = request.into_parts();
@@ -58,7 +58,7 @@ pub(crate) async fn upgrade<H: SocketHandler>(
     };
     let (auth_token, offers_phoenix) = read_subprotocols(&parts.headers);
     let peer = super::peer(&parts);
-    let guard = match endpoint.admit(&parts.headers, peer) {
+    let guard = match mount.admit(&parts.headers, peer) {
         Ok(admitted) => admitted,
         Err(refused) => {
             tracing::debug!(?refused, "socket not admitted");
@@ -72,7 +72,7 @@ pub(crate) async fn upgrade<H: SocketHandler>(
         }
     };
     let info = ConnectInfo { params, auth_token, headers: parts.headers, peer };
-    let connection = match endpoint.handler.connect(&info).await {
+    let connection = match mount.handler.connect(&info).await {
         Ok(connection) => connection,
         Err(refusal) => {
             tracing::debug!(?peer, ?refusal, "connect refused");
@@ -81,17 +81,16 @@ pub(crate) async fn upgrade<H: SocketHandler>(
     };
     drop(info);
 
-    endpoint.start_sweeper();
-    let endpoint = endpoint.clone();
+    mount.start_sweeper();
     // Registered now rather than in the task, so the task keeps no copy of the connection's
     // id and user; if the upgrade then fails, the task unregisters it.
-    let socket = endpoint.hub.register(
+    let socket = mount.hub.register(
         serializer,
         connection.id,
         connection.user,
-        endpoint.config.outbox_capacity(),
+        mount.config.outbox_capacity(),
     );
-    tokio::spawn(run(on_upgrade, endpoint, socket, connection.assigns, guard));
+    tokio::spawn(run(on_upgrade, mount, socket, connection.assigns, guard));
 
     let mut response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -201,14 +200,14 @@ fn read_subprotocols(headers: &HeaderMap) -> (Option<String>, bool) {
 #[allow(clippy::manual_async_fn, reason = "an async fn would copy its arguments into the future")]
 fn run<H: SocketHandler>(
     on_upgrade: hyper::upgrade::OnUpgrade,
-    endpoint: Arc<Endpoint<H>>,
+    mount: Arc<Mount<H>>,
     socket: Arc<SocketShared>,
     assigns: H::Assigns,
     guard: Admitted,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
-        let hub = &endpoint.hub;
-        let config = &endpoint.config;
+        let hub = &mount.hub;
+        let config = &mount.config;
         // Leaves the hub's indexes even if a channel callback panics and unwinds this task.
         let registration = Registration { hub, socket: &socket };
         let mut io = match on_upgrade.await {
@@ -219,16 +218,16 @@ fn run<H: SocketHandler>(
             }
         };
         // A shutdown that started after the upgrade began may have missed this socket.
-        if endpoint.lifecycle.is_shutting_down() {
+        if mount.lifecycle.is_shutting_down() {
             socket.outbox.close(Close::GOING_AWAY);
         }
         tracing::debug!(conn = socket.conn, serializer = ?socket.serializer, "socket connected");
         let mut session = Session::new(
-            endpoint.handler.clone(),
+            mount.handler.clone(),
             assigns,
             socket.clone(),
             hub.clone(),
-            endpoint.presence.clone(),
+            mount.presence.clone(),
             config.max_channels,
         )
         .with_inbound_rate(config.inbound_rate)

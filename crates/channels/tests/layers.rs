@@ -1,0 +1,126 @@
+//! The engine's modules call downward only: no module imports, directly or through others, a
+//! module that imports it back. Read from the sources (`crate::<module>` paths outside test
+//! code), so a new circle fails here rather than in a review.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Top-level module of `src/…` that `path` belongs to (`presence/state.rs` → `presence`).
+fn module_of(src: &Path, path: &Path) -> String {
+    let relative = path.strip_prefix(src).unwrap();
+    let first = relative.components().next().unwrap().as_os_str().to_string_lossy().into_owned();
+    first.trim_end_matches(".rs").to_owned()
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The text of a source file without its unit tests (`#[cfg(test)] mod tests` to the end, as
+/// every file here places them) or, for a `tests.rs`, nothing.
+fn non_test_code(path: &Path) -> String {
+    if path.file_name().is_some_and(|n| n == "tests.rs") {
+        return String::new();
+    }
+    let text = std::fs::read_to_string(path).unwrap();
+    match text.find("#[cfg(test)]\nmod tests") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
+    }
+}
+
+/// The modules named by `crate::<name>` in `code`.
+fn referenced(code: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = code;
+    while let Some(at) = rest.find("crate::") {
+        rest = &rest[at + "crate::".len()..];
+        let name: String =
+            rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+        if !name.is_empty() {
+            names.insert(name);
+        }
+    }
+    names
+}
+
+/// Module → the modules it uses (excluding itself, the crate root and the fuzzing entry points,
+/// which sit above everything).
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in files {
+        let module = module_of(&src, &file);
+        if module == "lib" || module == "fuzzing" {
+            continue;
+        }
+        let uses = graph.entry(module.clone()).or_default();
+        for used in referenced(&non_test_code(&file)) {
+            if used != module {
+                uses.insert(used);
+            }
+        }
+    }
+    graph
+}
+
+/// A path `from` → … → `to`, if there is one.
+fn path(
+    graph: &BTreeMap<String, BTreeSet<String>>,
+    from: &str,
+    to: &str,
+    seen: &mut BTreeSet<String>,
+) -> Option<Vec<String>> {
+    if from == to {
+        return Some(vec![to.to_owned()]);
+    }
+    if !seen.insert(from.to_owned()) {
+        return None;
+    }
+    for next in graph.get(from).into_iter().flatten() {
+        if let Some(mut rest) = path(graph, next, to, seen) {
+            rest.insert(0, from.to_owned());
+            return Some(rest);
+        }
+    }
+    None
+}
+
+#[test]
+fn no_module_imports_a_module_that_imports_it() {
+    let graph = graph();
+    assert!(graph.len() > 10, "the sources were read: {:?}", graph.keys());
+    assert!(graph["hub"].contains("outbox"), "references are found: {:?}", graph["hub"]);
+    let mut circles = Vec::new();
+    for (module, uses) in &graph {
+        for used in uses {
+            if let Some(back) = path(&graph, used, module, &mut BTreeSet::new()) {
+                circles.push(format!("{module} → {}", back.join(" → ")));
+            }
+        }
+    }
+    assert!(circles.is_empty(), "import circles:\n{}", circles.join("\n"));
+}
+
+#[test]
+fn the_reader_finds_a_circle_when_there_is_one() {
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    graph.entry("a".into()).or_default().insert("b".into());
+    graph.entry("b".into()).or_default().insert("c".into());
+    assert!(path(&graph, "c", "a", &mut BTreeSet::new()).is_none());
+    graph.entry("c".into()).or_default().insert("a".into());
+    assert_eq!(path(&graph, "b", "a", &mut BTreeSet::new()).unwrap(), ["b", "c", "a"]);
+    assert_eq!(
+        referenced("use crate::hub::Hub; x: crate::limits::Refused; crate::Hub"),
+        BTreeSet::from(["hub".to_owned(), "limits".to_owned()])
+    );
+}
