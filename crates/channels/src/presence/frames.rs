@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 
 use serde_json::{json, Map, Value};
 
-use super::state::{Entry, Meta, Roster};
+use super::state::{json_len, Entry, Roster};
 use crate::payload::Payload;
 use crate::serializer::{Frame, Serializer};
 
@@ -102,8 +102,7 @@ impl CachedState {
         let current = roster
             .entries()
             .filter(|e| !pending.joins.contains_key(&e.phx_ref))
-            .chain(pending.leaves.values())
-            .cloned();
+            .chain(pending.leaves.values().cloned());
         let mut chunks = chunk(current, chunk_budget(topic)).into_iter().map(|(m, _)| m);
         let first = Payload::Json(Value::Object(chunks.next().unwrap_or_default()));
         let payloads = std::iter::once(first)
@@ -126,12 +125,12 @@ impl CachedState {
 }
 
 /// `{key: {"metas": [meta, …]}, …}`
-pub(crate) fn group<'a>(entries: impl Iterator<Item = &'a Entry>) -> Value {
+pub(crate) fn group(entries: impl Iterator<Item = Entry>) -> Value {
     let mut out: Map<String, Value> = Map::new();
     for entry in entries {
         let slot = out.entry(entry.key.to_string()).or_insert_with(|| metas_value(Vec::new()));
         if let Some(Value::Array(metas)) = slot.get_mut("metas") {
-            metas.push(entry.meta.to_value());
+            metas.push(entry.meta_value());
         }
     }
     Value::Object(out)
@@ -142,24 +141,6 @@ fn diff(joins: Map<String, Value>, leaves: Map<String, Value>) -> Value {
     diff.insert("joins".into(), Value::Object(joins));
     diff.insert("leaves".into(), Value::Object(leaves));
     Value::Object(diff)
-}
-
-/// Bytes a value takes as JSON, without writing it anywhere.
-pub(crate) fn json_len<T: serde::Serialize + ?Sized>(value: &T) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    // Serializing a `Value` or a string into a writer that cannot fail does not fail.
-    let _ = serde_json::to_writer(&mut count, value);
-    count.0
 }
 
 /// Bytes a chunk (`{key: {"metas": […]}, …}`) may take so that its frame, `presence_state` or
@@ -181,14 +162,14 @@ fn chunk_budget(topic: &str) -> usize {
 /// chunk unless they alone exceed the budget. Nothing in, no chunk out.
 fn chunk(entries: impl Iterator<Item = Entry>, budget: usize) -> Vec<(Map<String, Value>, usize)> {
     // Group by key, in the order keys come.
-    let mut order: Vec<(Arc<str>, Vec<Arc<Meta>>)> = Vec::new();
+    let mut order: Vec<(Arc<str>, Vec<Entry>)> = Vec::new();
     let mut index: HashMap<Arc<str>, usize> = HashMap::new();
     for entry in entries {
         let slot = *index.entry(entry.key.clone()).or_insert_with(|| {
             order.push((entry.key.clone(), Vec::new()));
             order.len() - 1
         });
-        order[slot].1.push(entry.meta);
+        order[slot].1.push(entry);
     }
     // `{"metas":[` … `]}`
     const WRAP: usize = 12;
@@ -203,7 +184,7 @@ fn chunk(entries: impl Iterator<Item = Entry>, budget: usize) -> Vec<(Map<String
     };
     for (key, metas) in order {
         let key_len = json_len(&*key) + 1; // `"key":`
-        let lens: Vec<usize> = metas.iter().map(|m| json_len(&**m)).collect();
+        let lens: Vec<usize> = metas.iter().map(Entry::meta_json_len).collect();
         let whole = key_len + WRAP + lens.iter().sum::<usize>() + lens.len().saturating_sub(1);
         let sep = usize::from(!current.is_empty());
         if used + sep + whole > budget && 2 + whole <= budget {
@@ -211,7 +192,7 @@ fn chunk(entries: impl Iterator<Item = Entry>, budget: usize) -> Vec<(Map<String
         }
         if used + usize::from(!current.is_empty()) + whole <= budget {
             used += usize::from(!current.is_empty()) + whole;
-            let metas = metas.iter().map(|m| m.to_value()).collect();
+            let metas = metas.iter().map(Entry::meta_value).collect();
             current.insert(key.to_string(), metas_value(metas));
             continue;
         }
@@ -235,7 +216,7 @@ fn chunk(entries: impl Iterator<Item = Entry>, budget: usize) -> Vec<(Map<String
             used += cost;
             let slot = current.entry(key.to_string()).or_insert_with(|| metas_value(Vec::new()));
             if let Some(Value::Array(list)) = slot.get_mut("metas") {
-                list.push(meta.to_value());
+                list.push(meta.meta_value());
             }
             open = true;
         }

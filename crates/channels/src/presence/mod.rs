@@ -246,9 +246,8 @@ impl Presence {
         meta: Value,
         still_open: impl FnOnce() -> bool,
     ) -> Result<String, PresenceError> {
-        let Value::Object(mut meta) = meta else { return Err(PresenceError::MetaNotObject) };
+        let Value::Object(meta) = meta else { return Err(PresenceError::MetaNotObject) };
         let phx_ref = self.new_ref();
-        meta.insert("phx_ref".into(), Value::String(phx_ref.to_string()));
         let mut topics = self.inner.topics.lock();
         if !still_open() {
             return Err(PresenceError::ChannelClosed);
@@ -260,7 +259,7 @@ impl Presence {
             phx_ref: phx_ref.clone(),
             node: self.hub().node_id(),
             conn,
-            meta: Arc::new(meta.into()),
+            meta: meta.into(),
         };
         self.replicate(&topic, || PresenceChange {
             joins: vec![entry.to_public()],
@@ -365,7 +364,7 @@ impl Presence {
     /// The entries of `topic`, each with its owning node.
     pub fn entries(&self, topic: &str) -> Vec<PresenceEntry> {
         match self.inner.topics.lock().get(topic) {
-            Some(tp) => tp.roster.entries().map(Entry::to_public).collect(),
+            Some(tp) => tp.roster.entries().map(|e| e.to_public()).collect(),
             None => Vec::new(),
         }
     }
@@ -393,23 +392,16 @@ impl Presence {
             let mut renewed = Vec::with_capacity(tracked.len());
             for (key, old_ref) in tracked {
                 let Some(old) = tp.leave(&key, &old_ref) else { continue };
-                let mut meta = old.meta.to_map();
+                let mut meta = old.meta_map();
                 for (field, value) in patch {
                     if field != "phx_ref" && field != "phx_ref_prev" {
                         meta.insert(field.clone(), value.clone());
                     }
                 }
                 let phx_ref = self.new_ref();
-                meta.insert("phx_ref".into(), Value::String(phx_ref.to_string()));
                 meta.insert("phx_ref_prev".into(), Value::String(old_ref.to_string()));
                 change.leaves.push((key.to_string(), old_ref.to_string()));
-                renewed.push(Entry {
-                    key,
-                    phx_ref,
-                    node,
-                    conn: *conn,
-                    meta: Arc::new(meta.into()),
-                });
+                renewed.push(Entry { key, phx_ref, node, conn: *conn, meta: meta.into() });
                 count += 1;
             }
             for entry in renewed {

@@ -22,7 +22,7 @@ fn incoming(node: u64, entry: PresenceEntry) -> Result<Entry, PresenceError> {
         phx_ref,
         node,
         conn: 0,
-        meta: Arc::new(entry.meta.into()),
+        meta: entry.meta.into(),
     })
 }
 
@@ -46,7 +46,7 @@ impl Presence {
         let tp = topics.entry(topic.clone()).or_default();
         for (key, phx_ref) in &change.leaves {
             // Only `node`'s own entries: a forged leave cannot remove another node's.
-            if tp.roster.get(key, phx_ref).is_some_and(|e| e.node == node) {
+            if tp.roster.owner(key, phx_ref) == Some(node) {
                 tp.leave(key, phx_ref);
             }
         }
@@ -127,7 +127,7 @@ impl Presence {
         let node = self.hub().node_id();
         match self.inner.topics.lock().get(topic) {
             Some(tp) => {
-                tp.roster.entries().filter(|e| e.node == node).map(Entry::to_public).collect()
+                tp.roster.entries().filter(|e| e.node == node).map(|e| e.to_public()).collect()
             }
             None => Vec::new(),
         }

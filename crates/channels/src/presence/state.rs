@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use serde_json::{Map, Value};
 use smallvec::SmallVec;
 
@@ -24,128 +23,169 @@ pub(crate) struct Entry {
     pub node: u64,
     /// The owning connection on its node (0 for another node's entries).
     pub conn: u64,
-    /// The wire meta, `phx_ref` included.
-    pub meta: Arc<Meta>,
+    /// The meta's other fields (the wire meta is these plus `phx_ref`).
+    pub meta: Meta,
 }
 
 impl Entry {
     pub(crate) fn to_public(&self) -> PresenceEntry {
-        PresenceEntry { key: self.key.to_string(), node: self.node, meta: self.meta.to_map() }
+        PresenceEntry { key: self.key.to_string(), node: self.node, meta: self.meta_map() }
+    }
+
+    /// The meta as clients see it: its fields and `phx_ref`.
+    pub(crate) fn meta_map(&self) -> Map<String, Value> {
+        let mut map = self.meta.fields();
+        map.insert(PHX_REF.into(), Value::String(self.phx_ref.to_string()));
+        map
+    }
+
+    pub(crate) fn meta_value(&self) -> Value {
+        Value::Object(self.meta_map())
+    }
+
+    /// Bytes [`Entry::meta_value`] takes as JSON, counted without building it.
+    pub(crate) fn meta_json_len(&self) -> usize {
+        let fields = self.meta.0.len();
+        // `"phx_ref":` and the string, plus a comma unless the fields are `{}`.
+        fields + PHX_REF.len() + 3 + json_len(&*self.phx_ref) + usize::from(fields > 2)
     }
 }
 
-/// A meta as kept: its fields in one allocation, sorted by name as serde_json's `Map` orders
-/// them (so it serializes the same), rather than a `Map`, whose first B-tree node alone takes
-/// about 600 bytes for a meta of three fields. Every tracked socket has one.
-#[derive(Debug, PartialEq)]
-pub(crate) struct Meta(pub(super) Box<[(Arc<str>, Value)]>);
+const PHX_REF: &str = "phx_ref";
+
+/// A meta as kept: the JSON text of its fields but `phx_ref` (which the entry holds once, for
+/// the index and the wire alike), in one allocation of the text's size. Every tracked socket
+/// has one; as a `Map` a meta of three fields took about 600 bytes, as `Value`s about 160,
+/// as text (HoloQuest's `nickname` and `online_at`) 64 to 80.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Meta(Arc<str>);
 
 impl From<Map<String, Value>> for Meta {
-    fn from(map: Map<String, Value>) -> Meta {
-        let mut fields: Vec<(Arc<str>, Value)> =
-            map.into_iter().map(|(k, v)| (field_name(k), v)).collect();
-        fields.sort_by(|a, b| a.0.cmp(&b.0));
-        Meta(fields.into_boxed_slice())
+    fn from(mut map: Map<String, Value>) -> Meta {
+        map.remove(PHX_REF);
+        Meta(Arc::from(Value::Object(map).to_string()))
     }
-}
-
-/// Most field names a process shares; names past these are allocated per meta, so metas with
-/// ever new field names cannot grow the shared set without bound.
-const SHARED_FIELD_NAMES: usize = 64;
-
-/// `name`, shared with every meta that has a field of that name (metas of an application have
-/// the same few: `nickname`, `online_at`, `phx_ref`…).
-fn field_name(name: String) -> Arc<str> {
-    static NAMES: Mutex<Vec<Arc<str>>> = Mutex::new(Vec::new());
-    let mut names = NAMES.lock();
-    if let Some(shared) = names.iter().find(|n| ***n == *name) {
-        return shared.clone();
-    }
-    let fresh: Arc<str> = Arc::from(name);
-    if names.len() < SHARED_FIELD_NAMES {
-        names.push(fresh.clone());
-    }
-    fresh
 }
 
 impl Meta {
-    pub(crate) fn to_map(&self) -> Map<String, Value> {
-        self.0.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
-    }
-
-    pub(crate) fn to_value(&self) -> Value {
-        Value::Object(self.to_map())
+    /// The fields, read back from the text this type wrote.
+    fn fields(&self) -> Map<String, Value> {
+        serde_json::from_str(&self.0).unwrap_or_default()
     }
 }
 
-impl serde::Serialize for Meta {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (k, v) in self.0.iter() {
-            map.serialize_entry(&**k, v)?;
+/// Bytes a value takes as JSON, without writing it anywhere.
+pub(crate) fn json_len<T: serde::Serialize + ?Sized>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
         }
-        map.end()
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Serializing a `Value` or a string into a writer that cannot fail does not fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// An entry as a roster keeps it: without its key, which the roster's map holds once.
+#[derive(Clone)]
+struct Held {
+    phx_ref: Arc<str>,
+    node: u64,
+    conn: u64,
+    meta: Meta,
+}
+
+impl Held {
+    fn with_key(&self, key: &Arc<str>) -> Entry {
+        Entry {
+            key: key.clone(),
+            phx_ref: self.phx_ref.clone(),
+            node: self.node,
+            conn: self.conn,
+            meta: self.meta.clone(),
+        }
     }
 }
 
-/// The entries of one topic, every node's as this node knows them.
+/// The entries of one topic, every node's as this node knows them. Every tracked socket has a
+/// place here, so it is kept small: a key's metas inline beside the key, and the connection
+/// index holds keys only (a connection's metas under a key carry the connection).
 #[derive(Default)]
 pub(crate) struct Roster {
-    keys: HashMap<Arc<str>, One<Entry>>,
-    /// This node's entries by connection.
-    by_conn: HashMap<u64, One<KeyRef>>,
+    keys: HashMap<Arc<str>, One<Held>>,
+    /// This node's connections, each with the keys it tracked.
+    by_conn: HashMap<u64, One<Arc<str>>>,
     /// Metas (connections) in `keys`.
     metas: usize,
 }
 
 impl Roster {
     pub(crate) fn add(&mut self, entry: Entry) {
-        if entry.conn != 0 {
-            self.by_conn
-                .entry(entry.conn)
-                .or_default()
-                .push((entry.key.clone(), entry.phx_ref.clone()));
+        let Entry { key, phx_ref, node, conn, meta } = entry;
+        if conn != 0 {
+            let keys = self.by_conn.entry(conn).or_default();
+            if !keys.contains(&key) {
+                keys.push(key.clone());
+            }
         }
-        self.keys.entry(entry.key.clone()).or_default().push(entry);
+        self.keys.entry(key).or_default().push(Held { phx_ref, node, conn, meta });
         self.metas += 1;
     }
 
     /// Removes one meta (not from the connection index: see [`Roster::take_conn`]).
     pub(crate) fn remove(&mut self, key: &str, phx_ref: &str) -> Option<Entry> {
-        let metas = self.keys.get_mut(key)?;
+        let key = self.keys.get_key_value(key)?.0.clone();
+        let metas = self.keys.get_mut(&key)?;
         let index = metas.iter().position(|e| &*e.phx_ref == phx_ref)?;
-        let entry = metas.remove(index);
+        let entry = metas.remove(index).with_key(&key);
         if metas.is_empty() {
-            self.keys.remove(key);
+            self.keys.remove(&key);
         }
         self.metas -= 1;
         Some(entry)
     }
 
-    pub(crate) fn get(&self, key: &str, phx_ref: &str) -> Option<&Entry> {
-        self.keys.get(key)?.iter().find(|e| &*e.phx_ref == phx_ref)
+    /// The node that owns the meta `phx_ref` of `key`, if the topic has it.
+    pub(crate) fn owner(&self, key: &str, phx_ref: &str) -> Option<u64> {
+        self.keys.get(key)?.iter().find(|e| &*e.phx_ref == phx_ref).map(|e| e.node)
     }
 
     pub(crate) fn contains(&self, key: &str, phx_ref: &str) -> bool {
-        self.get(key, phx_ref).is_some()
+        self.owner(key, phx_ref).is_some()
     }
 
-    /// What connection `conn` tracked, forgotten by the index (the entries stay until removed).
+    /// (key, phx_ref) of what connection `conn` tracked, forgotten by the index (the entries
+    /// stay until removed).
     pub(crate) fn take_conn(&mut self, conn: u64) -> One<KeyRef> {
-        self.by_conn.remove(&conn).unwrap_or_default()
+        let keys = self.by_conn.remove(&conn).unwrap_or_default();
+        let mut refs = One::new();
+        for key in keys {
+            for held in self.keys.get(&key).into_iter().flatten().filter(|e| e.conn == conn) {
+                refs.push((key.clone(), held.phx_ref.clone()));
+            }
+        }
+        refs
     }
 
     /// (key, phx_ref) of every entry `node` owns on this topic.
     pub(crate) fn refs_of_node(&self, node: u64) -> Vec<KeyRef> {
-        self.entries()
-            .filter(|e| e.node == node)
-            .map(|e| (e.key.clone(), e.phx_ref.clone()))
+        self.keys
+            .iter()
+            .flat_map(|(key, metas)| metas.iter().map(move |held| (key, held)))
+            .filter(|(_, held)| held.node == node)
+            .map(|(key, held)| (key.clone(), held.phx_ref.clone()))
             .collect()
     }
 
-    pub(crate) fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.keys.values().flatten()
+    /// Every entry (a copy: a few reference counts each).
+    pub(crate) fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
+        self.keys.iter().flat_map(|(key, metas)| metas.iter().map(move |held| held.with_key(key)))
     }
 
     /// Distinct keys (users).
@@ -169,13 +209,7 @@ mod tests {
     use serde_json::json;
 
     fn entry(key: &str, phx_ref: &str, conn: u64) -> Entry {
-        Entry {
-            key: key.into(),
-            phx_ref: phx_ref.into(),
-            node: 1,
-            conn,
-            meta: Arc::new(json!({"phx_ref": phx_ref}).as_object().unwrap().clone().into()),
-        }
+        Entry { key: key.into(), phx_ref: phx_ref.into(), node: 1, conn, meta: Map::new().into() }
     }
 
     #[test]
@@ -199,10 +233,19 @@ mod tests {
     }
 
     #[test]
-    fn a_meta_serializes_as_its_map() {
-        let map = json!({"z": 1, "a": [true], "phx_ref": "x"}).as_object().unwrap().clone();
-        let meta: Meta = map.clone().into();
-        assert_eq!(serde_json::to_string(&meta).unwrap(), serde_json::to_string(&map).unwrap());
-        assert_eq!(meta.to_map(), map);
+    fn a_meta_reads_back_as_its_map_with_the_entrys_phx_ref() {
+        for map in [
+            json!({"z": 1, "a": [true], "phx_ref": "x"}),
+            json!({"phx_ref": "x"}),
+            json!({"nickname": "é\"\\\u{1}", "online_at": 1, "phx_ref": "x", "phx_ref_prev": "w"}),
+            json!({"": null, "phx_ref": "x\"y"}),
+        ] {
+            let map = map.as_object().unwrap().clone();
+            let mut entry = entry("k", map["phx_ref"].as_str().unwrap(), 1);
+            entry.meta = map.clone().into();
+            assert!(!entry.meta.0.contains("phx_ref\""), "phx_ref is kept once, in the entry");
+            assert_eq!(entry.meta_map(), map);
+            assert_eq!(entry.meta_json_len(), json_len(&map), "{map:?}");
+        }
     }
 }
