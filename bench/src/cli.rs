@@ -111,6 +111,10 @@ pub struct RunArgs {
     /// Targeted messages, one at a time.
     #[arg(long, default_value_t = 200)]
     pub targeted: usize,
+    /// Connect storms per server and size (scenario 4), each on a fresh server; the table shows
+    /// the median storm, the notes every one.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=20))]
+    pub storms: u64,
     /// Also measure Tako built at this git revision, for before/after.
     #[arg(long, value_name = "REV")]
     pub tako_baseline: Option<String>,
@@ -132,6 +136,7 @@ impl RunArgs {
             throughput_secs: self.steady_secs,
             window: self.window,
             targeted_repeats: self.targeted,
+            storms: self.storms as usize,
         }
     }
 }
@@ -324,8 +329,8 @@ mod tests {
         assert_eq!((run.http_users, run.http_secs, run.max_rss_mib), (1_000_000, 10, 4096));
         let plan = run.plan();
         assert_eq!(
-            (plan.repeats, plan.throughput_secs, plan.window, plan.targeted_repeats),
-            (50, 5, 8, 200)
+            (plan.repeats, plan.throughput_secs, plan.window, plan.targeted_repeats, plan.storms),
+            (50, 5, 8, 200, 1)
         );
         assert!(run.tako_baseline.is_none() && !run.keep && !no_http && !no_cluster);
     }
