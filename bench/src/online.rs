@@ -8,9 +8,9 @@
 //! - the measuring clients (the recipients, a few hundred, and the control connection) in this
 //!   process, so send and receipt are read from one monotonic clock;
 //! - the rest of the N online as idle "ballast" sockets held by `bench ballast` child
-//!   processes, each under ~19,000 sockets, joined with the generator's handshake
-//!   (`gen::open`), spread over the nodes as the recipients are (socket of user i on node
-//!   i mod nodes).
+//!   processes, each under ~19,000 sockets, joined by a minimal WebSocket client (rawws.rs:
+//!   the same request, join frame and "ok" check as `gen::open`, at a fraction of its CPU),
+//!   spread over the nodes as the recipients are (socket of user i on node i mod nodes).
 //!
 //! Every size starts fresh nodes, joins the recipients, then the ballast, waits for the joins to
 //! settle, checks each node's own count of users online (`/metrics`), and sends `--targeted`
@@ -30,15 +30,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use futures_util::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{Notify, Semaphore};
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::cluster::{fresh_database, start_node_with};
-use crate::gen::{node_of, open, Clients, Target};
+use crate::gen::{node_of, Clients, Target};
 use crate::proto::{user_id, Proto};
+use crate::rawws;
 use crate::runner::{log_file, q, Paths, Server, Watchdog, PG_ADMIN};
 use crate::stats::{fmt_bytes, fmt_duration, listen_overflows, quantiles, rss_of, Quantiles};
 
@@ -288,8 +287,13 @@ async fn hold(held: Arc<Held>, target: Target, index: usize, gate: Arc<Semaphore
     if held.cancelled.load(Ordering::Acquire) {
         return;
     }
-    let ws = match tokio::time::timeout(JOIN_TIMEOUT, open(&target, index, &user_id(index))).await {
-        Ok(Ok(ws)) => ws,
+    // The generator's own share of a join's CPU is kept small (rawws.rs): the request and the
+    // join frame in one write, the reply read without a WebSocket library.
+    let uid = user_id(index);
+    let opening = rawws::opening(target.addr, &target.proto.path(&uid), &target.proto.initial());
+    let joined = rawws::open(&target, index, &uid, &opening);
+    let (tcp, rest) = match tokio::time::timeout(JOIN_TIMEOUT, joined).await {
+        Ok(Ok(open)) => open,
         Ok(Err(e)) => return held.error(format!("user {index}: {e:#}")),
         Err(_) => return held.error(format!("user {index}: join timed out")),
     };
@@ -297,12 +301,7 @@ async fn hold(held: Arc<Held>, target: Target, index: usize, gate: Arc<Semaphore
     held.joined.fetch_add(1, Ordering::AcqRel);
     held.notify.notify_one();
     // Idle: read and drop whatever arrives (nothing, with presence off) until the socket closes.
-    let mut ws = ws;
-    while let Some(msg) = ws.next().await {
-        if matches!(msg, Ok(Message::Close(_)) | Err(_)) {
-            break;
-        }
-    }
+    rawws::idle(tcp, rest).await;
     held.dropped.fetch_add(1, Ordering::AcqRel);
 }
 
