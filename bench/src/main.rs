@@ -26,6 +26,7 @@ mod leaderboard;
 mod online;
 mod proto;
 mod rally;
+mod rawws;
 mod runner;
 mod soak;
 mod sqlitewrites;

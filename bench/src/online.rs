@@ -8,9 +8,9 @@
 //! - the measuring clients (the recipients, a few hundred, and the control connection) in this
 //!   process, so send and receipt are read from one monotonic clock;
 //! - the rest of the N online as idle "ballast" sockets held by `bench ballast` child
-//!   processes, each under ~19,000 sockets, joined with the generator's handshake
-//!   (`gen::open`), spread over the nodes as the recipients are (socket of user i on node
-//!   i mod nodes).
+//!   processes, each under ~19,000 sockets, joined by a minimal WebSocket client (rawws.rs:
+//!   the same request, join frame and "ok" check as `gen::open`, at a fraction of its CPU),
+//!   spread over the nodes as the recipients are (socket of user i on node i mod nodes).
 //!
 //! Every size starts fresh nodes, joins the recipients, then the ballast, waits for the joins to
 //! settle, checks each node's own count of users online (`/metrics`), and sends `--targeted`
@@ -30,17 +30,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use futures_util::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{Notify, Semaphore};
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::cluster::{fresh_database, start_node_with};
-use crate::gen::{node_of, open, Clients, Target};
+use crate::gen::{node_of, Clients, Target};
 use crate::proto::{user_id, Proto};
+use crate::rawws;
 use crate::runner::{log_file, q, Paths, Server, Watchdog, PG_ADMIN};
-use crate::stats::{fmt_bytes, fmt_duration, quantiles, rss_of, Quantiles};
+use crate::stats::{fmt_bytes, fmt_duration, listen_overflows, quantiles, rss_of, Quantiles};
 
 /// Sockets one process (a node or a ballast child) may hold here: 20,000 files, minus margin.
 pub const MAX_PER_PROCESS: usize = 19_000;
@@ -156,6 +155,53 @@ fn cpu_ticks(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Busy CPU ticks of the whole machine (all cores) from the first line of `/proc/stat`: user,
+/// nice, system, irq, softirq and steal (not idle, not iowait).
+pub fn parse_busy_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line.split_whitespace().map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    Some([0, 1, 2, 5, 6, 7].iter().map(|&i| v.get(i).copied().unwrap_or(0)).sum())
+}
+
+fn busy_ticks() -> u64 {
+    std::fs::read_to_string("/proc/stat").ok().as_deref().and_then(parse_busy_ticks).unwrap_or(0)
+}
+
+/// Where the CPU went between the first join and the last ballast child's `ready`, in ticks
+/// (USER_HZ, 100 a second): each node, each ballast child, this process, the whole machine.
+#[derive(Debug, Clone, Default)]
+pub struct JoinCpu {
+    pub nodes: Vec<u64>,
+    pub children: Vec<u64>,
+    pub parent: u64,
+    pub machine: u64,
+    pub wall: Duration,
+    /// The kernel's `ListenOverflows` over the same span (SYNs dropped, retried after 1 s).
+    pub overflows: Option<u64>,
+}
+
+impl JoinCpu {
+    /// One line for the table's notes, in CPU seconds.
+    pub fn describe(&self) -> String {
+        let s = |t: u64| format!("{:.2}", t as f64 / 100.0);
+        let list = |v: &[u64]| v.iter().map(|&t| s(t)).collect::<Vec<_>>().join(" + ");
+        let (nodes, children): (u64, u64) = (self.nodes.iter().sum(), self.children.iter().sum());
+        let rest = self.machine.saturating_sub(nodes + children + self.parent);
+        format!(
+            "CPU s during the joins ({} wall): nodes {} = {}, ballast children {} = {}, this process {}, rest of the machine (PostgreSQL, Redis, others) {}; machine busy {}; listen-queue overflows {}",
+            fmt_duration(self.wall),
+            list(&self.nodes),
+            s(nodes),
+            list(&self.children),
+            s(children),
+            s(self.parent),
+            s(rest),
+            s(self.machine),
+            self.overflows.map(|o| o.to_string()).unwrap_or_else(|| "?".into()),
+        )
+    }
+}
+
 /// Waits until the processes together used at most 5% of one core over one second (joins
 /// settled: Redis subscriptions, the mailbox's queries), at most `limit`; the time it took,
 /// or `None` when they were still busy at the limit.
@@ -241,8 +287,13 @@ async fn hold(held: Arc<Held>, target: Target, index: usize, gate: Arc<Semaphore
     if held.cancelled.load(Ordering::Acquire) {
         return;
     }
-    let ws = match tokio::time::timeout(JOIN_TIMEOUT, open(&target, index, &user_id(index))).await {
-        Ok(Ok(ws)) => ws,
+    // The generator's own share of a join's CPU is kept small (rawws.rs): the request and the
+    // join frame in one write, the reply read without a WebSocket library.
+    let uid = user_id(index);
+    let opening = rawws::opening(target.addr, &target.proto.path(&uid), &target.proto.initial());
+    let joined = rawws::open(&target, index, &uid, &opening);
+    let (tcp, rest) = match tokio::time::timeout(JOIN_TIMEOUT, joined).await {
+        Ok(Ok(open)) => open,
         Ok(Err(e)) => return held.error(format!("user {index}: {e:#}")),
         Err(_) => return held.error(format!("user {index}: join timed out")),
     };
@@ -250,12 +301,7 @@ async fn hold(held: Arc<Held>, target: Target, index: usize, gate: Arc<Semaphore
     held.joined.fetch_add(1, Ordering::AcqRel);
     held.notify.notify_one();
     // Idle: read and drop whatever arrives (nothing, with presence off) until the socket closes.
-    let mut ws = ws;
-    while let Some(msg) = ws.next().await {
-        if matches!(msg, Ok(Message::Close(_)) | Err(_)) {
-            break;
-        }
-    }
+    rawws::idle(tcp, rest).await;
     held.dropped.fetch_add(1, Ordering::AcqRel);
 }
 
@@ -426,6 +472,7 @@ pub struct OnlineRow {
     /// Presence on: the last node killed with -9: its users, and how long until node A's
     /// presence count no longer held them.
     pub presence_heal: Option<(usize, Duration)>,
+    pub join_cpu: Option<JoinCpu>,
     pub notes: Vec<String>,
 }
 
@@ -772,6 +819,9 @@ async fn bring_up(paths: &Paths, url: &str, plan: &OnlinePlan, up: &mut Up) -> a
         .collect();
     // Let the nodes hear each other on the bus before anyone joins.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let node_cpu: Vec<u64> = up.nodes.iter().map(|s| cpu_ticks(s.pid)).collect();
+    let (parent_cpu, machine_cpu) = (cpu_ticks(std::process::id()), busy_ticks());
+    let overflows = listen_overflows();
     let started = Instant::now();
     // The recipients (users 0..R, user i on node i mod nodes) and the control connection
     // (user R, node A), in this process.
@@ -810,6 +860,22 @@ async fn bring_up(paths: &Paths, url: &str, plan: &OnlinePlan, up: &mut Up) -> a
         }
     }
     up.row.join_time = Some(started.elapsed());
+    let cpu = JoinCpu {
+        nodes: up
+            .nodes
+            .iter()
+            .zip(&node_cpu)
+            .map(|(s, &b)| cpu_ticks(s.pid).saturating_sub(b))
+            .collect(),
+        // Started after the first join: all they used is the joins (and their own start).
+        children: up.children.iter().map(|c| cpu_ticks(c.pid)).collect(),
+        parent: cpu_ticks(std::process::id()).saturating_sub(parent_cpu),
+        machine: busy_ticks().saturating_sub(machine_cpu),
+        wall: started.elapsed(),
+        overflows: overflows.zip(listen_overflows()).map(|(a, b)| b.saturating_sub(a)),
+    };
+    eprintln!("  [online round {round} n={n}] {}", cpu.describe());
+    up.row.join_cpu = Some(cpu);
     if plan.presence {
         let exact =
             presence_until(up.nodes[0].port, Duration::from_secs(60), |c| c == n as u64).await;
@@ -991,6 +1057,9 @@ pub fn table(rows: &[OnlineRow], label: &str, nodes: usize) -> String {
                 fmt_duration(t)
             );
         }
+        if let Some(cpu) = &r.join_cpu {
+            let _ = writeln!(out, "- round {} N={}: {}", r.round, r.n, cpu.describe());
+        }
         for note in &r.notes {
             let _ = writeln!(out, "- round {} N={}: {note}", r.round, r.n);
         }
@@ -1088,6 +1157,32 @@ mod tests {
         assert_eq!(parse_cpu_ticks(stat), Some(281));
         assert_eq!(parse_cpu_ticks("garbage"), None);
         assert!(cpu_ticks(std::process::id()) < u64::MAX);
+    }
+
+    #[test]
+    fn machine_busy_ticks_and_join_cpu() {
+        let stat = "cpu  100 5 50 9000 40 3 2 1 0 0\ncpu0 50 2 25 4500 20 1 1 0 0 0\n";
+        assert_eq!(parse_busy_ticks(stat), Some(161));
+        assert_eq!(parse_busy_ticks("cpu0 1 2 3\n"), None);
+        assert!(busy_ticks() > 0);
+        let cpu = JoinCpu {
+            nodes: vec![100, 150, 50],
+            children: vec![200, 250],
+            parent: 30,
+            machine: 1000,
+            wall: Duration::from_secs(5),
+            overflows: Some(0),
+        };
+        let line = cpu.describe();
+        assert!(line.contains("nodes 1.00 + 1.50 + 0.50 = 3.00"), "{line}");
+        assert!(line.contains("ballast children 2.00 + 2.50 = 4.50"), "{line}");
+        assert!(
+            line.contains(
+                "this process 0.30, rest of the machine (PostgreSQL, Redis, others) 2.20"
+            ),
+            "{line}"
+        );
+        assert!(line.contains("overflows 0"), "{line}");
     }
 
     #[test]

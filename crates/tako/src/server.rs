@@ -99,31 +99,38 @@ impl Conn {
 
 #[derive(Default)]
 struct Registry {
-    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    conns: Mutex<Conns>,
     next: AtomicU64,
 }
 
+#[derive(Default)]
+struct Conns {
+    open: HashMap<u64, Arc<Conn>>,
+    /// How many of `open` were asked to close (kept here, under the lock that sets their flag,
+    /// so an accept below the cap costs no walk over every connection).
+    evicting: usize,
+}
+
 impl Registry {
-    /// Room for one more: pushes out the connection idle the longest when full. `false` if
-    /// every connection is busy (the new one is then refused).
     /// Room for one more. At the cap, the connection idle the longest is asked to close, and
     /// is returned so the caller can wait for its descriptor (it is counted until then, so the
     /// open descriptors never pass the cap). `Err` if every connection is busy.
     fn make_room(&self, max: usize) -> Result<Option<Arc<Conn>>, ()> {
-        let conns = self.conns.lock();
-        let evicting = conns.values().filter(|c| c.evicting.load(Ordering::Acquire)).count();
-        if conns.len() - evicting < max {
+        let mut conns = self.conns.lock();
+        if conns.open.len() - conns.evicting < max {
             return Ok(None);
         }
         let now = Instant::now();
         let victim = conns
+            .open
             .values()
             .filter_map(|c| c.idle_at().map(|at| (c.opened + Duration::from_millis(at), c)))
             .min_by_key(|(since, _)| *since)
             .map(|(since, c)| (since, c.clone()));
-        drop(conns);
         let Some((since, conn)) = victim else { return Err(()) };
         conn.evicting.store(true, Ordering::Release);
+        conns.evicting += 1;
+        drop(conns);
         conn.evict.notify_one();
         let idle_for = now.saturating_duration_since(since);
         tracing::debug!(?idle_for, "connection limit reached: closing the longest idle one");
@@ -141,12 +148,12 @@ impl Registry {
             evict: Notify::new(),
             closed: Notify::new(),
         });
-        self.conns.lock().insert(id, conn.clone());
+        self.conns.lock().open.insert(id, conn.clone());
         Slot { registry: self.clone(), id, conn }
     }
 
     fn len(&self) -> usize {
-        self.conns.lock().len()
+        self.conns.lock().open.len()
     }
 }
 
@@ -160,7 +167,11 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.registry.conns.lock().remove(&self.id);
+        let mut conns = self.registry.conns.lock();
+        if conns.open.remove(&self.id).is_some_and(|c| c.evicting.load(Ordering::Acquire)) {
+            conns.evicting -= 1;
+        }
+        drop(conns);
         self.conn.closed.notify_one();
     }
 }
@@ -330,5 +341,35 @@ async fn connection(
                 tracing::debug!(%error, "connection ended with an error while draining");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_is_made_by_pushing_out_the_longest_idle() {
+        let registry = Arc::new(Registry::default());
+        let a = registry.add();
+        let b = registry.add();
+        let c = registry.add();
+        assert!(matches!(registry.make_room(4), Ok(None)));
+        // a busy, b upgraded, c idle: at the cap of 3, c is asked to close.
+        a.conn.serving.store(1, Ordering::Release);
+        b.conn.upgraded.store(true, Ordering::Release);
+        let victim = registry.make_room(3).unwrap().expect("a victim");
+        assert!(Arc::ptr_eq(&victim, &c.conn));
+        assert_eq!(registry.conns.lock().evicting, 1);
+        // Still counted until its descriptor closes, but not picked or counted twice: a
+        // second accept finds room (3 open, 1 of them leaving) below a cap of 3.
+        assert!(matches!(registry.make_room(3), Ok(None)));
+        // At a cap of 2 nobody else is idle: refused.
+        assert!(registry.make_room(2).is_err());
+        drop(c);
+        assert_eq!((registry.len(), registry.conns.lock().evicting), (2, 0));
+        drop(a);
+        drop(b);
+        assert_eq!((registry.len(), registry.conns.lock().evicting), (0, 0));
     }
 }

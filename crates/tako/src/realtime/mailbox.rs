@@ -454,6 +454,11 @@ async fn attempt(
     for ((user, waiters), generation) in here.into_iter().zip(generations) {
         let messages = by_user.remove(&user).unwrap_or_default();
         let attempt = AttemptUser { user, waiters, generation, results: Vec::new() };
+        if messages.is_empty() {
+            // Nothing to push (in a cluster every join asks): settled as is, without a task.
+            let _ = settled.send(attempt);
+            continue;
+        }
         let (hub, settled) = (hub.clone(), settled.clone());
         let (window, write_timeout) = (mailbox.window, mailbox.write_timeout);
         tokio::spawn(async move {
