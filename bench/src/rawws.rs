@@ -26,6 +26,9 @@ const OP_TEXT: u8 = 0x1;
 const OP_CLOSE: u8 = 0x8;
 /// Largest response head accepted.
 const MAX_HEAD: usize = 8192;
+/// Largest server frame accepted (Tako's frames are far smaller: presence frames stay within
+/// 16 KiB); a longer announced length is an error rather than a buffer grown to it.
+const MAX_FRAME: usize = 16 << 20;
 
 /// One client text frame, masked with `mask`.
 pub fn masked_text(payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
@@ -121,6 +124,9 @@ pub fn frame(buf: &[u8]) -> anyhow::Result<Option<Frame>> {
         },
         n => (n as usize, 2),
     };
+    if len > MAX_FRAME {
+        bail!("server frame of {len} bytes (more than {MAX_FRAME})");
+    }
     let end = header + len;
     Ok((buf.len() >= end).then_some(Frame { opcode, payload: header..end }))
 }
@@ -323,5 +329,7 @@ mod tests {
         assert!(frame(&[0x81, 0x81, 1, 2, 3, 4, 5]).is_err(), "masked");
         assert!(frame(&[0x01, 0x01, b'a']).is_err(), "first fragment");
         assert!(frame(&[0x80, 0x01, b'a']).is_err(), "continuation");
+        let huge = [0x81, 127, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        assert!(frame(&huge).is_err(), "a length past the limit is refused, not waited for");
     }
 }
