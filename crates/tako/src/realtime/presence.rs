@@ -11,6 +11,7 @@
 //! `"count"` or `"none"`); one that asks nothing gets what `TAKO_PRESENCE` says (`on`: none,
 //! `phoenix`: full).
 
+use std::fmt::Write;
 use std::sync::Arc;
 
 use channels::{ChannelContext, Payload, PresenceFeed};
@@ -29,7 +30,12 @@ const LABEL: &[u8] = b"tako presence handle v1\0";
 pub fn handle(user: UserId) -> String {
     let digest =
         Sha256::new().chain_update(LABEL).chain_update(user.as_uuid().as_bytes()).finalize();
-    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+    let mut hex = String::with_capacity(24);
+    for byte in &digest[..12] {
+        // Writing to a String cannot fail.
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
 }
 
 /// What a join asked of presence: `Some(None)` is an explicit `"none"`.
