@@ -287,8 +287,9 @@ async fn hold(held: Arc<Held>, target: Target, index: usize, gate: Arc<Semaphore
     if held.cancelled.load(Ordering::Acquire) {
         return;
     }
-    // The generator's own share of a join's CPU is kept small (rawws.rs): the request and the
-    // join frame in one write, the reply read without a WebSocket library.
+    // The generator's own share of a join's CPU is kept small (rawws.rs): the request in one
+    // write, the join frame in one more once the `101` is read, the reply read without a
+    // WebSocket library.
     let uid = user_id(index);
     let opening = rawws::opening(target.addr, &target.proto.path(&uid), &target.proto.initial());
     let joined = rawws::open(&target, index, &uid, &opening);
