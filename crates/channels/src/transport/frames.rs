@@ -347,6 +347,13 @@ impl<F: WireFrame> Outgoing<F> {
         &self.frames[self.next..]
     }
 
+    /// Gives up on the frames after the one under way (if one is under way, it is still to be
+    /// finished), so that a close frame can follow on a frame boundary as soon as possible.
+    pub(crate) fn stop_after_current(&mut self) {
+        let keep = if self.written > 0 { self.next + 1 } else { self.next };
+        self.frames.truncate(keep.min(self.frames.len()));
+    }
+
     /// Write until every frame is out (then flush), with as few system calls as the socket
     /// allows. On `Pending`, what was written is remembered and the next call goes on from there.
     pub(crate) fn poll_write<W: AsyncWrite + Unpin>(
@@ -401,8 +408,9 @@ impl<F: WireFrame> Outgoing<F> {
         }
     }
 
-    /// Write everything. Not cancel-safe on its own (a cancelled write may leave a frame half
-    /// sent); callers that stop it close the connection.
+    /// Write everything. A write dropped before it is done can be started again and goes on
+    /// where it stopped; until then a frame may be half sent, so nothing else may be written to
+    /// the connection in between.
     pub(crate) async fn write_all<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> io::Result<()> {
         poll_fn(|cx| self.poll_write(cx, io)).await
     }
@@ -675,6 +683,62 @@ mod tests {
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
         }
+    }
+
+    /// Takes bytes while it has `budget` left, then is not ready (as a socket whose client
+    /// stopped reading).
+    struct Stalling {
+        out: Vec<u8>,
+        budget: usize,
+    }
+
+    impl AsyncWrite for Stalling {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            let n = buf.len().min(this.budget);
+            if n == 0 {
+                return Poll::Pending;
+            }
+            this.budget -= n;
+            this.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn stopping_after_the_current_frame_finishes_it_and_gives_up_the_rest() {
+        let frames: Vec<Frame> = (0..4).map(|i| text(format!("{i}{}", "y".repeat(99)))).collect();
+        let one = wire(&frames[0]).len();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // Stalled in the middle of the second frame: that one is finished, the others dropped.
+        let mut io = Stalling { out: Vec::new(), budget: one + 10 };
+        let mut out = Outgoing::new(frames.iter().cloned().collect());
+        assert!(out.poll_write(&mut cx, &mut io).is_pending());
+        assert_eq!(out.completed(), 1);
+        out.stop_after_current();
+        io.budget = usize::MAX;
+        assert!(matches!(out.poll_write(&mut cx, &mut io), Poll::Ready(Ok(()))));
+        assert_eq!(out.completed(), 2);
+        let two: Vec<u8> = frames[..2].iter().flat_map(wire).collect();
+        assert_eq!(io.out, two);
+        // Stalled on a frame boundary: nothing more is written.
+        let mut io = Stalling { out: Vec::new(), budget: one };
+        let mut out = Outgoing::new(frames.iter().cloned().collect());
+        assert!(out.poll_write(&mut cx, &mut io).is_pending());
+        out.stop_after_current();
+        io.budget = usize::MAX;
+        assert!(matches!(out.poll_write(&mut cx, &mut io), Poll::Ready(Ok(()))));
+        assert_eq!((out.completed(), io.out.len()), (1, one));
     }
 
     #[tokio::test]

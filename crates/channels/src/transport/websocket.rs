@@ -37,6 +37,9 @@ const SUBPROTOCOL: &str = "phoenix";
 const TOKEN_PREFIX: &str = "base64url.bearer.phx.";
 /// How long to wait for the client's answer to our close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a socket asked to close may take to finish the frame under way (so the close frame
+/// can follow it): two chances for a client that reads once a second.
+const FRAME_GRACE: Duration = Duration::from_secs(2);
 
 pub(crate) async fn upgrade<H: SocketHandler>(
     State(mount): State<Arc<Mount<H>>>,
@@ -396,28 +399,27 @@ fn report<F: WireFrame>(out: &Outgoing<F>, socket: &SocketShared) {
 }
 
 /// A client that stops reading blocks the rest of a write, so a close request (slow consumer,
-/// disconnect, shutdown) interrupts it: the frame under way gets a short grace to finish, so the
-/// close frame (1013 for a slow consumer) can follow it on a clean frame boundary; a client that
-/// does not take even that is cut off without one.
+/// disconnect, shutdown) interrupts it: the frames after the one under way are given up on (not
+/// reported written, so confirmed ones count as not delivered), and that frame gets a short grace
+/// to finish, so the close frame (1013 for a slow consumer) can follow it on a clean frame
+/// boundary; a client that does not take even that is cut off without one.
 async fn send_blocked<F: WireFrame>(
     io: &mut Io,
     mut out: Outgoing<F>,
     socket: &SocketShared,
 ) -> Option<End> {
-    let end = {
-        let write = out.write_all(io);
-        tokio::pin!(write);
-        loop {
-            tokio::select! {
-                biased;
-                written = &mut write => break written.err().map(|_| End::Broken),
-                () = socket.outbox.ready() => {
-                    if let Some(close) = socket.outbox.close_requested() {
-                        break match tokio::time::timeout(CLOSE_GRACE, &mut write).await {
-                            Ok(Ok(())) => Some(End::from(close)),
-                            _ => Some(End::Broken),
-                        };
-                    }
+    let end = loop {
+        // The write goes on from where the last poll left it, whichever future polls it.
+        tokio::select! {
+            biased;
+            written = out.write_all(io) => break written.err().map(|_| End::Broken),
+            () = socket.outbox.ready() => {
+                if let Some(close) = socket.outbox.close_requested() {
+                    out.stop_after_current();
+                    break match tokio::time::timeout(FRAME_GRACE, out.write_all(io)).await {
+                        Ok(Ok(())) => Some(End::from(close)),
+                        _ => Some(End::Broken),
+                    };
                 }
             }
         }
