@@ -88,28 +88,42 @@ test("a socket that stops reading while 200 MB of shouts go to its topic: RSS < 
   }
 });
 
-test("a slow consumer (reads 5 ms in every second) gets the 1013 close frame, not a 1006", async (t) => {
+/** The server's count of sockets cut off as slow consumers, read from /metrics. */
+async function slowConsumerDisconnects(server) {
+  const text = await (await fetch(`${server.url}/metrics`)).text();
+  const line = text.split("\n").find((l) => /^\w*slow_consumer_disconnects\w*\s/.test(l));
+  assert.ok(line, "/metrics counts slow consumers");
+  return Number(line.split(/\s+/)[1]);
+}
+
+test("a slow consumer that reads again after falling 1 MiB behind gets the 1013 close frame, not a 1006", async (t) => {
   // A 1 MiB budget: two queued shouts make a slow consumer, however fast the machine is.
   const server = await startTako({ TAKO_SOCKET_RATE: "0", TAKO_SOCKET_BYTES_PER_SECOND: "0", TAKO_MAX_QUEUED_BYTES: String(MiB) });
   try {
     const topic = "notifications:slow";
+    const total = 60;
     const h = await honest(server);
     const watch = watchRss(server.pid);
     const slow = await rawSocket(server, await server.register());
     assert.equal(await rawJoin(slow, topic), "ok");
     slow.sock.pause();
-    const throttle = setInterval(() => {
-      slow.sock.resume();
-      setTimeout(() => slow.sock.pause(), 5);
-    }, 1000);
     const shouter = await rawSocket(server, await server.register());
     assert.equal(await rawJoin(shouter, topic), "ok");
-    const sent = await shout(topic, [shouter], [shouter], 60, 20);
-    const ended = await Promise.race([slow.ended, sleep(15000).then(() => null)]);
-    clearInterval(throttle);
+    const shouting = shout(topic, [shouter], [shouter], total, 20);
+    // The consumer reads nothing until the server has given up on it, then reads again: the
+    // server gives the frame it was writing 2 s to finish, so that the close frame follows it
+    // on a frame boundary. (A reader that stays silent is cut off without one: the test above.)
+    const started = Date.now();
+    while ((await slowConsumerDisconnects(server)) < 1 && Date.now() < started + 20000) await sleep(20);
+    const cutAfter = Date.now() - started;
     slow.sock.resume();
-    t.diagnostic(`sent ${sent}; slow consumer got ${slow.bigFrames} shouts, close frame ${slow.closeCode}`);
+    const sent = await shouting;
+    const ended = await Promise.race([slow.ended, sleep(15000).then(() => null)]);
+    t.diagnostic(
+      `sent ${sent}; slow consumer cut off after ${cutAfter} ms, got ${slow.bigFrames} shouts, close frame ${slow.closeCode}`,
+    );
     assert.ok(ended, "the slow consumer was disconnected");
+    assert.ok(slow.bigFrames < total / 2, `the slow consumer was sent ${slow.bigFrames} shouts before it was cut`);
     assert.equal(slow.closeCode, 1013, "a close frame with 1013 ended its stream");
     await assertSurvived(t, assert, server, h, { peak: watch.stop(), rssBound: 100 * MiB, label: "slow consumer" });
     h.close();
