@@ -324,16 +324,360 @@ mod tests {
         assert_eq!(decode(&bye(9)), Some((9, Incoming::Bye)));
     }
 
+    /// Nodes of the old and the new version share a cluster: every kind is written byte for
+    /// byte as it always was.
+    #[test]
+    fn every_kind_is_written_as_before() {
+        let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+        let node = 0xdead_beef_0123_4567;
+        let mut meta = Map::new();
+        meta.insert("phx_ref".into(), json!("F1"));
+        meta.insert("nickname".into(), json!("Ina"));
+        let entries = vec![PresenceEntry { key: "k1".into(), node, meta }];
+        assert_eq!(
+            text(share(node, 3, "notifications", &entries)),
+            r#"{"n":"deadbeef01234567","k":"ps","t":"notifications","s":3,"e":[["k1",{"nickname":"Ina","phx_ref":"F1"}]]}"#
+        );
+        assert_eq!(
+            text(share(node, 0, "t", &[])),
+            r#"{"n":"deadbeef01234567","k":"ps","t":"t","s":0,"e":[]}"#
+        );
+        let change = PresenceChange { joins: entries, leaves: vec![("k0".into(), "F0".into())] };
+        assert_eq!(
+            text(super::change(node, 4, "notifications", &change)),
+            r#"{"n":"deadbeef01234567","k":"pc","t":"notifications","s":4,"j":[["k1",{"nickname":"Ina","phx_ref":"F1"}]],"l":[["k0","F0"]]}"#
+        );
+        assert_eq!(text(heartbeat(9)), r#"{"n":"0000000000000009","k":"h"}"#);
+        assert_eq!(text(bye(9)), r#"{"n":"0000000000000009","k":"bye"}"#);
+        assert_eq!(text(sync(9)), r#"{"n":"0000000000000009","k":"sync"}"#);
+        for (msg, expected) in [
+            (
+                BusMessage::Broadcast {
+                    topic: "t".into(),
+                    event: "bin".into(),
+                    payload: Payload::Binary(Bytes::from_static(&[0, 255, 10])),
+                    except: Some(SocketRef { node: u64::MAX, socket: 7 }),
+                },
+                r#"{"n":"deadbeef01234567","k":"b","t":"t","e":"bin","b":"AP8K","x":["ffffffffffffffff",7]}"#,
+            ),
+            (
+                BusMessage::BroadcastMatching {
+                    topics: TopicMatch::Prefix("room:".into()),
+                    event: "ping".into(),
+                    payload: Payload::Json(json!({"msg": "ping"})),
+                },
+                r#"{"n":"deadbeef01234567","k":"m","m":{"p":"room:"},"e":"ping","p":{"msg":"ping"}}"#,
+            ),
+            (
+                BusMessage::BroadcastMatching {
+                    topics: TopicMatch::Exact("room:1".into()),
+                    event: "ping".into(),
+                    payload: Payload::Json(json!(null)),
+                },
+                r#"{"n":"deadbeef01234567","k":"m","m":{"x":"room:1"},"e":"ping","p":null}"#,
+            ),
+            (
+                BusMessage::User {
+                    user: "u1".into(),
+                    topics: TopicMatch::Any,
+                    event: "msg".into(),
+                    payload: Payload::Json(json!({})),
+                },
+                r#"{"n":"deadbeef01234567","k":"u","u":"u1","m":"a","e":"msg","p":{}}"#,
+            ),
+            (
+                BusMessage::Disconnect { socket_id: "user_socket:x".into() },
+                r#"{"n":"deadbeef01234567","k":"d","s":"user_socket:x"}"#,
+            ),
+            (
+                BusMessage::Signal { name: "mailbox".into(), data: json!({"user": "u1"}) },
+                r#"{"n":"deadbeef01234567","k":"s","s":"mailbox","d":{"user":"u1"}}"#,
+            ),
+        ] {
+            assert_eq!(text(delivery(node, &msg)), expected);
+        }
+    }
+
+    /// JSON objects are unordered: a sender may put `n` and `k` anywhere.
+    #[test]
+    fn keys_come_in_any_order() {
+        assert_eq!(
+            decode(br#"{"k":"pc","t":"x","s":4,"j":[],"l":[],"n":"01"}"#),
+            Some((
+                1,
+                Incoming::Change {
+                    topic: "x".into(),
+                    seq: 4,
+                    change: PresenceChange { joins: vec![], leaves: vec![] }
+                }
+            ))
+        );
+        let mut meta = Map::new();
+        meta.insert("a".into(), json!(1));
+        assert_eq!(
+            decode(br#"{"e":[["k1",{"a":1}]],"s":2,"t":"x","k":"ps","n":"02"}"#),
+            Some((
+                2,
+                Incoming::Share {
+                    topic: "x".into(),
+                    seq: 2,
+                    entries: vec![PresenceEntry { key: "k1".into(), node: 2, meta }]
+                }
+            ))
+        );
+        assert_eq!(
+            decode(br#"{"x":["03",5],"p":[1],"e":"ev","t":"x","n":"01","k":"b"}"#),
+            Some((
+                1,
+                Incoming::Delivery(BusMessage::Broadcast {
+                    topic: "x".into(),
+                    event: "ev".into(),
+                    payload: Payload::Json(json!([1])),
+                    except: Some(SocketRef { node: 3, socket: 5 }),
+                })
+            ))
+        );
+        assert_eq!(
+            decode(br#"{"p":{},"e":"ev","m":{"x":"t"},"u":"u1","k":"u","n":"01"}"#),
+            Some((
+                1,
+                Incoming::Delivery(BusMessage::User {
+                    user: "u1".into(),
+                    topics: TopicMatch::Exact("t".into()),
+                    event: "ev".into(),
+                    payload: Payload::Json(json!({})),
+                })
+            ))
+        );
+        assert_eq!(
+            decode(br#"{"d":true,"s":"sig","n":"01","k":"s"}"#),
+            Some((
+                1,
+                Incoming::Delivery(BusMessage::Signal { name: "sig".into(), data: json!(true) })
+            ))
+        );
+        assert_eq!(decode(br#"{"k":"h","n":"01"}"#), Some((1, Incoming::Heartbeat)));
+    }
+
+    /// Strings with escapes (quotes, backslashes, `\u` escapes, non-ASCII) in keys, metas,
+    /// topics, events, and in the object's own keys.
+    #[test]
+    fn escaped_strings_decode() {
+        let mut meta = Map::new();
+        meta.insert("nick\"name".into(), json!("O'Neil \"the\\one\" \u{e9}\n"));
+        meta.insert("list".into(), json!(["\t", "\u{1f600}"]));
+        let entries = vec![PresenceEntry { key: "k\"1\\".into(), node: 7, meta }];
+        let topic = "room:\"\u{e9}\\";
+        let change =
+            PresenceChange { joins: entries.clone(), leaves: vec![("k\"0".into(), "F\\0".into())] };
+        assert_eq!(
+            decode(&share(7, 1, topic, &entries)),
+            Some((7, Incoming::Share { topic: topic.into(), seq: 1, entries }))
+        );
+        assert_eq!(
+            decode(&super::change(7, 2, topic, &change)),
+            Some((7, Incoming::Change { topic: topic.into(), seq: 2, change }))
+        );
+        round_trip(BusMessage::Broadcast {
+            topic: topic.into(),
+            event: "ev\"\u{1}".into(),
+            payload: Payload::Json(json!({"q\"": "\\"})),
+            except: None,
+        });
+        round_trip(BusMessage::User {
+            user: "u\"1".into(),
+            topics: TopicMatch::Prefix("p\\".into()),
+            event: "e".into(),
+            payload: Payload::Json(json!("\u{e9}")),
+        });
+        round_trip(BusMessage::Disconnect { socket_id: "s\"\\".into() });
+        // Written by hand: keys and values spelled with `\u` escapes.
+        let input = r#"{"\u006e":"\u0030a","\u006b":"\u0070c","t":"\u00e9","s":1,
+            "j":[["\"k\"",{"\u00e9":"\ud83d\ude00"}]],"l":[["\\","\/"]]}"#;
+        let meta = Map::from_iter([("\u{e9}".to_owned(), json!("\u{1f600}"))]);
+        assert_eq!(
+            decode(input.as_bytes()),
+            Some((
+                10,
+                Incoming::Change {
+                    topic: "\u{e9}".into(),
+                    seq: 1,
+                    change: PresenceChange {
+                        joins: vec![PresenceEntry { key: "\"k\"".into(), node: 10, meta }],
+                        leaves: vec![("\\".into(), "/".into())],
+                    }
+                }
+            ))
+        );
+    }
+
+    /// What an old node accepted beyond what any node writes: unused keys of any type, a
+    /// variant's index for `k` (serde's derive takes one), the first of two payloads, `m`
+    /// spelled in each way serde took it, whitespace.
+    #[test]
+    fn what_old_nodes_accepted_is_still_accepted() {
+        let matching = |topics| {
+            Some((
+                1,
+                Incoming::Delivery(BusMessage::BroadcastMatching {
+                    topics,
+                    event: "e".into(),
+                    payload: Payload::Json(json!(1)),
+                }),
+            ))
+        };
+        let broadcast = |payload| {
+            Some((
+                1,
+                Incoming::Delivery(BusMessage::Broadcast {
+                    topic: "t".into(),
+                    event: "e".into(),
+                    payload,
+                    except: None,
+                }),
+            ))
+        };
+        let json = |v| Payload::Json(v);
+        for (input, expected) in [
+            (r#"{"n":"01","k":5}"#, Some((1, Incoming::Heartbeat))),
+            (r#"{"n":"01","k":6}"#, Some((1, Incoming::Bye))),
+            (r#"{"n":"01","k":7}"#, Some((1, Incoming::Sync))),
+            (
+                r#"{"n":"01","k":"h","t":1,"t":[2],"s":"x","e":{},"p":null,"zz":[{"a":-1.5e3}]}"#,
+                Some((1, Incoming::Heartbeat)),
+            ),
+            (r#"{"n":"01","k":"m","m":"a","e":"e","p":1}"#, matching(TopicMatch::Any)),
+            (r#"{"n":"01","k":"m","m":{"a":null},"e":"e","p":1}"#, matching(TopicMatch::Any)),
+            (r#"{"n":"01","k":"m","m":{"a":{}},"e":"e","p":1}"#, matching(TopicMatch::Any)),
+            (r#"{"n":"01","k":"b","t":"t","e":"e","p":1,"b":"AA=="}"#, broadcast(json(json!(1)))),
+            (
+                r#"{"n":"01","k":"b","t":"t","e":"e","b":"AA==","p":1}"#,
+                broadcast(Payload::Binary(Bytes::from_static(&[0]))),
+            ),
+            (
+                r#"{"n":"01","k":"b","t":"t","e":"e","p":1,"p":"2","b":5}"#,
+                broadcast(json(json!(1))),
+            ),
+            (
+                r#"{"n":"01","k":"b","t":"t","e":"e","p":1,"x":null,"s":4}"#,
+                broadcast(json(json!(1))),
+            ),
+            (
+                r#"{"n":"01","k":"pc","t":"t","s":1,"j":[],"l":[],"e":5,"p":"x"}"#,
+                Some((
+                    1,
+                    Incoming::Change {
+                        topic: "t".into(),
+                        seq: 1,
+                        change: PresenceChange { joins: vec![], leaves: vec![] },
+                    },
+                )),
+            ),
+            (
+                r#"{"n":"01","k":"s","s":"x","d":null}"#,
+                Some((
+                    1,
+                    Incoming::Delivery(BusMessage::Signal { name: "x".into(), data: json!(null) }),
+                )),
+            ),
+            (" {\"n\" : \"01\" ,\n\"k\":\"h\"} \n", Some((1, Incoming::Heartbeat))),
+        ] {
+            assert_eq!(decode(input.as_bytes()), expected, "{input}");
+        }
+    }
+
     #[test]
     fn malformed_input_is_none() {
         for bad in [
             &b""[..],
             b"{",
             b"[]",
+            b"null",
+            br#"["01","h"]"#,
             br#"{"n":"zz","k":"h"}"#,
             br#"{"n":"01","k":"nope"}"#,
             br#"{"n":"01","k":"b","t":"x","e":"y","b":"%%%"}"#,
             br#"{"n":"01","k":"b","t":"x","e":"y","p":{},"x":["qq",1]}"#,
+            // `n` and `k`: missing, twice, of the wrong type, unknown.
+            br#"{"k":"h"}"#,
+            br#"{"n":"01"}"#,
+            br#"{"n":1,"k":"h"}"#,
+            br#"{"n":"01","n":"01","k":"h"}"#,
+            br#"{"n":"01","k":"h","k":"h"}"#,
+            br#"{"n":"01","k":"H"}"#,
+            br#"{"n":"01","k":10}"#,
+            br#"{"n":"01","k":-1}"#,
+            br#"{"n":"01","k":true}"#,
+            br#"{"n":"01","k":["h"]}"#,
+            br#"{"n":"01","k":null}"#,
+            br#"{"n":"01","k":"h"} x"#,
+            br#"{"n":"01","k":"h",}"#,
+            // Missing fields, kind by kind.
+            br#"{"n":"01","k":"b","e":"y","p":{}}"#,
+            br#"{"n":"01","k":"b","t":"x","p":{}}"#,
+            br#"{"n":"01","k":"b","t":"x","e":"y"}"#,
+            br#"{"n":"01","k":"m","e":"y","p":{}}"#,
+            br#"{"n":"01","k":"m","m":"a","p":{}}"#,
+            br#"{"n":"01","k":"m","m":"a","e":"y"}"#,
+            br#"{"n":"01","k":"u","m":"a","e":"y","p":{}}"#,
+            br#"{"n":"01","k":"u","u":"u","e":"y","p":{}}"#,
+            br#"{"n":"01","k":"d"}"#,
+            br#"{"n":"01","k":"s","s":"x"}"#,
+            br#"{"n":"01","k":"s","d":{}}"#,
+            br#"{"n":"01","k":"ps","s":1,"e":[]}"#,
+            br#"{"n":"01","k":"ps","t":"x","e":[]}"#,
+            br#"{"n":"01","k":"ps","t":"x","s":1}"#,
+            br#"{"n":"01","k":"pc","s":1,"j":[],"l":[]}"#,
+            br#"{"n":"01","k":"pc","t":"x","j":[],"l":[]}"#,
+            br#"{"n":"01","k":"pc","t":"x","s":1,"l":[]}"#,
+            br#"{"n":"01","k":"pc","t":"x","s":1,"j":[]}"#,
+            // Wrong types: `s` is a string in `d`/`s`, a number in `ps`/`pc`; `e` a string in
+            // deliveries, entries in `ps`.
+            br#"{"n":"01","k":"pc","t":"x","s":"4","j":[],"l":[]}"#,
+            br#"{"n":"01","k":"pc","t":"x","s":-4,"j":[],"l":[]}"#,
+            br#"{"n":"01","k":"pc","t":"x","s":4.5,"j":[],"l":[]}"#,
+            br#"{"n":"01","k":"pc","t":"x","s":18446744073709551616,"j":[],"l":[]}"#,
+            br#"{"n":"01","k":"ps","t":"x","s":"1","e":[]}"#,
+            br#"{"n":"01","k":"ps","t":"x","s":1,"e":"y"}"#,
+            br#"{"n":"01","k":"d","s":4}"#,
+            br#"{"n":"01","k":"s","s":4,"d":{}}"#,
+            br#"{"n":"01","k":"b","t":"x","e":[],"p":{}}"#,
+            br#"{"n":"01","k":"b","t":1,"e":"y","p":{}}"#,
+            br#"{"n":"01","k":"b","t":"x","e":"y","b":[]}"#,
+            br#"{"n":"01","k":"u","u":null,"m":"a","e":"y","p":{}}"#,
+            // Entries and leaves of the wrong shape.
+            br#"{"n":"01","k":"ps","t":"x","s":1,"e":[["k"]]}"#,
+            br#"{"n":"01","k":"ps","t":"x","s":1,"e":[["k",{},1]]}"#,
+            br#"{"n":"01","k":"ps","t":"x","s":1,"e":[["k",null]]}"#,
+            br#"{"n":"01","k":"ps","t":"x","s":1,"e":[["k",[]]]}"#,
+            br#"{"n":"01","k":"ps","t":"x","s":1,"e":[[1,{}]]}"#,
+            br#"{"n":"01","k":"ps","t":"x","s":1,"e":{}}"#,
+            br#"{"n":"01","k":"pc","t":"x","s":1,"j":[],"l":[["k",1]]}"#,
+            br#"{"n":"01","k":"pc","t":"x","s":1,"j":{},"l":[]}"#,
+            // `m` and `x` of the wrong shape.
+            br#"{"n":"01","k":"m","m":"x","e":"y","p":{}}"#,
+            br#"{"n":"01","k":"m","m":{},"e":"y","p":{}}"#,
+            br#"{"n":"01","k":"m","m":{"x":"t","p":"u"},"e":"y","p":{}}"#,
+            br#"{"n":"01","k":"m","m":{"x":"t","x":"t"},"e":"y","p":{}}"#,
+            br#"{"n":"01","k":"m","m":{"q":"t"},"e":"y","p":{}}"#,
+            br#"{"n":"01","k":"m","m":{"x":1},"e":"y","p":{}}"#,
+            br#"{"n":"01","k":"m","m":{"a":[]},"e":"y","p":{}}"#,
+            br#"{"n":"01","k":"m","m":{"a":{"b":1}},"e":"y","p":{}}"#,
+            br#"{"n":"01","k":"m","m":{"a":1},"e":"y","p":{}}"#,
+            br#"{"n":"01","k":"b","t":"x","e":"y","p":{},"x":["01"]}"#,
+            br#"{"n":"01","k":"b","t":"x","e":"y","p":{},"x":["01",-1]}"#,
+            br#"{"n":"01","k":"b","t":"x","e":"y","p":{},"x":["01",1,2]}"#,
+            br#"{"n":"01","k":"b","t":"x","e":"y","p":{},"x":{}}"#,
+            // A key the message uses, twice.
+            br#"{"n":"01","k":"b","t":"x","t":"x","e":"y","p":{}}"#,
+            br#"{"n":"01","k":"b","t":"x","e":"y","p":{},"x":null,"x":null}"#,
+            br#"{"n":"01","k":"pc","t":"x","s":1,"s":1,"j":[],"l":[]}"#,
+            // What JSON itself rejects, also under keys the message does not use.
+            br#"{"n":"01","k":"h","z":1e400}"#,
+            br#"{"n":"01","k":"h","z":"\ud800"}"#,
+            br#"{"n":"01","k":"h","z":"\x"}"#,
+            b"{\"n\":\"01\",\"k\":\"h\",\"z\":\"\xff\"}",
+            b"{\"n\":\"01\",\"k\":\"h\",\"z\":\"\x01\"}",
         ] {
             assert_eq!(decode(bad), None, "{}", String::from_utf8_lossy(bad));
         }
