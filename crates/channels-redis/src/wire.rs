@@ -682,4 +682,352 @@ mod tests {
             assert_eq!(decode(bad), None, "{}", String::from_utf8_lossy(bad));
         }
     }
+
+    /// The decoder as it was before `decode` read a message in one pass: serde's flatten and
+    /// internal tagging, which buffer the whole message into serde's `Content` tree and read it
+    /// again from there. Kept as the reference `decode` is compared with, and measured against
+    /// in `decode_cost`.
+    fn old_decode(bytes: &[u8]) -> Option<(u64, Incoming)> {
+        let envelope: Envelope = serde_json::from_slice(bytes).ok()?;
+        let node = parse_node(&envelope.n)?;
+        let entries = |e: Vec<(String, Map<String, Value>)>| {
+            e.into_iter().map(|(key, meta)| PresenceEntry { key, node, meta }).collect()
+        };
+        let incoming = match envelope.body {
+            Wire::Broadcast { t, e, p, x } => {
+                let except = match x {
+                    Some((n, socket)) => Some(SocketRef { node: parse_node(&n)?, socket }),
+                    None => None,
+                };
+                let payload = payload_in(p)?;
+                Incoming::Delivery(BusMessage::Broadcast { topic: t, event: e, payload, except })
+            }
+            Wire::Matching { m, e, p } => Incoming::Delivery(BusMessage::BroadcastMatching {
+                topics: match_in(m),
+                event: e,
+                payload: payload_in(p)?,
+            }),
+            Wire::User { u, m, e, p } => Incoming::Delivery(BusMessage::User {
+                user: u,
+                topics: match_in(m),
+                event: e,
+                payload: payload_in(p)?,
+            }),
+            Wire::Disconnect { s } => Incoming::Delivery(BusMessage::Disconnect { socket_id: s }),
+            Wire::Signal { s, d } => Incoming::Delivery(BusMessage::Signal { name: s, data: d }),
+            Wire::Heartbeat => Incoming::Heartbeat,
+            Wire::Bye => Incoming::Bye,
+            Wire::Sync => Incoming::Sync,
+            Wire::Share { t, s, e } => Incoming::Share { topic: t, seq: s, entries: entries(e) },
+            Wire::Change { t, s, j, l } => Incoming::Change {
+                topic: t,
+                seq: s,
+                change: PresenceChange { joins: entries(j), leaves: l },
+            },
+        };
+        Some((node, incoming))
+    }
+
+    /// xorshift64*: generated cases that reproduce run after run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn chance(&mut self, percent: usize) -> bool {
+            self.below(100) < percent
+        }
+
+        fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+            &items[self.below(items.len())]
+        }
+
+        fn string(&mut self) -> String {
+            const PIECES: [&str; 10] =
+                ["a", "room:1", "\"", "\\", "é", "\n", "\u{1}", "😀", "x y", ""];
+            (0..self.below(4)).map(|_| *self.pick(&PIECES)).collect()
+        }
+
+        fn value(&mut self, depth: usize) -> Value {
+            match self.below(if depth == 0 { 6 } else { 8 }) {
+                0 => Value::Null,
+                1 => Value::Bool(self.chance(50)),
+                2 => json!(self.next() >> self.below(64)),
+                3 => json!(-(self.below(1000) as i64) - 1),
+                4 => json!(self.below(1000) as f64 / 8.0 - 60.0),
+                5 => Value::String(self.string()),
+                6 => Value::Array((0..self.below(3)).map(|_| self.value(depth - 1)).collect()),
+                _ => Value::Object(self.meta(depth - 1)),
+            }
+        }
+
+        fn meta(&mut self, depth: usize) -> Map<String, Value> {
+            (0..self.below(3)).map(|_| (self.string(), self.value(depth))).collect()
+        }
+
+        fn topics(&mut self) -> TopicMatch {
+            match self.below(3) {
+                0 => TopicMatch::Exact(self.string()),
+                1 => TopicMatch::Prefix(self.string()),
+                _ => TopicMatch::Any,
+            }
+        }
+
+        fn payload(&mut self) -> Payload {
+            if self.chance(20) {
+                Payload::Binary((0..self.below(5)).map(|_| self.next() as u8).collect())
+            } else {
+                Payload::Json(self.value(2))
+            }
+        }
+
+        /// One message of any kind, as `delivery`, `share`, … write it.
+        fn message(&mut self) -> Vec<u8> {
+            let node = if self.chance(50) { self.next() } else { self.below(3) as u64 };
+            let entries = |rng: &mut Rng| {
+                (0..rng.below(4))
+                    .map(|_| PresenceEntry { key: rng.string(), node, meta: rng.meta(2) })
+                    .collect::<Vec<_>>()
+            };
+            let msg = match self.below(11) {
+                0 => BusMessage::Broadcast {
+                    topic: self.string(),
+                    event: self.string(),
+                    payload: self.payload(),
+                    except: self
+                        .chance(50)
+                        .then(|| SocketRef { node: self.next(), socket: self.next() }),
+                },
+                1 => BusMessage::BroadcastMatching {
+                    topics: self.topics(),
+                    event: self.string(),
+                    payload: self.payload(),
+                },
+                2 => BusMessage::User {
+                    user: self.string(),
+                    topics: self.topics(),
+                    event: self.string(),
+                    payload: self.payload(),
+                },
+                3 => BusMessage::Disconnect { socket_id: self.string() },
+                4 => BusMessage::Signal { name: self.string(), data: self.value(2) },
+                5 => return heartbeat(node),
+                6 => return bye(node),
+                7 => return sync(node),
+                8 => return share(node, self.next(), &self.string(), &entries(self)),
+                _ => {
+                    let joins = entries(self);
+                    let leaves =
+                        (0..self.below(3)).map(|_| (self.string(), self.string())).collect();
+                    let change = PresenceChange { joins, leaves };
+                    return super::change(node, self.next(), &self.string(), &change);
+                }
+            };
+            delivery(node, &msg)
+        }
+
+        /// A value to put under a key: of each type some key takes, in each shape serde took.
+        fn field(&mut self) -> Value {
+            const SHAPES: [&str; 30] = [
+                r#""x""#,
+                r#""01""#,
+                r#""a""#,
+                r#""AA==""#,
+                r#""%%""#,
+                r#""h""#,
+                r#""pc""#,
+                "4",
+                "0",
+                "-1",
+                "1.5",
+                "18446744073709551615",
+                "5",
+                "null",
+                "true",
+                "[]",
+                "{}",
+                r#"["01",1]"#,
+                r#"["01"]"#,
+                r#"["zz",1]"#,
+                r#"[["k",{}]]"#,
+                r#"[["k","r"]]"#,
+                r#"[["k"]]"#,
+                r#"[["k",null]]"#,
+                r#"{"a":null}"#,
+                r#"{"a":{}}"#,
+                r#"{"x":"t"}"#,
+                r#"{"p":"t","x":"t"}"#,
+                r#"{"a":[]}"#,
+                r#"{"q":"t"}"#,
+            ];
+            if self.chance(20) {
+                self.value(2)
+            } else {
+                serde_json::from_str(self.pick::<&str>(&SHAPES)).unwrap()
+            }
+        }
+
+        /// `bytes` with its keys reordered, dropped, repeated, retyped or added, `k` changed,
+        /// or its text cut or a byte replaced.
+        fn mutate(&mut self, bytes: &[u8]) -> Vec<u8> {
+            const KEYS: [&str; 14] =
+                ["n", "k", "t", "e", "s", "p", "b", "x", "m", "u", "d", "j", "l", "zz"];
+            const KINDS: [&str; 14] = [
+                r#""b""#,
+                r#""m""#,
+                r#""u""#,
+                r#""d""#,
+                r#""s""#,
+                r#""h""#,
+                r#""bye""#,
+                r#""sync""#,
+                r#""ps""#,
+                r#""pc""#,
+                r#""nope""#,
+                "5",
+                "9",
+                "10",
+            ];
+            let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(bytes) else {
+                unreachable!("every message is an object")
+            };
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            if self.chance(70) {
+                // Most as nodes write them, `n` and `k` first; the rest in `Map`'s order.
+                entries.sort_by_key(|(key, _)| key != "n" && key != "k");
+            }
+            for _ in 0..self.below(4) {
+                let (at, to) = (self.below(entries.len()), self.below(entries.len()));
+                match self.below(6) {
+                    0 => entries.swap(at, to),
+                    1 if entries.len() > 1 => drop(entries.remove(at)),
+                    2 => entries.insert(to, entries[at].clone()),
+                    3 => entries[at].1 = self.field(),
+                    4 => entries.push((self.pick(&KEYS).to_string(), self.field())),
+                    _ => {
+                        let kind = serde_json::from_str(self.pick::<&str>(&KINDS)).unwrap();
+                        match entries.iter_mut().find(|(key, _)| key == "k") {
+                            Some(entry) => entry.1 = kind,
+                            None => entries.push(("k".into(), kind)),
+                        }
+                    }
+                }
+            }
+            let body: Vec<String> =
+                entries.iter().map(|(key, value)| format!("{}:{value}", json!(key))).collect();
+            let mut text = format!("{{{}}}", body.join(",")).into_bytes();
+            if self.chance(5) {
+                text.truncate(self.below(text.len()));
+            } else if self.chance(5) {
+                let at = self.below(text.len());
+                text[at] = *self.pick(b"{}[]\",:\\0x\xff");
+            }
+            text
+        }
+    }
+
+    /// Messages as nodes write them, and the same reordered, damaged or mistyped: `decode`
+    /// decides each as the old decoder did.
+    #[test]
+    fn decode_agrees_with_the_old_decoder() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let (mut some, mut none) = (0, 0);
+        for i in 0..20_000 {
+            let written = rng.message();
+            let bytes = if i % 4 == 0 { written } else { rng.mutate(&written) };
+            let expected = old_decode(&bytes);
+            assert_eq!(decode(&bytes), expected, "{}", String::from_utf8_lossy(&bytes));
+            if expected.is_some() {
+                some += 1;
+            } else {
+                none += 1;
+            }
+        }
+        println!("{some} decoded, {none} refused");
+        // Both answers are common, so both sides of each check are exercised.
+        assert!(some > 7_000 && none > 4_000, "{some} decoded, {none} refused");
+    }
+
+    /// Decodes a presence change of 500 joins, 100 heartbeats and 100 broadcasts, `WIRE_ROUNDS`
+    /// times (20 by default), with the old decoder if `WIRE_DECODER=old`; `WIRE_KIND=change`,
+    /// `heartbeat` or `broadcast` keeps one kind. For instruction counts under callgrind (see
+    /// BENCHMARKS.md, "Redis wire decoding"): only `decode_all` is of interest.
+    #[test]
+    #[ignore]
+    fn decode_cost() {
+        let var = |name: &str| std::env::var(name).unwrap_or_default();
+        let kind = var("WIRE_KIND");
+        let wanted = |name: &str| kind.is_empty() || kind == "all" || kind == name;
+        let rounds = var("WIRE_ROUNDS").parse().unwrap_or(20);
+        let decoder: fn(&[u8]) -> Option<(u64, Incoming)> =
+            if var("WIRE_DECODER") == "old" { old_decode } else { decode };
+        let mut rng = Rng(42);
+        let node = 0x1234_5678_9abc_def0;
+        let mut messages = Vec::new();
+        if wanted("change") {
+            let joins = (0..500)
+                .map(|i| {
+                    let key = format!(
+                        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+                        rng.next() as u32,
+                        rng.next() as u16,
+                        rng.below(0x1000),
+                        rng.below(0x1000),
+                        rng.next() >> 16
+                    );
+                    let mut meta = Map::new();
+                    meta.insert("nickname".into(), json!(format!("Nick{}", 1000 + i)));
+                    meta.insert("online_at".into(), json!("1733400000000"));
+                    meta.insert("phx_ref".into(), json!(format!("F{:x}", rng.next() >> 8)));
+                    PresenceEntry { key, node, meta }
+                })
+                .collect();
+            let change = PresenceChange { joins, leaves: vec![] };
+            messages.push(super::change(node, 7, "room:lobby", &change));
+        }
+        if wanted("heartbeat") {
+            messages.extend((0..100).map(|i| heartbeat(node + i)));
+        }
+        if wanted("broadcast") {
+            messages.extend((0..100).map(|i| {
+                delivery(
+                    node,
+                    &BusMessage::Broadcast {
+                        topic: "room:lobby".into(),
+                        event: "new_msg".into(),
+                        payload: Payload::Json(json!({"body": format!("hello {i}"), "user": i})),
+                        except: (i % 2 == 1).then_some(SocketRef { node, socket: i }),
+                    },
+                )
+            }));
+        }
+        let bytes: usize = messages.iter().map(Vec::len).sum();
+        let decoded = decode_all(&messages, rounds, decoder);
+        assert_eq!(decoded, messages.len() * rounds);
+        println!("{} messages ({bytes} bytes) decoded {rounds} times", messages.len());
+    }
+
+    #[inline(never)]
+    fn decode_all(
+        messages: &[Vec<u8>],
+        rounds: usize,
+        decode: fn(&[u8]) -> Option<(u64, Incoming)>,
+    ) -> usize {
+        let mut decoded = 0;
+        for _ in 0..rounds {
+            for message in messages {
+                decoded += usize::from(std::hint::black_box(decode(message)).is_some());
+            }
+        }
+        decoded
+    }
 }
