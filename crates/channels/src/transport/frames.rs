@@ -640,11 +640,19 @@ mod tests {
         assert_eq!(wire(&Outbound::close(1000, &reason)).len(), 2 + 2 + 122);
     }
 
-    /// Takes at most `limit` bytes per write, to exercise partial writes.
+    /// Takes at most `limit` bytes per write, to exercise partial writes, and `budget` bytes
+    /// in all, then is not ready (as a socket whose client stopped reading).
     struct Trickle {
         out: Vec<u8>,
         limit: usize,
         calls: usize,
+        budget: usize,
+    }
+
+    impl Trickle {
+        fn new(limit: usize, budget: usize) -> Trickle {
+            Trickle { out: Vec::new(), limit, calls: 0, budget }
+        }
     }
 
     impl AsyncWrite for Trickle {
@@ -655,7 +663,11 @@ mod tests {
         ) -> Poll<io::Result<usize>> {
             let this = self.get_mut();
             this.calls += 1;
-            let n = buf.len().min(this.limit);
+            let n = buf.len().min(this.limit).min(this.budget);
+            if n == 0 {
+                return Poll::Pending;
+            }
+            this.budget -= n;
             this.out.extend_from_slice(&buf[..n]);
             Poll::Ready(Ok(n))
         }
@@ -666,46 +678,21 @@ mod tests {
         ) -> Poll<io::Result<usize>> {
             let this = self.get_mut();
             this.calls += 1;
-            let mut left = this.limit;
+            let take = this.limit.min(this.budget);
+            let mut left = take;
             for buf in bufs {
                 let n = buf.len().min(left);
                 this.out.extend_from_slice(&buf[..n]);
                 left -= n;
             }
-            Poll::Ready(Ok(this.limit - left))
+            if take - left == 0 {
+                return Poll::Pending;
+            }
+            this.budget -= take - left;
+            Poll::Ready(Ok(take - left))
         }
         fn is_write_vectored(&self) -> bool {
             true
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    /// Takes bytes while it has `budget` left, then is not ready (as a socket whose client
-    /// stopped reading).
-    struct Stalling {
-        out: Vec<u8>,
-        budget: usize,
-    }
-
-    impl AsyncWrite for Stalling {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            let this = self.get_mut();
-            let n = buf.len().min(this.budget);
-            if n == 0 {
-                return Poll::Pending;
-            }
-            this.budget -= n;
-            this.out.extend_from_slice(&buf[..n]);
-            Poll::Ready(Ok(n))
         }
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
@@ -721,7 +708,7 @@ mod tests {
         let one = wire(&frames[0]).len();
         let mut cx = Context::from_waker(std::task::Waker::noop());
         // Stalled in the middle of the second frame: that one is finished, the others dropped.
-        let mut io = Stalling { out: Vec::new(), budget: one + 10 };
+        let mut io = Trickle::new(usize::MAX, one + 10);
         let mut out = Outgoing::new(frames.iter().cloned().collect());
         assert!(out.poll_write(&mut cx, &mut io).is_pending());
         assert_eq!(out.completed(), 1);
@@ -732,7 +719,7 @@ mod tests {
         let two: Vec<u8> = frames[..2].iter().flat_map(wire).collect();
         assert_eq!(io.out, two);
         // Stalled on a frame boundary: nothing more is written.
-        let mut io = Stalling { out: Vec::new(), budget: one };
+        let mut io = Trickle::new(usize::MAX, one);
         let mut out = Outgoing::new(frames.iter().cloned().collect());
         assert!(out.poll_write(&mut cx, &mut io).is_pending());
         out.stop_after_current();
@@ -747,7 +734,7 @@ mod tests {
             (0..100).map(|i| format!("message {i} {}", "z".repeat(i * 7))).collect();
         let expected: Vec<u8> = messages.iter().flat_map(|m| wire(&text(m.clone()))).collect();
         for limit in [1, 3, 10, 64, 1 << 20] {
-            let mut io = Trickle { out: Vec::new(), limit, calls: 0 };
+            let mut io = Trickle::new(limit, usize::MAX);
             let mut out = Outgoing::new(messages.iter().cloned().map(text).collect());
             out.write_all(&mut io).await.unwrap();
             assert!(out.pending().is_empty());
